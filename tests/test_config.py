@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import ConfigError, Secret, load_settings, parse_settings, settings_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "model.onnx").write_bytes(b"not really a model, but a readable file")
+    (tmp_path / "clip.avi").write_bytes(b"")
+    return {
+        "device_id": "dev-1",
+        "cameras": [{"name": "cam0", "source": "clip.avi", "fps": 5, "loop": True}],
+        "inference": {"mode": "local", "local": {"model": "model.onnx"}},
+        "mqtt": {"host": "127.0.0.1", "port": 1883},
+        "state_dir": "state",
+    }
+
+
+def _parse(tmp_path: Path, doc: dict[str, Any], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return parse_settings(doc, base_dir=tmp_path, env=env or {})
+
+
+def test_minimal_config_defaults_and_relative_paths(tmp_path: Path) -> None:
+    s = _parse(tmp_path, _base(tmp_path))
+    assert s.device_id == "dev-1"
+    assert s.cameras[0].source == str(tmp_path / "clip.avi")
+    assert s.inference.local.model == tmp_path / "model.onnx"
+    assert s.state_dir == tmp_path / "state"
+    assert s.inference.confidence == 40 and s.inference.overlap == 30
+    assert s.mqtt.qos == 1 and s.mqtt.client_id == "seg-agent-dev-1"
+    assert s.topic_base == "seg-agent/dev-1"
+    assert s.outbox.drop_policy == "drop_oldest"
+
+
+def test_the_shipped_config_yaml_is_valid() -> None:
+    s = load_settings(ROOT / "config.yaml", env={})
+    assert s.inference.mode == "local"
+    assert s.inference.local.model is not None and s.inference.local.model.is_file()
+    assert Path(str(s.cameras[0].source)).is_file()
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    node: Any = doc
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if value is _DELETE:
+        del node[parts[-1]]
+    else:
+        node[parts[-1]] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "path", "reason"),
+    [
+        ("device_id", _DELETE, "device_id", "required key is missing"),
+        ("device_id", "has space", "device_id", "letters, digits"),
+        ("cameras", [], "cameras", "at least 1"),
+        ("cameras", "cam", "cameras", "expected a list"),
+        ("cameras.0.fps", "fast", "cameras[0].fps", "expected a number"),
+        ("cameras.0.fps", -1, "cameras[0].fps", "out of range"),
+        ("cameras.0.loop", "yes", "cameras[0].loop", "true or false"),
+        ("cameras.0.source", "missing.avi", "cameras[0].source", "file not found"),
+        ("cameras.0.source", "ftp://x/y", "cameras[0].source", "URL scheme"),
+        ("cameras.0.source", -3, "cameras[0].source", ">= 0"),
+        ("cameras.0.colour", "red", "cameras[0].colour", "unknown key"),
+        ("inference.mode", "cloud", "inference.mode", "not one of"),
+        ("inference.confidence", 140, "inference.confidence", "out of range"),
+        ("inference.local.model", "nope.onnx", "inference.local.model", "not found"),
+        ("inference.local.providers", ["gpu9000"], "inference.local.providers[0]", "unknown provider"),
+        ("inference.serverless.model_id", "no-version", "inference.serverless.model_id", "project/version"),
+        ("mqtt.port", 70000, "mqtt.port", "out of range"),
+        ("mqtt.port", "eighty", "mqtt.port", "expected an integer"),
+        ("mqtt.qos", 3, "mqtt.qos", "out of range"),
+        ("mqtt.topic_prefix", "a/#", "mqtt.topic_prefix", "'#'"),
+        ("mqtt.tls", {"ca_certs": "nope.pem"}, "mqtt.tls.ca_certs", "not found"),
+        ("mqtt", "localhost", "mqtt", "expected a mapping"),
+        ("outbox.drop_policy", "drop_random", "outbox.drop_policy", "not one of"),
+        ("state_dir", _DELETE, "state_dir", "required key is missing"),
+        ("extra_top", 1, "extra_top", "unknown key"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_reason(
+    tmp_path: Path, dotted: str, value: Any, path: str, reason: str
+) -> None:
+    doc = _base(tmp_path)
+    _set(doc, dotted, value)
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == path
+    assert reason in info.value.reason
+
+
+def test_duplicate_camera_names(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    doc["cameras"].append(dict(doc["cameras"][0]))
+    with pytest.raises(ConfigError, match=r"cameras\[1\]\.name: duplicate"):
+        _parse(tmp_path, doc)
+
+
+def test_env_substitution_and_secret_masking(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["mode"] = "auto"
+    doc["inference"]["serverless"] = {"model_id": "proj/3", "api_key": "${RF_KEY}"}
+    doc["mqtt"]["password"] = "${MQTT_PW}"
+    doc["mqtt"]["host"] = "${BROKER:-broker.local}"
+    s = _parse(tmp_path, doc, env={"RF_KEY": "sekret-key-123", "MQTT_PW": "pw-456"})
+    assert s.inference.serverless.api_key.reveal() == "sekret-key-123"
+    assert s.mqtt.host == "broker.local"
+    shown = json.dumps(settings_summary(s)) + repr(s) + str(s)
+    assert "sekret-key-123" not in shown and "pw-456" not in shown
+    assert settings_summary(s)["inference"]["serverless"]["api_key"] == "***"
+
+
+def test_auto_mode_without_key_names_the_variable(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["mode"] = "auto"
+    doc["inference"]["serverless"] = {"model_id": "proj/3", "api_key": "${ROBOFLOW_API_KEY}"}
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == "inference.serverless.api_key"
+    assert "ROBOFLOW_API_KEY is not set" in info.value.reason
+
+
+def test_local_mode_requires_a_model(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    del doc["inference"]["local"]
+    with pytest.raises(ConfigError, match=r"inference\.local\.model: required"):
+        _parse(tmp_path, doc)
+
+
+def test_secret_never_prints() -> None:
+    s = Secret("abc")
+    assert "abc" not in repr(s) + str(s) + f"{s}" + repr([s])
+    assert s.reveal() == "abc" and bool(s) and not Secret("")
+
+
+def test_load_settings_reports_yaml_errors_with_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_id: x\ncameras: [\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = _parse(tmp_path, _base(tmp_path))
+    with pytest.raises(AttributeError):
+        s.device_id = "other"  # type: ignore[misc]
+
+
+def test_yaml_round_trip_of_the_summary_is_loadable(tmp_path: Path) -> None:
+    """check-config prints what a user could paste back (minus the masked secrets)."""
+    s = _parse(tmp_path, _base(tmp_path))
+    text = yaml.safe_dump(settings_summary(s))
+    assert "device_id: dev-1" in text
