@@ -1,0 +1,613 @@
+"""Camera capture: a source, a grabber thread that keeps only the newest frame, fps sampling, stall
+detection and reopening with backoff.
+
+One :class:`Camera` per configured source. ``start()`` launches a supervisor thread, which runs one
+*attempt* at a time: a worker thread that opens the source and reads from it. When the worker fails
+(cannot open, stream ended, read error) the supervisor waits (exponential backoff) and starts another.
+When the worker hangs inside a native OpenCV call (which Python cannot interrupt), the supervisor
+notices from the age of the newest frame, abandons that attempt (the generation counter makes the
+thread stale: it releases its capture and exits as soon as the native call returns) and opens a new
+capture.
+
+Sampling (``settings.fps``; 0 = every frame) only decodes what it hands out: skipped frames are
+``grab()``-ed, never ``retrieve()``-d. Live sources are sampled by the wall clock; files by their own
+timeline (frame index / file fps). With ``realtime: true`` a file plays at its native pace with the
+same newest-frame semantics as a camera; with ``realtime: false`` every sampled frame is handed out
+exactly once, in order (back-pressure: the worker waits for the consumer).
+
+States (``CameraStatus.state``, one log line on ``agent.capture`` per change):
+``starting`` until the first frame; ``streaming``; ``stalled`` when the source timed out (no frame
+for ``stall_timeout_s``, an open that timed out, a hung native call) and ``reconnecting`` when it
+failed (refused, not found, stream ended, decode errors): both keep being retried with backoff from
+``reconnect_min_s`` to ``reconnect_max_s`` (back to the minimum after a frame) and last until a frame
+arrives; ``ended`` (a file without ``loop`` fully handed out); ``stopped`` (before ``start()`` and
+after ``stop()``). Credentials in URLs never reach logs or ``last_error``.
+
+Importing this module has no side effects; ``Camera()`` does no I/O and starts no thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.config import CameraSettings
+
+__all__ = ["Camera", "CameraStatus", "Frame", "redact"]
+
+log = logging.getLogger("agent.capture")
+
+_RATE_WINDOW_S = 5.0  # fps_in / fps_out are measured over this many recent seconds
+_MAX_BAD_DECODES = 5  # consecutive failed retrieve() calls before the source is reopened
+_MAX_HUNG_THREADS = 3  # abandoned threads still stuck in native calls before we stop opening more
+_FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_RTSP_TCP = "rtsp_transport;tcp"
+_env_lock = threading.Lock()
+
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
+_QUERY_SECRET_RE = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|key|apikey|api_key|auth|secret|signature)=)[^&\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``rtsp://user:pass@host/x?token=abc`` -> ``rtsp://***@host/x?token=***`` (anywhere in ``text``)."""
+    return _QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    camera: str  # camera name
+    seq: int  # 1, 2, ... per Camera object: sampled frames handed out (not the published frame_id)
+    timestamp: float  # capture time, epoch seconds (time.time() when grabbed)
+    image: NDArray[np.uint8]  # HxWx3 BGR
+    source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStatus:
+    name: str
+    state: str  # "starting" | "streaming" | "stalled" | "reconnecting" | "ended" | "stopped"
+    frames_read: int  # frames read from the source (grab count)
+    frames_sampled: int  # frames handed out by read()
+    fps_in: float  # measured rate of frames read from the source, recent window
+    fps_out: float  # measured rate of sampled frames handed out, recent window
+    reconnects: int
+    last_error: str | None  # never contains URL credentials
+    last_frame_age_s: float | None
+    width: int  # of the last frame, 0 before the first
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Sampled:
+    timestamp: float
+    image: NDArray[np.uint8]
+    source_pos: int
+
+
+class _Attempt:
+    """One open-and-read attempt (one worker thread). Shared by the worker and the supervisor."""
+
+    def __init__(self, gen: int) -> None:
+        self.gen = gen
+        self.native: tuple[str, float] | None = None  # ("open" | "read", clock at entry) while in C++
+        self.opened_at: float | None = None
+        self.last_frame: float | None = None  # clock() of the newest grabbed frame
+        self.frames = 0  # frames grabbed by this attempt
+        self.error: str | None = None
+        self.stalled = False  # failed by timing out, not by an error
+        self.ended = False  # a file without loop was fully read
+        self.abandoned = False  # given up by the supervisor: touch nothing, release and exit
+        self.done = threading.Event()
+
+
+class _Rate:
+    """Events per second over the last ``_RATE_WINDOW_S`` seconds."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque(maxlen=4096)  # bounded even for a file read at 10k fps
+
+    def add(self, t: float) -> None:
+        self._times.append(t)
+        self._prune(t)
+
+    def _prune(self, now: float) -> None:
+        while self._times and self._times[0] < now - _RATE_WINDOW_S:
+            self._times.popleft()
+
+    def rate(self, now: float, origin: float) -> float:
+        self._prune(now)
+        n = len(self._times)
+        if n == 0:
+            return 0.0
+        elapsed = now - max(now - _RATE_WINDOW_S, origin)
+        if elapsed >= 1.0 and n < (self._times.maxlen or 0):
+            return n / elapsed
+        if n < 2 or self._times[-1] <= self._times[0]:
+            return 0.0
+        return (n - 1) / (self._times[-1] - self._times[0])
+
+
+def _as_bgr(img: object) -> NDArray[np.uint8] | None:
+    """An HxWx3 uint8 BGR array, converting gray or BGRA; None for anything else."""
+    if not isinstance(img, np.ndarray) or img.size == 0 or img.dtype != np.uint8:
+        return None
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return np.asarray(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return np.asarray(cv2.cvtColor(img, cv2.COLOR_BGRA2BGR), dtype=np.uint8)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return np.asarray(img, dtype=np.uint8)
+    return None
+
+
+def _ensure_rtsp_tcp() -> None:
+    """RTSP over TCP unless the user set ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (read at open time)."""
+    with _env_lock:
+        if _FFMPEG_OPTIONS_ENV not in os.environ:
+            os.environ[_FFMPEG_OPTIONS_ENV] = _RTSP_TCP
+            log.info("%s not set: using %r for RTSP", _FFMPEG_OPTIONS_ENV, _RTSP_TCP)
+
+
+class Camera:
+    """One video source. See the module docstring; all methods are thread-safe."""
+
+    def __init__(self, settings: CameraSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._name = settings.name
+        self._src_text = redact(str(settings.source))
+        self._live = not settings.is_file
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._stop_evt = threading.Event()
+        self._wake = threading.Event()  # wakes the supervisor: a worker finished, or stop()
+        self._started = False
+        self._supervisor: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._hung: list[threading.Thread] = []
+        self._gen = 0
+        # guarded by _lock
+        self._state = "stopped"
+        self._last_error: str | None = None
+        self._slot: _Sampled | None = None
+        self._eof = False
+        self._frames_read = 0
+        self._sampled = 0
+        self._reconnects = 0
+        self._last_grab: float | None = None
+        self._width = 0
+        self._height = 0
+        self._in_rate = _Rate()
+        self._out_rate = _Rate()
+        self._origin = clock()
+        # file progress, kept across reopenings so a reopened file resumes where it was
+        self._file_k = 0  # next sample number on the file's timeline
+        self._file_base = 0  # global index (across loops) of the current pass's frame 0
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> None:
+        """Start the supervisor thread. Idempotent; a stopped camera stays stopped."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._origin = self._clock()
+        self._set_state("starting")
+        self._supervisor = threading.Thread(target=self._supervise, name=f"capture-{self._name}", daemon=True)
+        self._supervisor.start()
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next sampled frame newer than the last one returned; None on timeout, end or stop."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while self._slot is None or self._stop_evt.is_set():
+                if self._stop_evt.is_set() or self._eof:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            sampled, self._slot = self._slot, None
+            self._sampled += 1
+            seq = self._sampled
+            self._out_rate.add(self._clock())
+            self._cond.notify_all()  # a back-pressured worker may go on
+            ended = self._eof
+        if ended:
+            self._set_state("ended")
+        return Frame(self._name, seq, sampled.timestamp, sampled.image, sampled.source_pos)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the threads (at most ``timeout`` seconds in all).
+
+        A worker stuck in a native call cannot be joined; it is stale, and releases its capture and
+        exits as soon as that call returns.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            self._stop_evt.set()
+            self._cond.notify_all()
+        self._wake.set()
+        for thread in (self._supervisor, self._worker):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if self._worker is not None and self._worker.is_alive():
+            log.debug("camera %s: capture thread still inside a native call; it exits when it returns", self._name)
+        self._set_state("stopped")
+
+    def status(self) -> CameraStatus:
+        now = self._clock()
+        with self._lock:
+            return CameraStatus(
+                name=self._name,
+                state=self._state,
+                frames_read=self._frames_read,
+                frames_sampled=self._sampled,
+                fps_in=round(self._in_rate.rate(now, self._origin), 2),
+                fps_out=round(self._out_rate.rate(now, self._origin), 2),
+                reconnects=self._reconnects,
+                last_error=self._last_error,
+                last_frame_age_s=None if self._last_grab is None else max(0.0, now - self._last_grab),
+                width=self._width,
+                height=self._height,
+            )
+
+    @property
+    def ended(self) -> bool:
+        """A file without ``loop`` has been read to the end and its last sampled frame handed out."""
+        with self._lock:
+            return self._eof and self._slot is None
+
+    # ------------------------------------------------------------------ hooks (tests, other backends)
+
+    def _open(self) -> cv2.VideoCapture:
+        """Open the source (called in the worker thread; may block up to the open timeout)."""
+        s = self._settings
+        src = s.source
+        if isinstance(src, int):
+            cap = cv2.VideoCapture(src, cv2.CAP_V4L2)
+            if not cap.isOpened() and not sys.platform.startswith("linux"):
+                cap = cv2.VideoCapture(src, cv2.CAP_ANY)
+            if cap.isOpened() and (s.width or s.height):
+                # many UVC cameras reach 720p/1080p at 30 fps only in MJPG: set it before the size
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+                if s.width:
+                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, s.width)
+                if s.height:
+                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s.height)
+            return cap
+        if s.is_file:
+            cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG)
+            if not cap.isOpened() and os.path.exists(src):
+                cap = cv2.VideoCapture(src, cv2.CAP_ANY)
+            return cap
+        if src.split("://", 1)[0].lower() in ("rtsp", "rtsps"):
+            _ensure_rtsp_tcp()
+        if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+            return cv2.VideoCapture(src, cv2.CAP_ANY)  # no timeouts: the supervisor still catches hangs
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            max(1, round(s.open_timeout_s * 1000)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            max(1, round(s.stall_timeout_s * 1000)),
+        ]
+        return cv2.VideoCapture(src, cv2.CAP_FFMPEG, params)
+
+    def _grab(self, cap: cv2.VideoCapture) -> bool:
+        return bool(cap.grab())
+
+    def _retrieve(self, cap: cv2.VideoCapture) -> NDArray[np.uint8] | None:
+        """Decode the last grabbed frame (the only place frames are decoded)."""
+        ok, img = cap.retrieve()
+        return _as_bgr(img) if ok else None
+
+    # ------------------------------------------------------------------ state
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        with self._lock:
+            if error is not None:
+                self._last_error = redact(error)
+            old = self._state
+            if old == state or (old == "ended" and state != "stopped"):
+                return
+            if self._stop_evt.is_set() and state != "stopped":
+                return
+            self._state = state
+            shown = self._last_error
+        if state in ("stalled", "reconnecting"):
+            log.warning("camera %s: %s -> %s: %s", self._name, old, state, shown)
+        else:
+            log.info("camera %s: %s -> %s (%s)", self._name, old, state, self._src_text)
+
+    def _stale(self, att: _Attempt) -> bool:
+        return att.abandoned or self._stop_evt.is_set()
+
+    def _count_grab(self, att: _Attempt, now: float) -> bool:
+        """Book one grabbed frame; False if this attempt is stale."""
+        first = False
+        with self._lock:
+            if att.abandoned:
+                return False
+            att.frames += 1
+            att.last_frame = now
+            first = att.frames == 1
+            self._frames_read += 1
+            self._last_grab = now
+            self._in_rate.add(now)
+        if first:
+            self._set_state("streaming")
+        return True
+
+    def _publish(self, att: _Attempt, item: _Sampled, *, wait: bool, next_k: int | None = None) -> bool:
+        """Put a sampled frame in the slot (replacing an unread one unless ``wait``)."""
+        with self._cond:
+            while wait and self._slot is not None and not self._stale(att):
+                self._cond.wait(1.0)
+            if self._stale(att):
+                return False
+            self._slot = item
+            self._width, self._height = item.image.shape[1], item.image.shape[0]
+            if next_k is not None:
+                self._file_k = next_k
+            self._cond.notify_all()
+            return True
+
+    # ------------------------------------------------------------------ supervisor
+
+    def _supervise(self) -> None:
+        s = self._settings
+        backoff = s.reconnect_min_s
+        try:
+            while not self._stop_evt.is_set():
+                att = self._launch()
+                self._watch(att)
+                if self._stop_evt.is_set() or att.ended:
+                    return
+                if att.frames:
+                    backoff = s.reconnect_min_s  # it worked for a while: start over from the minimum
+                # "stalled": it timed out (no data); "reconnecting": it failed (refused, ended, error).
+                # The state stays until a frame arrives or an attempt ends differently.
+                self._set_state("stalled" if att.stalled else "reconnecting", att.error or "capture stopped")
+                delay = backoff
+                backoff = min(backoff * 2.0, s.reconnect_max_s)
+                if self._stop_evt.wait(delay):
+                    return
+                while self._too_many_hung():
+                    if self._stop_evt.wait(backoff):
+                        return
+                with self._lock:
+                    self._reconnects += 1
+        except Exception:  # never let the supervisor die silently
+            log.exception("camera %s: capture supervisor failed", self._name)
+            self._set_state("reconnecting", "internal error in the capture supervisor")
+
+    def _launch(self) -> _Attempt:
+        with self._lock:
+            self._gen += 1
+            att = _Attempt(self._gen)
+        self._wake.clear()
+        worker = threading.Thread(target=self._work, args=(att,), name=f"capture-{self._name}#{att.gen}", daemon=True)
+        self._worker = worker
+        worker.start()
+        return att
+
+    def _too_many_hung(self) -> bool:
+        self._hung = [t for t in self._hung if t.is_alive()]
+        if len(self._hung) < _MAX_HUNG_THREADS:
+            return False
+        self._set_state("stalled", f"{len(self._hung)} capture threads stuck in native calls; waiting for them")
+        return True
+
+    def _watch(self, att: _Attempt) -> None:
+        """Return when the attempt's worker is done, or has hung (then abandon it), or on stop."""
+        s = self._settings
+        open_limit = s.open_timeout_s + max(1.0, 0.25 * s.open_timeout_s)  # FFmpeg's own timeout first
+        while True:
+            self._wake.clear()
+            if att.done.is_set() or self._stop_evt.is_set():
+                return
+            now = self._clock()
+            native = att.native
+            what: str | None
+            if native is not None and native[0] == "open":
+                since, limit, what = native[1], open_limit, "open did not return within"
+            elif self._live and att.opened_at is not None:
+                since = att.last_frame if att.last_frame is not None else att.opened_at
+                limit, what = s.stall_timeout_s, "no frame for"
+            elif native is not None:
+                since, limit, what = native[1], s.stall_timeout_s, "read did not return within"
+            else:  # between native calls (waiting for the consumer, pacing): look again later
+                since, limit, what = now, s.stall_timeout_s, None
+            deadline = since + limit
+            if what is not None and now >= deadline:
+                with self._lock:
+                    if att.done.is_set():
+                        return
+                    att.abandoned = True  # the thread is stale from now on
+                    att.stalled = True
+                    att.error = f"{what} {now - since:.1f} s"
+                    self._cond.notify_all()
+                if self._worker is not None:
+                    self._hung.append(self._worker)
+                log.debug("camera %s: abandoning capture thread #%d (%s)", self._name, att.gen, att.error)
+                return
+            self._wake.wait(max(0.01, deadline - now))
+
+    # ------------------------------------------------------------------ worker
+
+    def _work(self, att: _Attempt) -> None:
+        s = self._settings
+        cap: cv2.VideoCapture | None = None
+        try:
+            t0 = self._clock()
+            att.native = ("open", t0)
+            cap = self._open()
+            att.native = None
+            if self._stale(att):
+                return
+            if cap is None or not cap.isOpened():
+                took = self._clock() - t0
+                timed_out = not isinstance(s.source, int) and took >= 0.9 * s.open_timeout_s
+                att.stalled = timed_out
+                att.error = f"cannot open {self._src_text}" + (f" (timed out after {took:.1f} s)" if timed_out else "")
+                return
+            att.opened_at = self._clock()
+            if self._live:
+                self._read_live(cap, att)
+            else:
+                self._read_file(cap, att)
+        except Exception as exc:  # nothing ever raises out of a capture thread
+            raw = f"capture error: {type(exc).__name__}: {exc}"
+            att.error = redact(raw)
+            # a traceback only when it cannot leak credentials from the message
+            log.warning("camera %s: %s", self._name, att.error, exc_info=raw == att.error)
+        finally:
+            att.native = None
+            if cap is not None:
+                with contextlib.suppress(Exception):
+                    cap.release()
+            att.done.set()
+            self._wake.set()
+
+    def _native_grab(self, cap: cv2.VideoCapture, att: _Attempt) -> bool:
+        att.native = ("read", self._clock())
+        try:
+            return self._grab(cap)
+        finally:
+            att.native = None
+
+    def _native_retrieve(self, cap: cv2.VideoCapture, att: _Attempt) -> NDArray[np.uint8] | None:
+        att.native = ("read", self._clock())
+        try:
+            return self._retrieve(cap)
+        finally:
+            att.native = None
+
+    def _read_live(self, cap: cv2.VideoCapture, att: _Attempt) -> None:
+        s = self._settings
+        period = 1.0 / s.fps if s.fps > 0 else 0.0
+        next_due = self._clock()
+        bad = 0
+        pos = 0
+        while not self._stale(att):
+            if not self._native_grab(cap, att):
+                now = self._clock()
+                since = att.last_frame if att.last_frame is not None else att.opened_at
+                age = now - (since if since is not None else now)
+                if age >= 0.9 * s.stall_timeout_s:
+                    att.stalled = True
+                    att.error = f"no frame for {age:.1f} s (read timed out)"
+                else:
+                    att.error = "stream ended" if att.frames else "opened but no frame could be read"
+                return
+            now, wall = self._clock(), time.time()
+            pos += 1
+            if not self._count_grab(att, now):
+                return
+            if period and now < next_due - 0.1 * period:
+                continue  # skipped: grabbed, never decoded
+            image = self._native_retrieve(cap, att)
+            if image is None:
+                bad += 1
+                if bad >= _MAX_BAD_DECODES:
+                    att.error = f"{bad} frames in a row could not be decoded"
+                    return
+                continue  # the next frame is still due
+            bad = 0
+            if period:
+                next_due += period
+                if next_due <= now:
+                    next_due = now + period
+            if not self._publish(att, _Sampled(wall, image, pos), wait=False):
+                return
+
+    def _read_file(self, cap: cv2.VideoCapture, att: _Attempt) -> None:
+        s = self._settings
+        file_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not (math.isfinite(file_fps) and 0.1 <= file_fps <= 1000.0):
+            log.warning("camera %s: file reports %r fps; assuming 30", self._name, file_fps)
+            file_fps = 30.0
+        rate = s.fps if 0 < s.fps < file_fps else file_fps  # samples per second of file time
+        ratio = file_fps / rate  # frames per sample, >= 1
+        with self._lock:
+            k, base = self._file_k, self._file_base
+        index = -1  # in-file index of the last grabbed frame of this pass
+        anchor = self._clock() - math.ceil(k * ratio - 1e-6) / file_fps  # realtime: file time 0
+        bad = 0
+        while not self._stale(att):
+            if s.realtime:
+                k = max(k, math.floor((self._clock() - anchor) * rate + 1e-9))  # behind: newest due
+            target = math.ceil(k * ratio - 1e-6) - base  # in-file index of the next sampled frame
+            ok = True
+            while ok and index < target - 1:  # skip: grab only
+                ok = self._native_grab(cap, att)
+                if ok:
+                    index += 1
+                    if not self._count_grab(att, self._clock()):
+                        return
+            if ok and s.realtime:
+                delay = anchor + (base + target) / file_fps - self._clock()
+                if delay > 0 and self._stop_evt.wait(delay):
+                    return
+            if ok:
+                ok = self._native_grab(cap, att)
+            if not ok:  # end of file (or a read error, which we treat the same)
+                if index < 0:
+                    att.error = "no frame could be read from the file"
+                    return
+                if not s.loop:
+                    self._finish_file(att)
+                    return
+                base += index + 1
+                with self._lock:
+                    if att.abandoned:
+                        return
+                    self._file_base = base
+                index = -1
+                if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                    att.error = "cannot seek to the start of the file; reopening"
+                    return
+                continue
+            index += 1
+            wall = time.time()
+            if not self._count_grab(att, self._clock()):
+                return
+            image = self._native_retrieve(cap, att)
+            k += 1
+            if image is None:
+                bad += 1
+                if bad >= _MAX_BAD_DECODES:
+                    att.error = f"{bad} frames in a row could not be decoded"
+                    return
+                continue
+            bad = 0
+            if not self._publish(att, _Sampled(wall, image, index), wait=not s.realtime, next_k=k):
+                return
+
+    def _finish_file(self, att: _Attempt) -> None:
+        with self._cond:
+            if att.abandoned:
+                return
+            att.ended = True
+            self._eof = True
+            empty = self._slot is None
+            self._cond.notify_all()
+        if empty:
+            self._set_state("ended")
