@@ -1,0 +1,649 @@
+"""Routing between the hosted API (a real loopback server) and a local detector, under faults."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from agent.config import InferenceSettings, LocalSettings, Secret, ServerlessSettings
+from agent.postprocess import Detections
+from agent.router import FrameFailed, Outcome, Router
+from agent.serverless import ServerlessClient
+from tests.fake_roboflow import CLASS_NAMES, FakeRoboflow, draw_scene, find_blobs
+
+KEY = "rf_RouterSecretKey_7731"
+MODEL = "shapes/3"
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class BlobDetector:
+    """The local side: the same blob finder as the fake server, as :class:`Detections`.
+
+    Fails the test if entered by two threads at once (the router must serialise local calls)."""
+
+    def __init__(self, class_names: list[str] | None = None) -> None:
+        self.class_names = list(class_names or CLASS_NAMES)
+        self.calls = 0
+        self._busy = threading.Lock()
+        self.overlapped = False
+
+    def detect(
+        self, image_bgr: NDArray[np.uint8], *, confidence: float, overlap: float, max_detections: int
+    ) -> Detections:
+        if not self._busy.acquire(blocking=False):
+            self.overlapped = True
+            self._busy.acquire()
+        try:
+            self.calls += 1
+            time.sleep(0.002)
+            blobs = [b for b in find_blobs(image_bgr) if b.confidence > confidence][:max_detections]
+            if not blobs:
+                return Detections.empty()
+            return Detections(
+                boxes_xyxy=np.array([b.box_xyxy for b in blobs], np.float32),
+                confidence=np.array([b.confidence for b in blobs], np.float32),
+                class_id=np.array([b.class_id for b in blobs], np.int64),
+                polygons=[b.polygon for b in blobs],
+            )
+        finally:
+            self._busy.release()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+class ModeLog:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __call__(self, mode: str, reason: str) -> None:
+        self.events.append((mode, reason))
+
+    @property
+    def modes(self) -> list[str]:
+        return [m for m, _ in self.events]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRoboflow]:
+    server = FakeRoboflow(api_key=KEY, model_id=MODEL)
+    yield server
+    server.close()
+
+
+def make_router(
+    fake: FakeRoboflow | None,
+    *,
+    mode: str = "auto",
+    local: BlobDetector | None = None,
+    with_local: bool = True,
+    clock: FakeClock | None = None,
+    on_mode_change: ModeLog | None = None,
+    class_map: dict[str, str] | None = None,
+    retry_delays: tuple[float, ...] = (0.05, 0.1),
+    **serverless: Any,
+) -> Router:
+    opts: dict[str, Any] = dict(
+        api_url=fake.url if fake else "http://127.0.0.1:9",
+        model_id=MODEL,
+        api_key=Secret(KEY),
+        connect_timeout_s=1.0,
+        timeout_s=0.4,
+        probe_interval_s=10.0,
+        probe_max_s=40.0,
+    )
+    opts.update(serverless)
+    s = InferenceSettings(
+        mode=mode,  # type: ignore[arg-type]
+        serverless=ServerlessSettings(**opts),
+        local=LocalSettings(class_map=class_map or {}),
+    )
+    remote = (
+        ServerlessClient(s.serverless, confidence=s.confidence, overlap=s.overlap, max_detections=s.max_detections)
+        if mode != "local"
+        else None
+    )
+    if local is None and with_local:
+        local = BlobDetector()
+    return Router(
+        s,
+        local=local,
+        remote=remote,
+        on_mode_change=on_mode_change,
+        clock=clock or time.monotonic,
+        retry_delays=retry_delays,
+    )
+
+
+def classes(outcome: Outcome) -> list[str]:
+    return sorted(p["class"] for p in outcome.api["predictions"])
+
+
+def assert_no_key(*texts: object) -> None:
+    for text in texts:
+        assert KEY not in str(text)
+        assert "RouterSecret" not in str(text)
+
+
+# --------------------------------------------------------------------------- healthy
+
+
+def test_serverless_when_healthy(fake: FakeRoboflow) -> None:
+    router = make_router(fake)
+    out = router.infer("cam0", draw_scene())
+    assert out.source == "serverless"
+    assert out.fallback_reason is None
+    assert out.latency_ms > 0
+    assert classes(out) == sorted(CLASS_NAMES)
+    st = router.stats()
+    assert st["mode"] == "serverless" and st["remote_ok"] == 1 and st["local_ok"] == 0
+    assert st["latency_ms"]["serverless"]["n"] == 1
+    router.close()
+
+
+def test_both_sides_give_the_same_schema_and_classes(fake: FakeRoboflow) -> None:
+    router = make_router(fake)
+    image = draw_scene()
+    remote = router.infer("cam0", image)
+    fake.set_fault("500")
+    local = router.infer("cam0", image)
+    assert (remote.source, local.source) == ("serverless", "local")
+    assert set(remote.api) == set(local.api) == {"inference_id", "time", "image", "predictions"}
+    assert remote.api["image"] == local.api["image"]
+    assert classes(remote) == classes(local)
+    for a, b in zip(
+        sorted(remote.api["predictions"], key=lambda p: p["class"]),
+        sorted(local.api["predictions"], key=lambda p: p["class"]),
+        strict=True,
+    ):
+        assert set(a) == set(b)
+        assert a["x"] == pytest.approx(b["x"], abs=2) and a["y"] == pytest.approx(b["y"], abs=2)
+    router.close()
+
+
+def test_class_map_gives_hosted_names(fake: FakeRoboflow, caplog: pytest.LogCaptureFixture) -> None:
+    local = BlobDetector(["r", "g", "b"])
+    router = make_router(fake, local=local, class_map={"r": "red", "g": "green", "b": "blue"})
+    image = draw_scene()
+    assert classes(router.infer("cam0", image)) == sorted(CLASS_NAMES)
+    fake.set_fault("500")
+    assert classes(router.infer("cam0", image)) == sorted(CLASS_NAMES)
+    assert "unknown_remote_classes" not in router.stats()
+    router.close()
+
+    unmapped = make_router(fake, local=BlobDetector(["r", "g", "b"]))
+    fake.clear_fault()
+    with caplog.at_level(logging.WARNING):
+        unmapped.infer("cam0", image)
+    assert "class_map" in caplog.text
+    assert unmapped.stats()["unknown_remote_classes"] == sorted(CLASS_NAMES)
+    unmapped.close()
+
+
+def test_local_mode_never_calls_out(fake: FakeRoboflow) -> None:
+    router = make_router(fake, mode="local")
+    out = router.infer("cam0", draw_scene())
+    assert out.source == "local" and out.fallback_reason is None
+    assert classes(out) == sorted(CLASS_NAMES)
+    assert router.mode == "local"
+    assert fake.calls() == 0
+    router.close()
+
+
+# --------------------------------------------------------------------------- every fault in auto mode
+
+
+FAULTS = ["stopped", "hang", "slow", "500", "503", "429", "403", "html", "truncated", "not_api_json", "reset", "tls"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_auto_mode_fault_still_gives_a_result(fake: FakeRoboflow, fault: str) -> None:
+    modes = ModeLog()
+    extra: dict[str, Any] = {}
+    if fault == "tls":
+        extra["api_url"] = fake.url.replace("http://", "https://")
+    router = make_router(fake, on_mode_change=modes, **extra)
+    if fault == "stopped":
+        fake.stop()
+    elif fault != "tls":
+        fake.set_fault(fault, slow_s=2.0)
+    image = draw_scene()
+    t0 = time.perf_counter()
+    out = router.infer("cam0", image)
+    assert time.perf_counter() - t0 < 2.0  # timeout 0.4 s, then local at once
+    assert out.source == "local"
+    assert classes(out) == sorted(CLASS_NAMES)  # an outage never looks like "no objects"
+    assert out.fallback_reason
+    expected_mode = "auth_error" if fault == "403" else "local"
+    assert router.mode == expected_mode
+    assert modes.modes == [expected_mode]
+    st = router.stats()
+    assert st["mode"] == expected_mode
+    assert st["fallbacks"] == 1 and st["failed_over"] == 1 and sum(st["remote_failed"].values()) == 1
+    assert_no_key(out.fallback_reason, modes.events, json.dumps(st))
+    # the next frame goes straight to the local model, no call
+    calls = fake.calls()
+    out2 = router.infer("cam0", image)
+    assert out2.source == "local" and fake.calls() == calls
+    router.close()
+
+
+def test_slow_answer_within_timeout_is_served_remotely(fake: FakeRoboflow) -> None:
+    router = make_router(fake, timeout_s=5.0)
+    fake.set_fault("slow", slow_s=2.0)
+    out = router.infer("cam0", draw_scene())
+    assert out.source == "serverless" and out.latency_ms >= 2000
+    assert router.mode == "serverless"
+    router.close()
+
+
+def test_fault_kinds_are_counted(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, probe_interval_s=1.0, probe_max_s=1.0)
+    for fault in ("500", "429", "html", "truncated"):
+        fake.set_fault(fault, retry_after=None)
+        clock.advance(1.5)
+        assert router.infer("cam0", draw_scene()).source == "local"
+    assert router.stats()["remote_failed"] == {"http": 1, "rate_limited": 1, "bad_response": 2}
+    router.close()
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def test_probe_backoff_and_return(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    modes = ModeLog()
+    router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0, probe_max_s=40.0)
+    image = draw_scene()
+    fake.set_fault("500")
+    assert router.infer("cam0", image).source == "local"
+    assert fake.calls() == 1 and router.mode == "local"
+
+    def frame_after(dt: float) -> Outcome:
+        clock.advance(dt)
+        return router.infer("cam0", image)
+
+    # backoff 10 -> 20 -> 40 -> 40: no call before each interval has passed, one probe when it has
+    for interval in (10.0, 20.0, 40.0, 40.0):
+        calls = fake.calls()
+        assert frame_after(interval - 0.5).source == "local"
+        assert fake.calls() == calls
+        assert router.stats()["probe"]["next_in_s"] == pytest.approx(0.5)
+        assert frame_after(0.6).source == "local"  # the probe: a real frame, failed, run locally
+        assert fake.calls() == calls + 1
+    assert router.stats()["probe"]["interval_s"] == 40.0
+    assert router.stats()["probes"] == 4
+
+    fake.clear_fault()
+    assert frame_after(39.0).source == "local"
+    out = frame_after(1.1)
+    assert out.source == "serverless" and out.fallback_reason is None
+    assert router.mode == "serverless"
+    assert modes.modes == ["local", "serverless"]
+    assert "again" in modes.events[-1][1]
+    # back to normal: every frame remote, and the backoff starts again at probe_interval_s
+    assert router.infer("cam0", image).source == "serverless"
+    fake.set_fault("500")
+    router.infer("cam0", image)
+    assert router.stats()["probe"]["interval_s"] == 10.0
+    st = router.stats()
+    assert st["probes_ok"] == 1 and st["fallbacks"] == 2
+    router.close()
+
+
+def test_return_to_serverless_within_the_probe_interval(fake: FakeRoboflow) -> None:
+    router = make_router(fake, probe_interval_s=0.3, probe_max_s=2.0)
+    image = draw_scene()
+    fake.stop()
+    assert router.infer("cam0", image).source == "local"
+    fake.start()
+    t0 = time.perf_counter()
+    sources = []
+    while time.perf_counter() - t0 < 3.0:
+        out = router.infer("cam0", image)
+        sources.append(out.source)
+        if out.source == "serverless":
+            break
+        time.sleep(0.02)
+    back_after = time.perf_counter() - t0
+    assert sources[-1] == "serverless"
+    assert back_after < 0.3 + 0.2
+    assert fake.calls() == 1  # exactly one call: the probe (the refused one never reached the server)
+    router.close()
+
+
+def test_one_probe_at_a_time(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, timeout_s=1.0, probe_interval_s=5.0)
+    image = draw_scene()
+    fake.set_fault("500")
+    router.infer("cam0", image)
+    fake.set_fault("hang")
+    clock.advance(6.0)
+    probe_out: list[Outcome] = []
+    probe = threading.Thread(target=lambda: probe_out.append(router.infer("cam0", image)))
+    probe.start()
+    deadline = time.monotonic() + 2
+    while fake.calls() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert router.stats()["probe"]["in_flight"]
+    for _ in range(5):  # meanwhile, frames go local without calls
+        assert router.infer("cam0", image).source == "local"
+    assert fake.calls() == 2
+    probe.join()
+    assert probe_out[0].source == "local" and probe_out[0].latency_ms >= 1000
+    assert not router.stats()["probe"]["in_flight"]
+    fake.clear_fault()
+    router.close()
+
+
+@pytest.mark.parametrize("fault", ["429", "503"])
+def test_retry_after_is_honoured(fake: FakeRoboflow, fault: str) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, probe_interval_s=1.0, probe_max_s=2.0)
+    image = draw_scene()
+    fake.set_fault(fault, retry_after="30")
+    assert router.infer("cam0", image).source == "local"
+    fake.clear_fault()
+    for _ in range(29):
+        clock.advance(1.0)
+        assert router.infer("cam0", image).source == "local"
+    assert fake.calls() == 1
+    clock.advance(1.1)
+    assert router.infer("cam0", image).source == "serverless"
+    assert fake.calls() == 2
+    router.close()
+
+
+def test_403_is_a_configuration_error(fake: FakeRoboflow, caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    modes = ModeLog()
+    router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0)
+    image = draw_scene()
+    fake.set_fault("403")
+    with caplog.at_level(logging.DEBUG):
+        out = router.infer("cam0", image)
+    assert out.source == "local" and classes(out) == sorted(CLASS_NAMES)
+    assert router.mode == "auth_error"
+    st = router.stats()
+    assert st["mode"] == "auth_error" and "refused the key" in st["reason"]
+    assert "not authorized" in st["reason"]
+    assert any(r.levelno == logging.ERROR and "refused the key" in r.getMessage() for r in caplog.records)
+    assert modes.modes == ["auth_error"]
+    # a probe failing for another reason doesn't hide the auth error
+    fake.set_fault("500")
+    clock.advance(10.1)
+    router.infer("cam0", image)
+    assert router.mode == "auth_error" and fake.calls() == 2
+    # key fixed server-side: the next probe brings it back
+    fake.clear_fault()
+    clock.advance(20.1)
+    assert router.infer("cam0", image).source == "serverless"
+    assert modes.modes == ["auth_error", "serverless"]
+    assert_no_key(caplog.text, modes.events, json.dumps(router.stats()))
+    router.close()
+
+
+# --------------------------------------------------------------------------- cost control
+
+
+def test_per_minute_cap_per_camera(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, max_calls_per_minute=3)
+    image = draw_scene()
+    sources = []
+    for _ in range(5):
+        clock.advance(1.0)
+        sources.append(router.infer("cam0", image))
+    assert [o.source for o in sources] == ["serverless"] * 3 + ["local"] * 2
+    assert sources[-1].fallback_reason and "max_calls_per_minute" in sources[-1].fallback_reason
+    assert classes(sources[-1]) == sorted(CLASS_NAMES)
+    assert router.infer("cam1", image).source == "serverless"  # another camera has its own budget
+    st = router.stats()
+    assert st["capped_minute"] == 2 and st["saved"]["remote_calls_capped"] == 2
+    assert st["cameras"]["cam0"]["calls_last_minute"] == 3 and st["cameras"]["cam0"]["capped_minute"] == 2
+    assert st["mode"] == "serverless"  # a cap is not an outage
+    # sliding window: the first call leaves the window 60 s after it was made
+    clock.advance(55.5)  # 59.5 s after the first call
+    assert router.infer("cam0", image).source == "local"
+    clock.advance(1.0)
+    assert router.infer("cam0", image).source == "serverless"
+    assert fake.calls() == 5
+    router.close()
+
+
+def test_per_day_cap(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, max_calls_per_day=4)
+    image = draw_scene()
+    out = []
+    for _ in range(6):
+        clock.advance(600.0)
+        out.append(router.infer("cam0", image).source)
+    assert out == ["serverless"] * 4 + ["local"] * 2
+    clock.advance(86400 - 6 * 600 + 600 - 1)  # 1 s short of a day after the first call
+    assert router.infer("cam0", image).source == "local"
+    clock.advance(2.0)
+    assert router.infer("cam0", image).source == "serverless"
+    st = router.stats()
+    assert st["capped_day"] == 3 and st["cameras"]["cam0"]["calls_today"] == 1
+    router.close()
+
+
+def test_cap_also_bounds_probes(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, clock=clock, max_calls_per_minute=1, probe_interval_s=1.0)
+    image = draw_scene()
+    fake.set_fault("500")
+    router.infer("cam0", image)
+    fake.clear_fault()
+    clock.advance(2.0)
+    assert router.infer("cam0", image).source == "local"  # probe due, but the camera is at its cap
+    assert fake.calls() == 1
+    clock.advance(59.0)
+    assert router.infer("cam0", image).source == "serverless"
+    router.close()
+
+
+def test_change_gate(fake: FakeRoboflow) -> None:
+    router = make_router(fake, change_gate=3.0)
+    image = draw_scene()
+    rng = np.random.default_rng(0)
+    noisy = np.clip(image.astype(np.int16) + rng.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
+    moved = draw_scene(shift=40)
+    assert router.admit("cam0", image)
+    assert not router.admit("cam0", image)
+    assert not router.admit("cam0", noisy)
+    assert router.admit("cam1", image)  # each camera compares with its own last frame
+    assert router.admit("cam0", moved)
+    assert not router.admit("cam0", moved)
+    assert router.admit("cam0", image)
+    st = router.stats()
+    assert st["gated"] == 3 and st["saved"]["frames_gated"] == 3 and st["admitted"] == 4
+    assert st["cameras"]["cam0"]["gated"] == 3
+    assert fake.calls() == 0
+    router.close()
+
+
+def test_no_gate_by_default(fake: FakeRoboflow) -> None:
+    router = make_router(fake)
+    image = draw_scene()
+    assert all(router.admit("cam0", image) for _ in range(3))
+    assert router.stats()["gated"] == 0
+    router.close()
+
+
+# --------------------------------------------------------------------------- serverless mode (no fallback)
+
+
+def test_serverless_mode_retries_a_transient_failure(fake: FakeRoboflow) -> None:
+    router = make_router(fake, mode="serverless", with_local=False)
+    fake.set_fault("500", times=1)
+    out = router.infer("cam0", draw_scene())
+    assert out.source == "serverless" and classes(out) == sorted(CLASS_NAMES)
+    assert fake.calls() == 2 and router.mode == "serverless"
+    st = router.stats()
+    assert st["remote_failed"] == {"http": 1} and st["retries"] == 1 and st["frames_failed"] == 0
+    router.close()
+
+
+def test_serverless_mode_outage_fails_loudly_then_recovers(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    modes = ModeLog()
+    router = make_router(
+        fake, mode="serverless", with_local=False, clock=clock, on_mode_change=modes, probe_interval_s=5.0
+    )
+    image = draw_scene()
+    fake.set_fault("500")
+    with pytest.raises(FrameFailed) as info:
+        router.infer("cam0", image)
+    assert info.value.kind == "http" and info.value.attempts == 3
+    assert fake.calls() == 3
+    assert router.mode == "unavailable" and modes.modes == ["unavailable"]
+    # during the outage: fail at once, no call
+    t0 = time.perf_counter()
+    with pytest.raises(FrameFailed) as info:
+        router.infer("cam0", image)
+    assert info.value.kind == "unavailable" and time.perf_counter() - t0 < 0.1
+    assert fake.calls() == 3
+    st = router.stats()
+    assert st["frames_failed"] == 2 and st["remote_failed"] == {"http": 3}
+    # the probe frame: one attempt, no retries
+    clock.advance(5.1)
+    with pytest.raises(FrameFailed):
+        router.infer("cam0", image)
+    assert fake.calls() == 4
+    fake.clear_fault()
+    clock.advance(10.1)
+    assert router.infer("cam0", image).source == "serverless"
+    assert modes.modes == ["unavailable", "serverless"]
+    assert_no_key(str(info.value), json.dumps(router.stats()))
+    router.close()
+
+
+def test_serverless_mode_no_retry_on_403_or_long_retry_after(fake: FakeRoboflow) -> None:
+    router = make_router(fake, mode="serverless", with_local=False)
+    fake.set_fault("403")
+    with pytest.raises(FrameFailed) as info:
+        router.infer("cam0", draw_scene())
+    assert info.value.kind == "auth" and fake.calls() == 1 and router.mode == "auth_error"
+    router.close()
+
+    router = make_router(fake, mode="serverless", with_local=False)
+    fake.set_fault("429", retry_after="60")
+    with pytest.raises(FrameFailed) as info:
+        router.infer("cam0", draw_scene())
+    assert info.value.kind == "rate_limited" and fake.calls() == 2
+    router.close()
+
+
+def test_serverless_mode_caps_skip_frames(fake: FakeRoboflow) -> None:
+    clock = FakeClock()
+    router = make_router(fake, mode="serverless", with_local=False, clock=clock, max_calls_per_minute=2)
+    image = draw_scene()
+    for _ in range(2):
+        assert router.admit("cam0", image)
+        assert router.infer("cam0", image).source == "serverless"
+    assert not router.admit("cam0", image)
+    assert router.stats()["capped_minute"] == 1
+    with pytest.raises(FrameFailed) as info:  # if a worker calls anyway
+        router.infer("cam0", image)
+    assert info.value.kind == "capped_minute"
+    router.close()
+
+
+# --------------------------------------------------------------------------- concurrency and secrecy
+
+
+def test_concurrent_frames_through_an_outage(fake: FakeRoboflow) -> None:
+    local = BlobDetector()
+    router = make_router(fake, local=local, probe_interval_s=0.2, timeout_s=0.3, max_in_flight=4)
+    image = draw_scene()
+    results: list[Outcome] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(12):
+            try:
+                out = router.infer("cam0", image)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                continue
+            with lock:
+                results.append(out)
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    fake.set_fault("hang")
+    time.sleep(0.4)
+    fake.set_fault("500")
+    time.sleep(0.2)
+    fake.clear_fault()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 48
+    assert all(classes(o) == sorted(CLASS_NAMES) for o in results)
+    assert {o.source for o in results} == {"serverless", "local"}
+    assert not local.overlapped  # local calls were serialised
+    router.close()
+
+
+def test_the_key_never_shows(fake: FakeRoboflow, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = FakeClock()
+    modes = ModeLog()
+    router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=1.0, probe_max_s=1.0)
+    image = draw_scene()
+    texts: list[object] = []
+    for fault in ("none", "500", "403", "hang", "429", "html", "truncated", "stopped", "none"):
+        if fault == "stopped":
+            fake.stop()
+        else:
+            fake.start()
+            fake.set_fault(fault)
+        clock.advance(2.0)
+        out = router.infer("cam0", image)
+        texts += [out.fallback_reason, json.dumps(out.api)]
+    texts += [json.dumps(router.stats()), modes.events, caplog.text]
+    sless = make_router(fake, mode="serverless", with_local=False)
+    fake.set_fault("500")
+    with pytest.raises(FrameFailed) as info:
+        sless.infer("cam0", image)
+    texts += [str(info.value), repr(info.value), json.dumps(sless.stats())]
+    assert "api_key=***" in caplog.text
+    assert_no_key(*texts)
+    router.close()
+    sless.close()
+
+
+def test_constructor_checks() -> None:
+    s = InferenceSettings(mode="local")
+    with pytest.raises(ValueError):
+        Router(s, local=None, remote=None)
+    router = Router(InferenceSettings(mode="auto"), local=BlobDetector(), remote=None)
+    out = router.infer("cam0", draw_scene())
+    assert out.source == "local" and out.fallback_reason is None and router.mode == "local"
+    router.close()
