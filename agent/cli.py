@@ -1,0 +1,210 @@
+"""The ``seg-agent`` command: argument parsing and wiring only.
+
+Exit statuses: 0 success, 1 a failure while running, 2 a usage or configuration error (the message
+names the key and the reason; no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from agent import __version__
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error to print as ``seg-agent: error: ...`` with an exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg-agent",
+        description=(
+            "Edge-device streaming agent for instance segmentation: captures camera frames, infers with "
+            "Roboflow's hosted API while online and a local ONNX model when not, and publishes every result "
+            "over MQTT as the API's JSON."
+        ),
+        epilog="Exit status: 0 success, 1 failure while running, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"seg-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (capture, infer, publish) until SIGTERM/SIGINT")
+    run.add_argument("--config", "-c", default="config.yaml", help="configuration file (default: %(default)s)")
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override the configuration's log_level",
+    )
+
+    check = sub.add_parser(
+        "check-config", help="validate a configuration and print the effective settings (secrets masked)"
+    )
+    check.add_argument("--config", "-c", default="config.yaml", help="configuration file (default: %(default)s)")
+
+    infer = sub.add_parser("infer", help="run images through the local model; one API-format JSON line per image")
+    infer.add_argument("--model", "-m", required=True, help="ONNX model (Ultralytics YOLOv8/YOLO11-seg layout)")
+    infer.add_argument("images", nargs="+", help="image files")
+    infer.add_argument("--confidence", type=float, default=40.0, help="threshold, 0-100 (default: %(default)s)")
+    infer.add_argument("--overlap", type=float, default=30.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
+    infer.add_argument("--max-detections", type=int, default=300, help="default: %(default)s")
+    infer.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = automatic")
+
+    ev = sub.add_parser("eval", help="COCO box and mask mAP of a local model on an annotated image set")
+    ev.add_argument("--model", "-m", required=True, help="ONNX model")
+    ev.add_argument("--images", required=True, help="directory of images")
+    ev.add_argument("--annotations", required=True, help="COCO-format annotations JSON")
+    ev.add_argument("--confidence", type=float, default=1.0, help="threshold, 0-100 (default: %(default)s)")
+    ev.add_argument("--overlap", type=float, default=50.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(Path(args.config), args.log_level)
+        if args.command == "check-config":
+            return _check_config(Path(args.config))
+        if args.command == "infer":
+            return _infer(args)
+        if args.command == "eval":
+            return _eval(args)
+    except CliError as exc:
+        print(f"seg-agent: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)
+
+
+def _load(path: Path) -> Settings:
+    from agent.config import ConfigError, load_settings
+
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+def _check_config(path: Path) -> int:
+    from agent.config import settings_summary
+
+    settings = _load(path)
+    json.dump(settings_summary(settings), sys.stdout, indent=2)
+    print()
+    print(f"{path}: OK", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run(path: Path, log_level: str | None) -> int:
+    settings = _load(path)  # a bad configuration fails before anything heavy is imported
+
+    from agent.daemon import Agent, StartupError
+    from agent.logs import add_secret, setup_logging
+
+    for secret in (settings.inference.serverless.api_key, settings.mqtt.password):
+        if secret:
+            add_secret(secret.reveal())
+    setup_logging(log_level or settings.log_level)
+    agent = Agent(settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("agent").info("received %s", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return agent.run()
+    except StartupError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import time
+
+    import cv2
+
+    from agent.model import ModelError, OnnxModel
+    from agent.results import detections_to_api, encode
+
+    for name in ("confidence", "overlap"):
+        if not 0 <= getattr(args, name) <= 100:
+            raise CliError(f"--{name}: {getattr(args, name)} is out of range [0, 100]")
+    try:
+        model = OnnxModel(args.model, threads=args.threads)
+    except ModelError as exc:
+        raise CliError(f"--model: {exc}") from None
+    status = EXIT_OK
+    for image_path in args.images:
+        image = cv2.imread(image_path, cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"seg-agent: error: {image_path}: not a readable image", file=sys.stderr)
+            status = EXIT_FAILURE
+            continue
+        start = time.perf_counter()
+        det = model.detect(
+            image,
+            confidence=args.confidence / 100,
+            overlap=args.overlap / 100,
+            max_detections=args.max_detections,
+        )
+        api = detections_to_api(
+            det,
+            model.class_names,
+            image_wh=(image.shape[1], image.shape[0]),
+            time_s=time.perf_counter() - start,
+        )
+        sys.stdout.buffer.write(encode(api) + b"\n")
+        sys.stdout.flush()
+    return status
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from agent.evaluate import evaluate, format_report
+    from agent.model import ModelError, OnnxModel
+
+    try:
+        model = OnnxModel(args.model)
+    except ModelError as exc:
+        raise CliError(f"--model: {exc}") from None
+    try:
+        report = evaluate(
+            model,
+            Path(args.images),
+            Path(args.annotations),
+            confidence=args.confidence / 100,
+            overlap=args.overlap / 100,
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    if args.json:
+        from dataclasses import asdict
+
+        json.dump(asdict(report), sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print(format_report(report))
+    return EXIT_OK
