@@ -32,7 +32,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -45,8 +44,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import CameraSettings
+from agent.logs import redact
 
-__all__ = ["Camera", "CameraStatus", "Frame", "redact"]
+__all__ = ["Camera", "CameraStatus", "Frame"]
 
 log = logging.getLogger("agent.capture")
 
@@ -56,17 +56,6 @@ _MAX_HUNG_THREADS = 3  # abandoned threads still stuck in native calls before we
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _RTSP_TCP = "rtsp_transport;tcp"
 _env_lock = threading.Lock()
-
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
-_QUERY_SECRET_RE = re.compile(
-    r"([?&;](?:password|passwd|pass|pwd|token|key|apikey|api_key|auth|secret|signature)=)[^&\s]*",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """``rtsp://user:pass@host/x?token=abc`` -> ``rtsp://***@host/x?token=***`` (anywhere in ``text``)."""
-    return _QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,12 @@ __all__ = [
 REDACTED = "***"
 
 # ``key=value`` pairs whose value is always a credential (URL queries, form bodies, "k=v" text).
-_PARAM_RE = re.compile(r"(?i)((?<![\w-])[\w-]*?(?:api[_-]?key|token|password|passwd|secret)=)[^&#\s'\"<>]+")
+_PARAM_RE = re.compile(
+    r"(?i)((?<![\w-])[\w-]*?(?:api[_-]?key|key|token|password|passwd|pass|pwd|secret|auth|signature)=)[^&#;\s'\"<>]+"
+)
 # ``scheme://user:password@host``: keep the user, hide the password.
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/@:]*):([^\s/@]*)@")
+# The password may itself hold '@': the authority ends at the last '@' before the path.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/@:]*):([^\s/]*)@")
 # ``Authorization: Bearer <token>`` / ``Basic <base64>`` (e.g. from urllib3/http.client debug output).
 _AUTH_HEADER_RE = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic|token)\s+)[^\s'\",}]+")
 

@@ -18,7 +18,6 @@ import email.utils
 import json
 import logging
 import math
-import re
 import threading
 import time
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from numpy.typing import NDArray
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
+from agent import logs
 from agent.config import ServerlessSettings
 from agent.results import parse_api_response
 
@@ -49,17 +49,16 @@ ErrorKind = Literal["connect", "timeout", "tls", "http", "auth", "rate_limited",
 # Retry-After is honoured up to this long (a server asking for more is treated as asking for this much).
 MAX_RETRY_AFTER_S = 3600.0
 _MASK = "***"
-_API_KEY_RE = re.compile(r"(api_key=)[^&\s'\"#<>)\]}]*", re.IGNORECASE)
 _USER_AGENT = "seg-agent/0.1"
 
 
 def redact(text: str, secret: str) -> str:
-    """``text`` with ``secret`` (plain or URL-encoded) and any ``api_key=...`` query value masked."""
+    """``text`` with ``secret`` (plain or URL-encoded) and every credential :func:`agent.logs.redact` knows masked."""
     if secret:
         for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
             if form:
                 text = text.replace(form, _MASK)
-    return _API_KEY_RE.sub(r"\1" + _MASK, text)
+    return logs.redact(text)
 
 
 class ServerlessError(Exception):
@@ -95,75 +94,22 @@ class ServerlessError(Exception):
 
 # --------------------------------------------------------------------------- log redaction
 
-
-class _RedactingFilter(logging.Filter):
-    """Rewrites records of third-party loggers so that neither a key nor ``api_key=...`` gets out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def add(self, secret: str) -> None:
-        with self._lock:
-            self._secrets[secret] = self._secrets.get(secret, 0) + 1
-
-    def discard(self, secret: str) -> None:
-        with self._lock:
-            left = self._secrets.get(secret, 0) - 1
-            if left > 0:
-                self._secrets[secret] = left
-            else:
-                self._secrets.pop(secret, None)
-
-    def scrub(self, text: str) -> str:
-        with self._lock:
-            secrets = list(self._secrets)
-        for secret in secrets:
-            text = redact(text, secret)
-        return redact(text, "")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: keep its template only
-            message = str(record.msg)
-        record.msg = self.scrub(message)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.scrub(record.exc_text)
-        return True
-
-
-_FILTER = _RedactingFilter()
-_FILTERED_LOGGERS = (
-    "urllib3",
-    "urllib3.connectionpool",
-    "urllib3.connection",
-    "urllib3.response",
-    "urllib3.util.retry",
-    "requests",
-)
-_filter_installed = False
+# urllib3 logs the full request line (with ``api_key=``) at DEBUG. Handlers set up by agent.logs redact every
+# record, but a filter on these loggers also covers handlers that aren't ours (pytest's caplog, an embedding
+# application): a logger's filters only see records made by that very logger, so each one is named.
+_FILTERED_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response", "requests")
+_FILTER = logs.RedactingFilter()
 _filter_lock = threading.Lock()
 
 
 def install_log_redaction(secret: str = "") -> None:
-    """Redact ``secret`` and ``api_key=...`` in the records of the HTTP libraries' loggers.
-
-    Idempotent; :class:`ServerlessClient` calls it with its key. Logger filters only see records made by
-    that very logger, which is why each library logger is named.
-    """
-    global _filter_installed
+    """Register ``secret`` with :mod:`agent.logs` and filter the HTTP libraries' loggers. Idempotent."""
+    logs.add_secret(secret)
     with _filter_lock:
-        if not _filter_installed:
-            for name in _FILTERED_LOGGERS:
-                logging.getLogger(name).addFilter(_FILTER)
-            _filter_installed = True
-    if secret:
-        _FILTER.add(secret)
+        for name in _FILTERED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
 
 
 # --------------------------------------------------------------------------- client
@@ -360,8 +306,6 @@ class ServerlessClient:
             return
         self._closed = True
         self._session.close()
-        if self._key:
-            _FILTER.discard(self._key)
 
     def __enter__(self) -> ServerlessClient:
         return self

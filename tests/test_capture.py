@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.capture import Camera, Frame, redact
+from agent.capture import Camera, Frame
 from agent.config import CameraSettings
+from agent.logs import redact
 
 try:  # tests/ as a package, or as a plain directory that pytest puts on sys.path
     from tests.streams import MjpegServer, decode_marks, free_port, write_video
@@ -466,7 +467,7 @@ def test_stop_wakes_a_blocked_reader(server: MjpegServer, cameras: Callable[...,
 
 
 def test_redact() -> None:
-    assert redact("rtsp://user:pa:ss@cam.local:554/s") == "rtsp://***@cam.local:554/s"
-    assert redact("cannot open rtsp://u:p@ss@10.0.0.2/live") == "cannot open rtsp://***@10.0.0.2/live"
+    assert redact("rtsp://user:pa:ss@cam.local:554/s") == "rtsp://user:***@cam.local:554/s"
+    assert redact("cannot open rtsp://u:p@ss@10.0.0.2/live") == "cannot open rtsp://u:***@10.0.0.2/live"
     assert redact("http://cam/video.cgi?user=admin&pwd=secret&x=1") == "http://cam/video.cgi?user=admin&pwd=***&x=1"
     assert redact("/videos/clip.avi") == "/videos/clip.avi"
