@@ -121,8 +121,12 @@ def _check_config(path: Path) -> int:
 def _run(path: Path, log_level: str | None) -> int:
     settings = _load(path)  # a bad configuration fails before anything heavy is imported
 
+    import faulthandler
+
     from agent.daemon import Agent, StartupError
     from agent.logs import add_secret, setup_logging
+
+    faulthandler.enable()  # a watchdog kill (SIGABRT) prints every thread's stack to the journal
 
     for secret in (settings.inference.serverless.api_key, settings.mqtt.password):
         if secret:

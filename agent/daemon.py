@@ -364,7 +364,7 @@ class Agent:
             "model_id": self.settings.model_id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "timestamp": time.time(),
+            "timestamp": iso_utc(time.time()),
             "cameras": cameras,
             "inference": {
                 "latency": {k: v.summary() for k, v in self.latency.items()},
