@@ -209,9 +209,7 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     try:
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(
-            "", f"cannot read configuration file {config_path}: {exc.strerror or exc}"
-        ) from None
+        raise ConfigError("", f"cannot read configuration file {config_path}: {exc.strerror or exc}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -237,9 +235,7 @@ def parse_settings(
 
     device_id = doc.text("device_id", required=True)
     if not _NAME_RE.match(device_id):
-        raise ConfigError(
-            "device_id", "use letters, digits, '.', '_' or '-' only (it is part of MQTT topics)"
-        )
+        raise ConfigError("device_id", "use letters, digits, '.', '_' or '-' only (it is part of MQTT topics)")
 
     cameras = tuple(_camera(c) for c in doc.list_of_mappings("cameras", required=True, min_len=1))
     names = [c.name for c in cameras]
@@ -353,7 +349,7 @@ def _inference(s: _Reader) -> InferenceSettings:
 
     lo = s.section("local")
     model = lo.path("model")
-    if model is not None and not model.is_file():
+    if model is not None and not (model.is_file() or model.is_dir()):  # a .onnx file or a Roboflow package
         raise ConfigError(lo.key("model"), f"model file not found: {model}")
     if model is not None and not os.access(model, os.R_OK):
         raise ConfigError(lo.key("model"), f"model file not readable: {model}")
@@ -363,9 +359,7 @@ def _inference(s: _Reader) -> InferenceSettings:
     providers = tuple(lo.list_of_str("providers", ["cpu"]))
     for i, p in enumerate(providers):
         if p.lower() not in _PROVIDERS:
-            raise ConfigError(
-                f"{lo.key('providers')}[{i}]", f"unknown provider {p!r}; one of {', '.join(_PROVIDERS)}"
-            )
+            raise ConfigError(f"{lo.key('providers')}[{i}]", f"unknown provider {p!r}; one of {', '.join(_PROVIDERS)}")
     class_map = lo.str_mapping("class_map")
     local = LocalSettings(
         model=model,
@@ -385,8 +379,7 @@ def _inference(s: _Reader) -> InferenceSettings:
         if not api_key:
             raise ConfigError(
                 s.key("serverless.api_key"),
-                f"required in mode {mode!r}{r.unset_env('api_key')};"
-                " use mode: local to run without the hosted API",
+                f"required in mode {mode!r}{r.unset_env('api_key')}; use mode: local to run without the hosted API",
             )
     return InferenceSettings(
         mode=mode,  # type: ignore[arg-type]
@@ -618,9 +611,7 @@ class _Reader:
         if not isinstance(value, list):
             raise ConfigError(self.key(name), f"expected a list, got {_type_name(value)}")
         if len(value) < min_len:
-            raise ConfigError(
-                self.key(name), f"needs at least {min_len} entr{'y' if min_len == 1 else 'ies'}"
-            )
+            raise ConfigError(self.key(name), f"needs at least {min_len} entr{'y' if min_len == 1 else 'ies'}")
         return [
             _Reader(
                 _expect_mapping(v, f"{self.key(name)}[{i}]"),

@@ -24,7 +24,7 @@ from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
 from agent.health import LatencyWindow, RateMeter, status_line
-from agent.model import ModelError, OnnxModel
+from agent.model import ModelError, OnnxModel, onnx_providers
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
@@ -40,37 +40,21 @@ DRAIN_TIMEOUT_S = 10.0
 _POLL_S = 0.5
 _FRAME_ID_BLOCK = 1000
 
-_PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "acl": "ACLExecutionProvider",
-    "armnn": "ArmNNExecutionProvider",
-}
-
 
 class StartupError(Exception):
     """The agent can't start (an unusable model, for example); the message says why."""
-
-
-def onnx_providers(names: tuple[str, ...]) -> list[str]:
-    """Config provider names as ONNX Runtime's, CPU always last as the fallback."""
-    providers = [_PROVIDER_NAMES[n] for n in names]
-    if "CPUExecutionProvider" not in providers:
-        providers.append("CPUExecutionProvider")
-    return providers
 
 
 def load_local_model(settings: Settings) -> OnnxModel:
     local = settings.inference.local
     assert local.model is not None
     try:
-        model = OnnxModel(local.model, threads=local.threads, providers=onnx_providers(local.providers))
+        model = OnnxModel(
+            local.model,
+            threads=local.threads,
+            providers=onnx_providers(local.providers),
+            trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
+        )
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
     if local.classes is not None:

@@ -1,8 +1,11 @@
-"""The local model: an Ultralytics YOLOv8 / YOLO11 ``-seg`` ONNX export run with ONNX Runtime.
+"""The local model: an instance-segmentation ONNX model run with ONNX Runtime.
 
-``OnnxModel(path).detect(frame_bgr, confidence=0.4, overlap=0.3)`` letterboxes the frame, runs the session
-and decodes the outputs with :mod:`agent.postprocess`. Loading checks the layout and fails with
-:class:`ModelError`, whose message names the file and what was found in it.
+``OnnxModel(path).detect(frame_bgr, confidence=0.4, overlap=0.3)`` prepares the frame as the model's format
+wants (:mod:`agent.preprocess`), runs the session and decodes the outputs (:mod:`agent.postprocess` for
+Ultralytics YOLOv8/YOLO11, :mod:`agent.decoders` for the others). ``path`` is a ``.onnx`` file or a Roboflow
+package directory (:mod:`agent.package`); the format is recognised from the files and the graph
+(:mod:`agent.formats`). Loading fails with :class:`ModelError`, whose message names the file and what was
+found in it.
 """
 
 from __future__ import annotations
@@ -12,16 +15,21 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from agent.postprocess import LETTERBOX_FILL, Detections, decode_yolov8_seg, letterbox
+from agent.decoders import decode_end2end_seg, decode_rfdetr_seg, decode_yolov5_seg, decode_yolov8_placed
+from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
+from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_package
+from agent.postprocess import Detections, decode_yolov8_seg, letterbox
+from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
 
-__all__ = ["DEFAULT_IMGSZ", "ModelError", "OnnxModel"]
+__all__ = ["DEFAULT_IMGSZ", "PROVIDER_NAMES", "ModelError", "OnnxModel", "onnx_providers"]
 
 log = logging.getLogger(__name__)
 
@@ -104,68 +112,174 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No busy-waiting: ONNX Runtime's pool threads otherwise spin after every run, which at a few frames per
+    # second costs more CPU than the model itself (benchmarks/: 3.5x the CPU per frame with 2 threads).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 
 
-def _available_providers(requested: Sequence[str]) -> list[str]:
-    if isinstance(requested, str):
-        requested = [requested]
-    available = set(ort.get_available_providers())
-    chosen = [p for p in requested if p in available]
-    missing = [p for p in requested if p not in available]
-    if missing:
-        log.warning("ONNX Runtime providers not available here, skipped: %s", ", ".join(missing))
-    return chosen or ["CPUExecutionProvider"]
+_CPU = "CPUExecutionProvider"
+_CUDA = "CUDAExecutionProvider"
+_TENSORRT = "TensorrtExecutionProvider"
+
+PROVIDER_NAMES = {
+    "cpu": _CPU,
+    "cuda": _CUDA,
+    "tensorrt": _TENSORRT,
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "armnn": "ArmNNExecutionProvider",
+}
+"""Configuration names (``inference.local.providers``) -> ONNX Runtime execution providers."""
+
+
+def onnx_providers(names: Sequence[str] | str) -> list[str]:
+    """Provider names as ONNX Runtime's, in order, without repeats: config names (``cpu``, ``cuda``,
+    ``tensorrt``, ...) are mapped, ONNX Runtime's own names pass through. TensorRT brings CUDA right after
+    it unless CUDA is listed (for the nodes TensorRT can't run, as ONNX Runtime advises); CPU is always
+    last, the fallback."""
+    if isinstance(names, str):
+        names = [names]
+    providers: list[str] = []
+    for name in names:
+        provider = PROVIDER_NAMES.get(name.lower(), name)
+        if provider not in providers:
+            providers.append(provider)
+    if _TENSORRT in providers and _CUDA not in providers:
+        providers.insert(providers.index(_TENSORRT) + 1, _CUDA)
+    return [p for p in providers if p != _CPU] + [_CPU]
+
+
+def _with_options(providers: Sequence[str], trt_cache_dir: Path | None) -> list[str | tuple[str, dict[str, str]]]:
+    """TensorRT keeps its built engines in ``trt_cache_dir`` (minutes saved at every start on a Jetson)."""
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for provider in providers:
+        if provider == _TENSORRT and trt_cache_dir is not None:
+            try:
+                trt_cache_dir.mkdir(parents=True, exist_ok=True)
+                options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir)}
+                out.append((provider, options))
+                continue
+            except OSError as exc:
+                log.warning(
+                    "TensorRT engine cache %s unusable (%s): engines are rebuilt at every start", trt_cache_dir, exc
+                )
+        out.append(provider)
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_session(
+    weights: Path, options: ort.SessionOptions, requested: Sequence[str] | str, trt_cache_dir: Path | None
+) -> ort.InferenceSession:
+    """A session on the requested providers that this ONNX Runtime has, else on CPU; one log line says
+    what was requested, what is available and what is used. ``ModelError`` when the file can't be loaded."""
+    wanted = onnx_providers(requested)
+    available = list(ort.get_available_providers())
+    usable = [p for p in wanted if p in available] or [_CPU]
+    note = ""
+    try:
+        session = ort.InferenceSession(
+            str(weights), sess_options=options, providers=_with_options(usable, trt_cache_dir)
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions
+        if usable == [_CPU]:
+            raise ModelError(f"{weights}: not a loadable ONNX model: {_first_line(exc)}") from exc
+        note = f"; {', '.join(usable[:-1])} failed: {_first_line(exc)}"
+        try:
+            session = ort.InferenceSession(str(weights), sess_options=options, providers=[_CPU])
+        except Exception as exc2:
+            raise ModelError(f"{weights}: not a loadable ONNX model: {_first_line(exc2)}") from exc2
+    used = list(session.get_providers())
+    missing = [p for p in wanted if p not in used]
+    log.log(
+        logging.WARNING if missing else logging.INFO,
+        "%s: ONNX Runtime providers requested %s; available here %s; using %s%s",
+        weights.name,
+        ", ".join(wanted),
+        ", ".join(available),
+        ", ".join(used),
+        note or (f" ({', '.join(missing)} not in this onnxruntime build)" if missing else ""),
+    )
+    return session
 
 
 class OnnxModel:
-    """A loaded YOLOv8/YOLO11-seg ONNX model. ``detect`` may be called from several threads."""
+    """A loaded instance-segmentation model, any format in :data:`agent.formats.FORMAT_NAMES`, from a ``.onnx``
+    file or a Roboflow package directory. ``detect`` may be called from several threads."""
 
     path: Path
+    weights: Path
     class_names: list[str]
     input_hw: tuple[int, int]
     providers: list[str]
+    layout: Layout
+    preprocessing: Preprocessing
+    package: RoboflowPackage | None
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         threads: int = 0,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = (_CPU,),
+        trt_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         options = _session_options(threads)
-        if not self.path.is_file():
+        self.package = None
+        if self.path.is_dir():
+            try:
+                self.package = read_package(self.path)
+            except PackageError as exc:
+                raise ModelError(str(exc)) from None
+            self.weights = self.package.weights
+            for note in self.package.notes:
+                log.warning("%s: %s", self.path, note)
+        elif self.path.is_file():
+            self.weights = self.path
+        else:
             raise ModelError(f"{self.path}: no such model file")
-        try:
-            self._session = ort.InferenceSession(
-                str(self.path), sess_options=options, providers=_available_providers(providers)
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped exceptions for bad files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.path}: not a loadable ONNX model: {first_line}") from exc
+        cache = Path(trt_cache_dir) if trt_cache_dir is not None else None
+        self._session = _open_session(self.weights, options, providers, cache)
         self.providers = list(self._session.get_providers())
         self._lock = threading.Lock()
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self._read_layout(metadata)
+        log.info(
+            "%s: %s, %d classes, input %dx%d, preprocessing: %s",
+            self.path,
+            FORMAT_NAMES[self.layout.kind],
+            len(self.class_names),
+            self.input_hw[1],
+            self.input_hw[0],
+            self.preprocessing.describe(),
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Loading
 
     def _layout_error(self, why: str) -> ModelError:
         return ModelError(
-            f"{self.path}: unsupported model layout ({why}); expected a YOLOv8/YOLO11-seg export with input "
-            "images [1, 3, H, W] and outputs [1, 4+classes+masks, anchors] and [1, masks, H/4, W/4]; found "
+            f"{self.path}: unsupported model layout ({why}); {SUPPORTED}; found "
             f"inputs: {_describe(self._session.get_inputs())}; "
             f"outputs: {_describe(self._session.get_outputs())}"
         )
 
     def _read_layout(self, metadata: Mapping[str, str]) -> None:
         inputs = self._session.get_inputs()
-        outputs = self._session.get_outputs()
         if len(inputs) != 1:
             raise self._layout_error(f"{len(inputs)} inputs")
         image_input = inputs[0]
@@ -175,87 +289,105 @@ class OnnxModel:
             raise self._layout_error(f"input type {image_input.type}")
         self._input_name: str = image_input.name
         self._input_dtype = _NUMPY_DTYPES[image_input.type]
+        package = self.package
+        package_pre = package.preprocessing if package is not None else None
 
         height, width = _static_dim(image_input.shape[2]), _static_dim(image_input.shape[3])
-        dynamic_input = height is None or width is None
         if height is not None and width is not None:
             self.input_hw = (height, width)
         else:
-            self.input_hw = _imgsz_from_metadata(metadata) or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+            from_package = package_pre.input_hw if package_pre is not None else None
+            self.input_hw = _imgsz_from_metadata(metadata) or from_package or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
 
-        if len(outputs) != 2:
-            raise self._layout_error(f"{len(outputs)} outputs, need 2")
-        by_rank = {len(o.shape): o for o in outputs}
-        if sorted(by_rank) != [3, 4]:
-            raise self._layout_error("need one 3-D detection output and one 4-D prototype output")
-        detect_out, proto_out = by_rank[3], by_rank[4]
-        self._output_names: list[str] = [detect_out.name, proto_out.name]
-
-        rows = _static_dim(detect_out.shape[1])
-        anchors = _static_dim(detect_out.shape[2])
-        num_masks = _static_dim(proto_out.shape[1])
-        if dynamic_input or rows is None or num_masks is None:
+        outputs = self._session.get_outputs()
+        shapes = [tuple(_static_dim(d) for d in o.shape) for o in outputs]
+        if height is None or width is None or any(None in s for s in shapes):
             # Symbolic sizes: one run at the chosen input size gives them (and proves that size works).
-            rows, anchors, num_masks = self._probe_shapes()
+            concrete = self._probe_shapes([o.name for o in outputs])
+        else:
+            concrete = [tuple(int(d) for d in s if d is not None) for s in shapes]
+        ports = [Port(o.name, s) for o, s in zip(outputs, concrete, strict=True)]
 
-        names = _names_from_metadata(metadata) or _names_from_file(self.path)
-        self._check_rows_are_values(rows, anchors, num_masks, names)
-        num_classes = rows - 4 - num_masks
-        if num_classes < 1:
-            raise self._layout_error(f"output0 has {rows} rows, too few for 4 + classes + {num_masks} masks")
+        names = (
+            (package.class_names if package is not None else None)
+            or _names_from_metadata(metadata)
+            or _names_from_file(self.weights)
+        )
+        try:
+            self.layout = recognise(
+                ports,
+                input_hw=self.input_hw,
+                metadata=metadata,
+                names_count=len(names) if names else None,
+                model_type=package.model_type if package is not None else None,
+            )
+        except FormatError as exc:
+            raise self._layout_error(str(exc)) from None
+        self._output_names: list[str] = list(self.layout.outputs)
+        kind = self.layout.kind
+        if kind == "rfdetr":  # stretched, ImageNet-normalised, unless the package says how to resize
+            base = package_pre or Preprocessing(resize="stretch", fill=0)
+            self.preprocessing = replace(base, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        else:
+            self.preprocessing = package_pre or Preprocessing()
+        # Ultralytics' YOLOv8 path (letterbox + postprocess.decode_yolov8_seg) when nothing else is asked for.
+        self._ultralytics_path = kind == "yolov8" and self.preprocessing == Preprocessing()
+        # Roboflow's server scores YOLOv5-seg by objectness alone; Ultralytics multiplies by the class score.
+        self._yolov5_score: Literal["product", "objectness"] = "objectness" if package is not None else "product"
+        self._background_slot: int | None = None
+        self.class_names = self._reconcile_names(names)
 
+    def _reconcile_names(self, names: list[str] | None) -> list[str]:
+        """Class names for the output's class slots (padded or trimmed, with a warning, when they disagree)."""
+        kind, slots = self.layout.kind, self.layout.num_classes
+        if kind == "rfdetr" and names is not None and ROBOFLOW_BACKGROUND_CLASS in names:
+            self._background_slot = names.index(ROBOFLOW_BACKGROUND_CLASS)
+            names = [n for i, n in enumerate(names) if i != self._background_slot]
+            slots -= 1
+        if kind == "end2end":  # the class count is not in the shapes
+            if not names:
+                log.warning("%s: no class names in the metadata or beside the model: classes go by number", self.path)
+            return list(names or [])
         if names is None:
-            names = [f"class{i}" for i in range(num_classes)]
-        elif len(names) != num_classes:
+            return [f"class{i}" for i in range(slots)]
+        if kind == "rfdetr" and len(names) < slots:
+            # RF-DETR has a no-object slot past the classes; Roboflow's server drops ids past the names.
+            log.info(
+                "%s: %d class names for %d label slots: slots past the names are not reported",
+                self.path,
+                len(names),
+                slots,
+            )
+            return names
+        if len(names) != slots:
             log.warning(
                 "%s: %d class names for %d classes in the output; using the output's count",
                 self.path,
                 len(names),
-                num_classes,
+                slots,
             )
-            names = (names + [f"class{i}" for i in range(len(names), num_classes)])[:num_classes]
-        self.class_names = names
+            names = (names + [f"class{i}" for i in range(len(names), slots)])[:slots]
+        return names
 
-    def _check_rows_are_values(self, rows: int, anchors: int | None, num_masks: int, names: list[str] | None) -> None:
-        """Refuse ``output0`` laid out ``[1, anchors, values]`` (YOLOv5-seg, end-to-end exports).
-
-        YOLOv8 is certain when the rows are 4 + the known class count + masks, or when the anchors are the
-        count of strides 8/16/32 over the input; otherwise more rows than anchors means the other layout.
-        """
-        if names is not None and rows == 4 + len(names) + num_masks:
-            return
-        height, width = self.input_hw
-        if anchors is not None and anchors == (height // 8) * (width // 8) * 21 // 16:
-            return
-        if anchors is not None and rows > anchors:
-            raise self._layout_error(
-                "output0 looks like [1, anchors, values] (YOLOv5-seg or an end-to-end export), not "
-                "[1, 4+classes+masks, anchors]"
-            )
-
-    def _probe_shapes(self) -> tuple[int, int, int]:
+    def _probe_shapes(self, names: list[str]) -> list[tuple[int, ...]]:
         """Output sizes from one run on a grey image at ``input_hw``."""
-        dummy = np.full((1, 3, *self.input_hw), LETTERBOX_FILL / 255.0, dtype=self._input_dtype)
+        dummy = np.full((1, 3, *self.input_hw), 0.5, dtype=self._input_dtype)
         try:
-            output0, protos = self._session.run(self._output_names, {self._input_name: dummy})
+            outputs = self._session.run(names, {self._input_name: dummy})
         except Exception as exc:
-            raise self._layout_error(f"a test run at input size {self.input_hw} failed: {exc}") from exc
-        if np.ndim(output0) != 3 or np.ndim(protos) != 4:
-            raise self._layout_error(f"a test run gave shapes {np.shape(output0)} and {np.shape(protos)}")
-        return int(output0.shape[1]), int(output0.shape[2]), int(protos.shape[1])
+            raise self._layout_error(f"a test run at input size {self.input_hw} failed: {_first_line(exc)}") from exc
+        return [tuple(int(d) for d in np.shape(o)) for o in outputs]
 
     # ------------------------------------------------------------------------------------------------
     # Inference
 
-    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """The bare session: ``(output0, protos)`` for an already letterboxed ``(1, 3, H, W)`` tensor."""
+    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], ...]:
+        """The bare session for a prepared ``(1, 3, H, W)`` tensor: the outputs in the layout's order,
+        ``(output0, protos)`` for a YOLO, ``(dets, labels, masks)`` for RF-DETR."""
         feed = {self._input_name: tensor_nchw.astype(self._input_dtype, copy=False)}
         with self._lock:
-            output0, protos = self._session.run(self._output_names, feed)
-        return (
-            np.asarray(output0, dtype=np.float32),
-            np.asarray(protos, dtype=np.float32),
-        )
+            outputs = self._session.run(self._output_names, feed)
+        return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
 
     def detect(
         self,
@@ -269,7 +401,8 @@ class OnnxModel:
 
         ``confidence`` and ``overlap`` are on the 0..1 scale: a detection needs a score strictly above
         ``confidence``; a box is suppressed by a higher-scoring one of the same class when their IoU is
-        strictly above ``overlap``. At most ``max_detections`` are returned, highest confidence first.
+        strictly above ``overlap`` (NMS-free formats, YOLO26 end-to-end and RF-DETR, have none to do). At
+        most ``max_detections`` are returned, highest confidence first.
         """
         if not 0.0 <= confidence <= 1.0:
             raise ValueError(f"confidence must be in 0..1, got {confidence}")
@@ -279,21 +412,50 @@ class OnnxModel:
             raise ValueError(f"max_detections must be >= 0, got {max_detections}")
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
             raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
-        tensor, params = letterbox(image_bgr, self.input_hw)
-        output0, protos = self.run(tensor)
-        return decode_yolov8_seg(
-            output0,
-            protos,
-            params=params,
-            input_hw=self.input_hw,
-            frame_hw=(int(image_bgr.shape[0]), int(image_bgr.shape[1])),
+        frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+        if self._ultralytics_path:
+            tensor, params = letterbox(image_bgr, self.input_hw)
+            output0, protos = self.run(tensor)
+            return decode_yolov8_seg(
+                output0,
+                protos,
+                params=params,
+                input_hw=self.input_hw,
+                frame_hw=frame_hw,
+                confidence=confidence,
+                overlap=overlap,
+                max_detections=max_detections,
+            )
+        tensor, placement = prepare(image_bgr, self.preprocessing, self.input_hw)
+        outputs = self.run(tensor)
+        where: dict[str, Any] = {"placement": placement, "input_hw": self.input_hw, "frame_hw": frame_hw}
+        kind = self.layout.kind
+        if kind == "yolov8":
+            return decode_yolov8_placed(
+                *outputs, confidence=confidence, overlap=overlap, max_detections=max_detections, **where
+            )
+        if kind == "yolov5":
+            return decode_yolov5_seg(
+                *outputs,
+                confidence=confidence,
+                overlap=overlap,
+                max_detections=max_detections,
+                score=self._yolov5_score,
+                **where,
+            )
+        if kind == "end2end":
+            return decode_end2end_seg(*outputs, confidence=confidence, max_detections=max_detections, **where)
+        return decode_rfdetr_seg(
+            *outputs,
             confidence=confidence,
-            overlap=overlap,
             max_detections=max_detections,
+            num_classes=len(self.class_names),
+            background_slot=self._background_slot,
+            **where,
         )
 
     def __repr__(self) -> str:
         return (
-            f"OnnxModel({str(self.path)!r}, input_hw={self.input_hw}, classes={len(self.class_names)}, "
-            f"providers={self.providers})"
+            f"OnnxModel({str(self.path)!r}, format={self.layout.kind}, input_hw={self.input_hw}, "
+            f"classes={len(self.class_names)}, providers={self.providers})"
         )
