@@ -39,6 +39,7 @@ __all__ = ["Outbox", "OutboxEntry", "OutboxError", "OutboxStats"]
 
 log = logging.getLogger("agent.outbox")
 
+_WAL_LIMIT_BYTES = 4 * 1024 * 1024
 _SEQ_BLOCK = 100_000  # sequence numbers reserved on disk at a time (one tiny write per block)
 _DELETE_DELAY_S = 1.0  # with commit_interval_s 0: how long deletes and meta may wait for a commit
 _IDLE_WAIT_S = 60.0  # the flusher's longest sleep while nothing is dirty
@@ -107,10 +108,14 @@ class _Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
         try:
+            # A long outage can hold many MB; give the space back once it drains (SD cards are small): free
+            # pages are released by incremental vacuum (takes effect on new files), the WAL truncated at 4 MB.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if not mode or str(mode[0]).lower() != "wal":
                 log.warning("outbox %s: WAL mode not available (journal_mode=%s)", path, mode and mode[0])
             conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
             conn.executescript(_SCHEMA)
             index = [
                 (int(seq), str(topic), float(created))
@@ -154,6 +159,11 @@ class _Store:
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back by itself (disk full)
                 c.execute("ROLLBACK")
             raise
+
+    def shrink(self) -> None:
+        """Return free pages to the file system and truncate the WAL (after a backlog has drained)."""
+        self._conn.execute("PRAGMA incremental_vacuum")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def read(self, seqs: Iterable[int]) -> dict[int, bytes]:
         wanted = sorted(seqs)
@@ -526,6 +536,8 @@ class Outbox:
                 return
             try:
                 store.write(inserts, deletes, meta, reserved)
+                if deletes and not self._items:
+                    store.shrink()  # the backlog has drained: once per outage, never in steady state
             except (sqlite3.Error, OSError) as exc:
                 self._degrade(exc, "committing")  # the batch is still in memory; recovery writes it all
                 return

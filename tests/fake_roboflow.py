@@ -235,6 +235,9 @@ class FakeRoboflow:
 def _handler_for(fake: FakeRoboflow) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the hosted API
+        # Headers and body go out in separate writes; without TCP_NODELAY a busy keep-alive connection waits
+        # ~40 ms on the client's delayed ACK each call, which the real service doesn't.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             pass
