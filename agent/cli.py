@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", "-c", default="config.yaml", help="configuration file (default: %(default)s)")
 
     infer = sub.add_parser("infer", help="run images through the local model; one API-format JSON line per image")
-    infer.add_argument("--model", "-m", required=True, help="ONNX model file or Roboflow package directory (see README: Local models)")
+    infer.add_argument(
+        "--model", "-m", required=True, help="ONNX model file or Roboflow package directory (see README: Local models)"
+    )
     infer.add_argument("images", nargs="+", help="image files")
     infer.add_argument("--confidence", type=float, default=40.0, help="threshold, 0-100 (default: %(default)s)")
     infer.add_argument("--overlap", type=float, default=30.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
