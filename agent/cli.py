@@ -78,11 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--annotations", required=True, help="COCO-format annotations JSON")
     ev.add_argument("--confidence", type=float, default=1.0, help="threshold, 0-100 (default: %(default)s)")
     ev.add_argument("--overlap", type=float, default=50.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    synth = sub.add_parser(
+        "synth",
+        add_help=False,
+        help="synthetic shapes: a COCO set to evaluate on (synth coco DIR) or the demo video (synth video OUT.avi)",
+    )
+    synth.add_argument("synth_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:  # its own parser (agent.synth), --help included
+        from agent.synth import main_synth
+
+        return main_synth(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -203,6 +216,7 @@ def _eval(args: argparse.Namespace) -> int:
             Path(args.annotations),
             confidence=args.confidence / 100,
             overlap=args.overlap / 100,
+            limit=args.limit,
         )
     except (OSError, ValueError, ImportError) as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None

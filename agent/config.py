@@ -187,11 +187,12 @@ class Settings:
 
     @property
     def model_id(self) -> str:
-        """What ``model_id`` says in every message: the hosted model, or the local file name."""
-        if self.inference.serverless.model_id:
-            return self.inference.serverless.model_id
+        """What ``model_id`` says in every message: the hosted model (whose twin the local model is, in
+        auto mode), or the local model's name when the hosted API isn't used."""
         model = self.inference.local.model
-        return model.stem if model else ""
+        if self.inference.mode == "local" or not self.inference.serverless.model_id:
+            return model.stem if model else ""
+        return self.inference.serverless.model_id
 
 
 # --------------------------------------------------------------------------- loading
