@@ -10,7 +10,13 @@ thread stale: it releases its capture and exits as soon as the native call retur
 capture.
 
 Sampling (``settings.fps``; 0 = every frame) only decodes what it hands out: skipped frames are
-``grab()``-ed, never ``retrieve()``-d. Live sources are sampled by the wall clock; files by their own
+``grab()``-ed, never ``retrieve()``-d. OpenCV's FFmpeg backend decodes inside ``grab()`` itself (``retrieve()``
+only converts the colours), so MJPEG sources read through FFmpeg (MJPG files, MJPEG-over-HTTP cameras) are
+opened in raw-packet mode (``CAP_PROP_FORMAT = -1``): ``grab()`` then only reads the compressed frame and
+``retrieve()`` decodes it with ``cv2.imdecode``; a skipped frame costs a packet read, not a decode. Sources in
+other codecs (H.264 needs every frame decoded anyway) and V4L2 cameras (whose ``grab()`` does not decode)
+are read as usual, and so is an MJPEG source whose packets ``cv2.imdecode`` can't read (it is reopened in
+the usual mode). Live sources are sampled by the wall clock; files by their own
 timeline (frame index / file fps). With ``realtime: true`` a file plays at its native pace with the
 same newest-frame semantics as a camera; with ``realtime: false`` every sampled frame is handed out
 exactly once, in order (back-pressure: the worker waits for the consumer).
@@ -54,6 +60,8 @@ _RATE_WINDOW_S = 5.0  # fps_in / fps_out are measured over this many recent seco
 _MAX_BAD_DECODES = 5  # consecutive failed retrieve() calls before the source is reopened
 _MAX_HUNG_THREADS = 3  # abandoned threads still stuck in native calls before we stop opening more
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_JPEG_FOURCCS = frozenset({"MJPG", "JPEG"})  # FFmpeg codecs whose packets are whole JPEG images (upper-cased)
+_IMDECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # as FFmpeg decodes: no EXIF rotation
 _RTSP_TCP = "rtsp_transport;tcp"
 _env_lock = threading.Lock()
 
@@ -171,6 +179,7 @@ class Camera:
         self._worker: threading.Thread | None = None
         self._hung: list[threading.Thread] = []
         self._gen = 0
+        self._raw_packets = True  # MJPEG through FFmpeg: read packets, decode only sampled ones (see _open)
         # guarded by _lock
         self._state = "stopped"
         self._last_error: str | None = None
@@ -286,7 +295,7 @@ class Camera:
             cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG)
             if not cap.isOpened() and os.path.exists(src):
                 cap = cv2.VideoCapture(src, cv2.CAP_ANY)
-            return cap
+            return self._packets_if_mjpeg(cap)
         if src.split("://", 1)[0].lower() in ("rtsp", "rtsps"):
             _ensure_rtsp_tcp()
         if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
@@ -297,7 +306,17 @@ class Camera:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             max(1, round(s.stall_timeout_s * 1000)),
         ]
-        return cv2.VideoCapture(src, cv2.CAP_FFMPEG, params)
+        return self._packets_if_mjpeg(cv2.VideoCapture(src, cv2.CAP_FFMPEG, params))
+
+    def _packets_if_mjpeg(self, cap: cv2.VideoCapture) -> cv2.VideoCapture:
+        """Raw-packet mode for an MJPEG source read by FFmpeg, so that skipped frames are never decoded."""
+        if not self._raw_packets or not cap.isOpened() or cap.getBackendName() != "FFMPEG":
+            return cap
+        code = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+        fourcc = code.to_bytes(4, "little").decode("latin-1").upper()
+        if fourcc in _JPEG_FOURCCS and cap.set(cv2.CAP_PROP_FORMAT, -1):
+            log.debug("camera %s: MJPEG source, reading raw packets", self._name)
+        return cap
 
     def _grab(self, cap: cv2.VideoCapture) -> bool:
         return bool(cap.grab())
@@ -305,7 +324,17 @@ class Camera:
     def _retrieve(self, cap: cv2.VideoCapture) -> NDArray[np.uint8] | None:
         """Decode the last grabbed frame (the only place frames are decoded)."""
         ok, img = cap.retrieve()
-        return _as_bgr(img) if ok else None
+        if not ok:
+            return None
+        if cap.get(cv2.CAP_PROP_FORMAT) != -1 or cap.getBackendName() != "FFMPEG":  # decoded by the backend
+            return _as_bgr(img)
+        decoded = cv2.imdecode(img, _IMDECODE_FLAGS) if isinstance(img, np.ndarray) and img.size else None
+        if decoded is None:
+            # Packets that are not standalone JPEG images (some cameras leave out the Huffman tables):
+            # this source is decoded by FFmpeg from the next opening on.
+            self._raw_packets = False
+            raise RuntimeError("MJPEG packets cannot be decoded on their own; reopening with FFmpeg decoding")
+        return _as_bgr(decoded)
 
     # ------------------------------------------------------------------ state
 

@@ -112,10 +112,10 @@ def _session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # No busy-waiting: ONNX Runtime's pool threads otherwise spin after every run, which at a few frames per
-    # second costs more CPU than the model itself (benchmarks/: 3.5x the CPU per frame with 2 threads).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # The pool threads spin while a run is in progress (spinning off made YOLOv8n-seg with 2 threads 15-20 %
+    # slower) but stop as soon as it returns: by default they go on spinning ~60 ms after every run, a core's
+    # worth of CPU that at a few frames per second rivals the model itself (benchmarks/NOTES.md).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

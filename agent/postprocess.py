@@ -56,7 +56,10 @@ LETTERBOX_FILL = 114
 MAX_NMS_CANDIDATES = 30_000
 """At most this many candidates (the highest scores) enter NMS, as Ultralytics caps them."""
 
+_NMS_PAIR_CHUNK = 1 << 16  # candidate pairs whose IoU is computed at once (bounds the memory)
+_NMS_PAIR_LIMIT = 1 << 18  # more overlapping same-class pairs than this: one vector operation per kept box
 _MASK_THRESHOLD = 0.5
+_CONTOUR_LOOP_MAX = 32  # parts per mask up to which the largest is picked in a plain loop
 _LOGIT_CLIP = 50.0  # sigmoid(±50) is 0/1 in float32; clipping keeps np.exp from overflowing
 
 
@@ -225,9 +228,13 @@ def nms_xyxy(
     """Greedy class-aware NMS; indices of the kept boxes, highest score first (ties: lower index first).
 
     A box is dropped when a kept, higher-scoring box of the same class overlaps it with IoU strictly greater
-    than ``iou_threshold``. Each class keeps its own queue, sorted by score; a heap of the queues' heads
-    picks the next box in global score order, which is compared with the rest of its class's queue at once.
-    So the Python loop runs once per kept box and stops at ``max_keep``, and each round touches one class.
+    than ``iou_threshold``. Vectorised: a sweep over each class's boxes sorted by ``x1`` lists the pairs whose
+    x-spans overlap, their IoU is computed at once, and one pass in score order over the boxes that overlap
+    anything above the threshold makes the greedy choices (a pass over plain lists, no NumPy call per box).
+    When a frame has so many overlapping same-class pairs that listing them costs more than it saves (more
+    than ``_NMS_PAIR_LIMIT``, e.g. thousands of boxes of one class at a very low confidence), the classic
+    loop, one vector operation per kept box stopping at ``max_keep``, is used instead; both give the same
+    result.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     scores_arr = np.asarray(scores).reshape(-1)
@@ -239,8 +246,91 @@ def nms_xyxy(
     limit = boxes.shape[0] if max_keep is None else max(0, int(max_keep))
     if limit == 0 or boxes.shape[0] == 0:
         return np.zeros((0,), dtype=np.int64)
-    areas = _box_area(boxes)
     by_score = np.argsort(-scores_arr, kind="stable")
+    keep_rank = _nms_sweep(boxes[by_score], classes[by_score], float(iou_threshold), limit)
+    if keep_rank is None:
+        return _nms_per_kept_box(boxes, scores_arr, classes, by_score, float(iou_threshold), limit)
+    return np.asarray(by_score[keep_rank], dtype=np.int64)
+
+
+def _nms_sweep(
+    boxes: NDArray[np.float64], classes: NDArray[np.integer], threshold: float, limit: int
+) -> NDArray[np.intp] | None:
+    """Ranks (positions in score order) of the kept boxes; None when there are too many pairs to list."""
+    n = boxes.shape[0]
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    area = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
+    # A box without area (or with a non-finite corner) has IoU 0 with every box: it never suppresses or is
+    # suppressed, so only the others are swept.
+    live = np.flatnonzero(np.isfinite(boxes).all(axis=1) & (area > 0))
+    if live.size < 2:
+        return np.arange(min(n, limit))
+    # Sort key: class blocks far apart, x1 within a block; box i can only overlap the boxes after it whose
+    # key is below key_i + width_i (a slightly wider reach is harmless: every pair is checked exactly).
+    left = float(x1[live].min())
+    span = float(x2[live].max()) - left + 1.0
+    _, class_rank = np.unique(classes[live], return_inverse=True)
+    key = class_rank.reshape(-1) * (2.0 * span) + (x1[live] - left)
+    order = np.argsort(key, kind="stable")
+    sweep = live[order]
+    key = key[order]
+    reach = key + (x2[sweep] - x1[sweep]) * (1.0 + 1e-9) + span * 1e-9
+    counts = np.maximum(np.searchsorted(key, reach, side="right") - np.arange(sweep.size) - 1, 0)
+    ends = np.cumsum(counts)
+    if int(ends[-1]) > _NMS_PAIR_LIMIT:
+        return None
+    lo_parts: list[NDArray[np.intp]] = []
+    hi_parts: list[NDArray[np.intp]] = []
+    first = 0 if int(ends[-1]) else sweep.size
+    while first < sweep.size:
+        before = int(ends[first - 1]) if first else 0
+        last = min(sweep.size, max(int(np.searchsorted(ends, before + _NMS_PAIR_CHUNK, side="right")), first + 1))
+        owners_count = counts[first:last]
+        owner = np.repeat(np.arange(first, last), owners_count)
+        if owner.size:
+            offsets = np.arange(owner.size) - np.repeat(np.cumsum(owners_count) - owners_count, owners_count)
+            partner = owner + 1 + offsets
+            i, j = sweep[owner], sweep[partner]
+            near = (x1[j] < x2[i]) & (x1[i] < x2[j]) & (y1[j] < y2[i]) & (y1[i] < y2[j])
+            i, j = i[near], j[near]
+            inter = (np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])) * (
+                np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
+            )
+            over = inter / (area[i] + area[j] - inter) > threshold
+            if over.any():
+                i, j = i[over], j[over]
+                lo_parts.append(np.minimum(i, j))  # the higher-scoring box of the pair
+                hi_parts.append(np.maximum(i, j))
+        first = last
+    if not lo_parts:
+        return np.arange(min(n, limit))
+    lo_arr = np.concatenate(lo_parts)
+    by_lo = np.argsort(lo_arr, kind="stable")
+    lo = lo_arr[by_lo].tolist()
+    hi = np.concatenate(hi_parts)[by_lo].tolist()
+    removed = bytearray(n)
+    k, pairs = 0, len(lo)
+    while k < pairs:  # greedy in score order: a box suppresses its partners only if it was not suppressed
+        here = lo[k]
+        alive = not removed[here]
+        while k < pairs and lo[k] == here:
+            if alive:
+                removed[hi[k]] = 1
+            k += 1
+    return np.flatnonzero(np.frombuffer(bytes(removed), dtype=np.uint8) == 0)[:limit]
+
+
+def _nms_per_kept_box(
+    boxes: NDArray[np.float64],
+    scores: NDArray[Any],
+    classes: NDArray[np.integer],
+    by_score: NDArray[np.intp],
+    threshold: float,
+    limit: int,
+) -> NDArray[np.int64]:
+    """The same NMS as one vector operation per kept box, stopping at ``limit``: each class keeps its own
+    queue sorted by score and a heap of the queues' heads picks the next box in global score order."""
+    areas = _box_area(boxes)
     rank = np.empty(by_score.size, dtype=np.int64)
     rank[by_score] = np.arange(by_score.size)
     by_class = by_score[np.argsort(classes[by_score], kind="stable")]  # class blocks, each by score
@@ -254,7 +344,7 @@ def nms_xyxy(
         queue = queues[number]
         best, rest = int(queue[0]), queue[1:]
         keep.append(best)
-        queue = rest[_iou_one_to_many(boxes, areas, best, rest) <= iou_threshold]
+        queue = rest[_iou_one_to_many(boxes, areas, best, rest) <= threshold]
         queues[number] = queue
         if queue.size:
             heapq.heappush(heads, (int(rank[queue[0]]), number))
@@ -282,23 +372,14 @@ def box_pixel_bounds(box_xyxy: NDArray[np.floating], frame_hw: tuple[int, int]) 
 
 
 def _sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    x = np.clip(x, -_LOGIT_CLIP, _LOGIT_CLIP)
-    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float32)
-
-
-def _sampled_span(start: int, stop: int, scale: float, content: int) -> tuple[int, int]:
-    """Frame pixels ``[first, last]`` of ``[start, stop)`` whose centres map inside the letterboxed content.
-
-    Pixel ``v`` maps to input ``(v + 0.5) * scale + pad``; the content's outermost pixel centres are at
-    ``pad + 0.5`` and ``pad + content - 0.5``. Pixels mapping outside them (at most about ``0.5 / scale``
-    at each frame edge) take the value of the nearest one inside, as upsampling the unpadded input would.
-    """
-    lo = math.ceil(0.5 / scale - 0.5 - 1e-9)
-    hi = math.floor((content - 0.5) / scale - 0.5 + 1e-9)
-    first, last = max(start, lo), min(stop - 1, hi)
-    if first > last:  # the whole span lies in one edge band: sample its nearest valid pixel only
-        first = last = min(max(start, lo), hi) if lo <= hi else start
-    return first, last
+    """``1 / (1 + exp(-x))`` in float32, in place (``x`` is overwritten and returned)."""
+    np.minimum(x, _LOGIT_CLIP, out=x)
+    np.maximum(x, -_LOGIT_CLIP, out=x)
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1.0
+    np.reciprocal(x, out=x)
+    return x
 
 
 def mask_in_box(
@@ -314,55 +395,164 @@ def mask_in_box(
     ``mask_hw`` (uint8, 1 inside, 0 outside) covers the frame pixels
     ``box_pixel_bounds(box_xyxy, frame_hw)``, whose top-left is ``(x0, y0)``. Only the prototype cells under
     the box (plus a cell of margin for interpolation) are combined with ``coeffs`` and passed through the
-    sigmoid; that crop is resampled straight into frame pixels by one linear ``cv2.warpAffine`` that maps
-    each frame pixel centre through the letterbox onto the prototype grid, and thresholded at 0.5. This
+    sigmoid; that crop is resampled straight into frame pixels by one linear interpolation that maps each
+    frame pixel centre through the letterbox onto the prototype grid (``cv2.resize`` when a prototype cell is
+    a whole number of frame pixels, else ``cv2.warpAffine``: see ``_MaskPlans``), and thresholded at 0.5. This
     samples like upsampling the prototypes to the input size, cropping the padding and resizing to the frame
     (Ultralytics' ``scale_masks``), including at the frame's edges, where samples are clamped to the content
     and never read the padding. Memory is bounded by the box, whatever the frame size.
     """
-    x0, y0, x1, y1 = box_pixel_bounds(box_xyxy, frame_hw)
+    protos = np.asarray(protos_chw, dtype=np.float32)
+    _, proto_h, proto_w = protos.shape
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(1, 4)
+    plan = _MaskPlans(box, params, _check_hw("input_hw", input_hw), _check_hw("frame_hw", frame_hw), (proto_h, proto_w))
+    x0, y0, x1, y1 = plan.bounds[0]
     if x1 <= x0 or y1 <= y0:
         return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=np.uint8), (x0, y0)
-    num_masks, proto_h, proto_w = protos_chw.shape
-    input_h, input_w = _check_hw("input_hw", input_hw)
-    content_h, content_w = _resized_hw(_check_hw("frame_hw", frame_hw), (input_h, input_w), params.scale)
-    xa, xb = _sampled_span(x0, x1, params.scale, content_w)
-    ya, yb = _sampled_span(y0, y1, params.scale, content_h)
-    # Frame pixel centre u + 0.5 -> input x = (u + 0.5) * scale + pad -> prototype index x / stride - 0.5.
-    step_x = params.scale * proto_w / input_w
-    step_y = params.scale * proto_h / input_h
-    src_xa = ((xa + 0.5) * params.scale + params.pad_x) * proto_w / input_w - 0.5
-    src_ya = ((ya + 0.5) * params.scale + params.pad_y) * proto_h / input_h - 0.5
-    src_xb = src_xa + step_x * (xb - xa)
-    src_yb = src_ya + step_y * (yb - ya)
-    gx0 = min(max(math.floor(src_xa) - 1, 0), proto_w - 1)
-    gy0 = min(max(math.floor(src_ya) - 1, 0), proto_h - 1)
-    gx1 = max(min(math.ceil(src_xb) + 2, proto_w), gx0 + 1)
-    gy1 = max(min(math.ceil(src_yb) + 2, proto_h), gy0 + 1)
-    crop = np.asarray(protos_chw[:, gy0:gy1, gx0:gx1], dtype=np.float32).reshape(num_masks, -1)
-    logits = np.asarray(coeffs, dtype=np.float32).reshape(1, num_masks) @ crop
-    probs = _sigmoid(logits.reshape(gy1 - gy0, gx1 - gx0))
-    warp = np.array([[step_x, 0.0, src_xa - gx0], [0.0, step_y, src_ya - gy0]], dtype=np.float64)
-    resampled = cv2.warpAffine(
-        probs,
-        warp,
-        (xb - xa + 1, yb - ya + 1),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    mask: NDArray[np.uint8] = np.greater(np.asarray(resampled), _MASK_THRESHOLD).view(np.uint8)
-    if (xa, xb, ya, yb) != (x0, x1 - 1, y0, y1 - 1):
+    coeffs_row = np.asarray(coeffs, dtype=np.float32).reshape(-1)
+    return plan.mask(0, coeffs_row, protos), (x0, y0)
+
+
+class _MaskPlans:
+    """Where each box's mask is sampled, for all boxes at once (plain ints and floats, one row per box).
+
+    Frame pixel centre ``u + 0.5`` maps to input ``x = (u + 0.5) * scale + pad``, then to prototype index
+    ``x / stride - 0.5``. Per box: ``bounds`` = ``box_pixel_bounds``; ``span`` = the part of it whose centres
+    map inside the letterboxed content (``_sampled_spans``; the rest repeats its nearest sampled row or
+    column); ``crop`` = the prototype cells those samples read (a cell of margin for interpolation);
+    ``origin`` = the prototype coordinates of the first sample, relative to the crop.
+
+    Resampling: samples are ``1 / step`` frame pixels per prototype cell. When that is a whole number ``q``
+    and the first sample falls on the grid of ``cv2.resize`` by ``q`` (the usual case: frame sizes whose
+    letterbox scale is 1/k, such as 640x480, 1280x720 and 1920x1080 into 320 or 640), the crop is upsampled
+    by ``cv2.resize`` (about 5x cheaper per pixel than ``cv2.warpAffine``) and the box's window is cut from
+    it at ``resize_at``: the same samples, exactly. Otherwise ``cv2.warpAffine`` maps them.
+    """
+
+    def __init__(
+        self,
+        boxes_xyxy: NDArray[np.floating],
+        params: LetterboxParams,
+        input_hw: tuple[int, int],
+        frame_hw: tuple[int, int],
+        proto_hw: tuple[int, int],
+    ) -> None:
+        frame_h, frame_w = frame_hw
+        input_h, input_w = input_hw
+        proto_h, proto_w = proto_hw
+        content_h, content_w = _resized_hw(frame_hw, input_hw, params.scale)
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        finite: NDArray[np.bool_] = np.asarray(np.isfinite(boxes).all(axis=1))
+        boxes = np.where(finite[:, None], boxes, 0.0)
+        # box_pixel_bounds, vectorised (the same float64 operations, so the same integers).
+        x0 = np.minimum(np.maximum(np.ceil(boxes[:, 0] - 0.5), 0), frame_w)
+        y0 = np.minimum(np.maximum(np.ceil(boxes[:, 1] - 0.5), 0), frame_h)
+        x1 = np.minimum(np.maximum(np.floor(boxes[:, 2] - 0.5) + 1, x0), frame_w)
+        y1 = np.minimum(np.maximum(np.floor(boxes[:, 3] - 0.5) + 1, y0), frame_h)
+        bounds = np.where(finite[:, None], np.stack([x0, y0, x1, y1], axis=1), 0.0)
+        x0, y0, x1, y1 = bounds.T
+        xa, xb = _sampled_spans(x0, x1, params.scale, content_w)
+        ya, yb = _sampled_spans(y0, y1, params.scale, content_h)
+        self.step_x = params.scale * proto_w / input_w
+        self.step_y = params.scale * proto_h / input_h
+        src_xa = ((xa + 0.5) * params.scale + params.pad_x) * proto_w / input_w - 0.5
+        src_ya = ((ya + 0.5) * params.scale + params.pad_y) * proto_h / input_h - 0.5
+        src_xb = src_xa + self.step_x * (xb - xa)
+        src_yb = src_ya + self.step_y * (yb - ya)
+        gx0 = np.minimum(np.maximum(np.floor(src_xa) - 1, 0), proto_w - 1)
+        gy0 = np.minimum(np.maximum(np.floor(src_ya) - 1, 0), proto_h - 1)
+        gx1 = np.maximum(np.minimum(np.ceil(src_xb) + 2, proto_w), gx0 + 1)
+        gy1 = np.maximum(np.minimum(np.ceil(src_yb) + 2, proto_h), gy0 + 1)
+        self.bounds: list[list[int]] = bounds.astype(np.int64).tolist()
+        self.span: list[list[int]] = np.stack([xa, xb, ya, yb], axis=1).astype(np.int64).tolist()
+        self.crop: list[list[int]] = np.stack([gx0, gx1, gy0, gy1], axis=1).astype(np.int64).tolist()
+        self.origin: list[list[float]] = np.stack([src_xa - gx0, src_ya - gy0], axis=1).tolist()
+        # cv2.resize by q maps output pixel d to (d + 0.5) / q - 0.5: the first sample is output pixel
+        # q * (src + 0.5) - 0.5 - q * crop_start, when that is a whole number.
+        self.q = (_whole_reciprocal(self.step_x), _whole_reciprocal(self.step_y))
+        self.resize_at: list[tuple[int, int] | None] = [None] * len(self.bounds)
+        qx, qy = self.q
+        if qx and qy:
+            first_x = qx * (src_xa + 0.5) - 0.5
+            first_y = qy * (src_ya + 0.5) - 0.5
+            at_x = np.round(first_x) - qx * gx0
+            at_y = np.round(first_y) - qy * gy0
+            fits = (
+                (np.abs(first_x - np.round(first_x)) < 1e-6)
+                & (np.abs(first_y - np.round(first_y)) < 1e-6)
+                & (at_x >= 0)
+                & (at_y >= 0)
+                & (at_x + (xb - xa + 1) <= qx * (gx1 - gx0))
+                & (at_y + (yb - ya + 1) <= qy * (gy1 - gy0))
+            )
+            for row in np.flatnonzero(fits).tolist():
+                self.resize_at[row] = (int(at_x[row]), int(at_y[row]))
+
+    def mask(self, row: int, coeffs: NDArray[np.float32], protos_chw: NDArray[np.floating]) -> NDArray[np.uint8]:
+        """Box ``row``'s mask over its (non-empty) bounds: uint8, 1 inside, 0 outside."""
+        x0, y0, x1, y1 = self.bounds[row]
+        xa, xb, ya, yb = self.span[row]
+        gx0, gx1, gy0, gy1 = self.crop[row]
+        crop = protos_chw[:, gy0:gy1, gx0:gx1]
+        logits = coeffs @ crop.reshape(crop.shape[0], -1)
+        probs = _sigmoid(logits.reshape(gy1 - gy0, gx1 - gx0))
+        at = self.resize_at[row]
+        if at is not None:
+            qx, qy = self.q
+            upsampled = cv2.resize(probs, (qx * (gx1 - gx0), qy * (gy1 - gy0)), interpolation=cv2.INTER_LINEAR)
+            resampled = upsampled[at[1] : at[1] + yb - ya + 1, at[0] : at[0] + xb - xa + 1]
+        else:
+            tx, ty = self.origin[row]
+            warp = np.array([[self.step_x, 0.0, tx], [0.0, self.step_y, ty]], dtype=np.float64)
+            resampled = cv2.warpAffine(
+                probs,
+                warp,
+                (xb - xa + 1, yb - ya + 1),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+        mask: NDArray[np.uint8] = np.greater(resampled, _MASK_THRESHOLD).view(np.uint8)
+        if xa == x0 and xb == x1 - 1 and ya == y0 and yb == y1 - 1:
+            return mask
         # Edge bands repeat the nearest sampled row / column.
         if x0 <= xa and xb < x1 and y0 <= ya and yb < y1:
-            mask = np.asarray(
+            return np.asarray(
                 cv2.copyMakeBorder(mask, ya - y0, y1 - 1 - yb, xa - x0, x1 - 1 - xb, cv2.BORDER_REPLICATE),
                 dtype=np.uint8,
             )
-        else:  # a box lying wholly in an edge band: its nearest sampled pixel is outside it
-            rows = np.clip(np.arange(y0, y1), ya, yb) - ya
-            cols = np.clip(np.arange(x0, x1), xa, xb) - xa
-            mask = mask[np.ix_(rows, cols)]
-    return mask.reshape(y1 - y0, x1 - x0), (x0, y0)
+        # A box lying wholly in an edge band: its nearest sampled pixel is outside it.
+        rows = np.clip(np.arange(y0, y1), ya, yb) - ya
+        cols = np.clip(np.arange(x0, x1), xa, xb) - xa
+        return np.ascontiguousarray(mask[np.ix_(rows, cols)])
+
+
+def _whole_reciprocal(step: float) -> int:
+    """``q`` when ``1 / step`` is the whole number ``q`` (to rounding), else 0."""
+    if not step > 0:
+        return 0
+    q = round(1.0 / step)
+    return q if q >= 1 and abs(q * step - 1.0) < 1e-9 else 0
+
+
+def _sampled_spans(
+    start: NDArray[np.float64], stop: NDArray[np.float64], scale: float, content: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per span: frame pixels ``[first, last]`` of ``[start, stop)`` whose centres map inside the letterboxed content.
+
+    Pixel ``v`` maps to input ``(v + 0.5) * scale + pad``; the content's outermost pixel centres are at
+    ``pad + 0.5`` and ``pad + content - 0.5``. Pixels mapping outside them (at most about ``0.5 / scale``
+    at each frame edge) take the value of the nearest one inside, as upsampling the unpadded input would.
+    """
+    lo = math.ceil(0.5 / scale - 0.5 - 1e-9)
+    hi = math.floor((content - 0.5) / scale - 0.5 + 1e-9)
+    first = np.maximum(start, lo)
+    last = np.minimum(stop - 1, hi)
+    band = first > last  # the whole span lies in one edge band: sample its nearest valid pixel only
+    if band.any():
+        nearest = np.minimum(np.maximum(start, lo), hi) if lo <= hi else start
+        first = np.where(band, nearest, first)
+        last = np.where(band, nearest, last)
+    return first, last
 
 
 def _covered_pixels(contours: Sequence[NDArray[np.integer[Any] | np.floating[Any]]]) -> NDArray[np.float64]:
@@ -399,14 +589,30 @@ def mask_polygon(mask_hw: NDArray[np.generic], offset_xy: tuple[float, float] = 
         return np.zeros((0, 2), dtype=np.float32)
     if mask.dtype != np.uint8 or not mask.flags.c_contiguous:
         mask = np.ascontiguousarray(mask != 0, dtype=np.uint8)
+    polygon = _largest_outer_contour(mask, offset_xy[0], offset_xy[1])
+    return np.zeros((0, 2), dtype=np.float32) if polygon is None else polygon
+
+
+def _largest_outer_contour(mask: NDArray[np.uint8], offset_x: float, offset_y: float) -> NDArray[np.float32] | None:
+    """``mask_polygon`` of a C-contiguous uint8 mask; None instead of an empty polygon."""
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if len(contours) == 0:
-        return np.zeros((0, 2), dtype=np.float32)
-    largest = contours[0] if len(contours) == 1 else contours[int(np.argmax(_covered_pixels(contours)))]
+        return None
+    if len(contours) == 1:
+        largest = contours[0]
+    elif len(contours) <= _CONTOUR_LOOP_MAX:
+        # A few parts: the same count as _covered_pixels from the uncompressed contours (same parts, same
+        # order), whose length is the boundary's point count: cheaper than the vectorised form for so few.
+        full, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        covered = [cv2.contourArea(c) + (c.shape[0] if c.shape[0] > 1 else 0) / 2 for c in full]
+        largest = contours[max(range(len(covered)), key=covered.__getitem__)]
+    else:
+        largest = contours[int(np.argmax(_covered_pixels(contours)))]
+    if largest.shape[0] < 3:
+        return None
     points = np.asarray(largest, dtype=np.float32).reshape(-1, 2)
-    if points.shape[0] < 3:
-        return np.zeros((0, 2), dtype=np.float32)
-    points += np.asarray(offset_xy, dtype=np.float32).reshape(1, 2)
+    if offset_x or offset_y:
+        points += np.array([offset_x, offset_y], dtype=np.float32)
     return points
 
 
@@ -452,8 +658,7 @@ def decode_yolov8_seg(
         return Detections.empty()
 
     class_scores = pred[4 : 4 + num_classes]
-    best_class = np.argmax(class_scores, axis=0)
-    best_score = np.take_along_axis(class_scores, best_class[np.newaxis], axis=0)[0]
+    best_score = class_scores.max(axis=0)  # a max down the rows is cheaper than an argmax; argmax only below
     candidates = np.flatnonzero(best_score > confidence)
     if candidates.size == 0:
         return Detections.empty()
@@ -463,19 +668,28 @@ def decode_yolov8_seg(
 
     boxes_in_xyxy = xywh_to_xyxy(pred[0:4, candidates].T)
     scores = best_score[candidates].astype(np.float32)
-    classes = best_class[candidates].astype(np.int64)
+    classes = np.argmax(class_scores[:, candidates], axis=0).astype(np.int64)
     keep = nms_xyxy(boxes_in_xyxy, scores, classes, overlap, max_keep=max_detections)
     if keep.size == 0:
         return Detections.empty()
 
     boxes_xyxy = unletterbox_boxes_xyxy(boxes_in_xyxy[keep], params, frame_hw)
-    coeffs_nm = pred[4 + num_classes :, candidates[keep]].T
+    coeffs_nm = np.ascontiguousarray(pred[4 + num_classes :, candidates[keep]].T, dtype=np.float32)
+    protos_f32 = np.asarray(protos_chw, dtype=np.float32)
+    plans = _MaskPlans(
+        boxes_xyxy,
+        params,
+        _check_hw("input_hw", input_hw),
+        _check_hw("frame_hw", frame_hw),
+        (protos_f32.shape[1], protos_f32.shape[2]),
+    )
     polygons: list[NDArray[np.float32]] = []
     kept_rows: list[int] = []
-    for row in range(keep.size):
-        mask_hw, offset_xy = mask_in_box(coeffs_nm[row], protos_chw, boxes_xyxy[row], params, input_hw, frame_hw)
-        polygon = mask_polygon(mask_hw, offset_xy)
-        if polygon.shape[0] >= 3:
+    for row, (x0, y0, x1, y1) in enumerate(plans.bounds):
+        if x1 <= x0 or y1 <= y0:
+            continue  # no pixel centre inside: no polygon
+        polygon = _largest_outer_contour(plans.mask(row, coeffs_nm[row], protos_f32), x0, y0)
+        if polygon is not None:
             polygons.append(polygon)
             kept_rows.append(row)
     if not kept_rows:

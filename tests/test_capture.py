@@ -226,6 +226,55 @@ def test_skipped_frames_are_grabbed_but_never_decoded(
     assert decoded >= 2
 
 
+class FormatRecordingCamera(Camera):
+    """Records, per decode, whether the capture was reading raw packets (CAP_PROP_FORMAT == -1)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.raw: list[bool] = []
+
+    def _retrieve(self, cap: Any) -> Any:
+        import cv2
+
+        self.raw.append(cap.get(cv2.CAP_PROP_FORMAT) == -1)
+        return super()._retrieve(cap)
+
+
+@pytest.mark.timeout(20)
+def test_mjpeg_sources_are_read_as_packets_and_decoded_only_when_sampled(
+    video: Path, server: MjpegServer, cameras: Callable[..., Camera]
+) -> None:
+    """FFmpeg decodes inside grab(): MJPEG files and streams are read as raw packets, decoded by imdecode."""
+    cam = cameras(settings(str(video), fps=5.0, realtime=False), cls=FormatRecordingCamera)
+    frames = read_all(cam)
+    assert [index_of(f) for f in frames] == list(range(0, 60, 6))
+    assert isinstance(cam, FormatRecordingCamera) and cam.raw and all(cam.raw)
+    assert all(f.image.shape == (240, 320, 3) and f.image.dtype.name == "uint8" for f in frames)
+    server.start()
+    live = cameras(settings(server.url(), fps=5.0), cls=FormatRecordingCamera)
+    assert isinstance(live, FormatRecordingCamera)
+    frame = live.read(5.0)
+    assert frame is not None and tag_of(frame) == 1
+    assert live.raw and all(live.raw)
+
+
+@pytest.mark.timeout(20)
+def test_mjpeg_packets_that_imdecode_cannot_read_fall_back_to_ffmpeg_decoding(
+    video: Path, cameras: Callable[..., Camera], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source whose packets are not standalone JPEGs is reopened once and decoded by FFmpeg from then on."""
+    import agent.capture
+
+    monkeypatch.setattr(agent.capture.cv2, "imdecode", lambda *args, **kw: None)
+    cam = cameras(settings(str(video), fps=5.0, realtime=False), cls=FormatRecordingCamera)
+    frames = read_all(cam)
+    assert [index_of(f) for f in frames] == list(range(0, 60, 6))  # nothing lost, nothing twice
+    assert isinstance(cam, FormatRecordingCamera)
+    assert cam.raw[0] and not any(cam.raw[1:])
+    assert cam.status().reconnects == 1
+    assert "MJPEG packets cannot be decoded" in (cam.status().last_error or "")
+
+
 # --------------------------------------------------------------------------- live streams
 
 

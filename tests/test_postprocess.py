@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent import postprocess
 from agent.postprocess import (
     LETTERBOX_FILL,
     Detections,
@@ -316,6 +317,26 @@ def test_nms_xyxy_matches_a_plain_loop(seed: int, iou: float, num_classes: int, 
     assert keep.tolist() == expected[:max_keep]
 
 
+@pytest.mark.parametrize(("seed", "num_classes", "max_keep"), [(0, 1, None), (1, 3, 10), (2, 40, None)])
+def test_nms_xyxy_per_kept_box_fallback_gives_the_same_result(
+    monkeypatch: pytest.MonkeyPatch, seed: int, num_classes: int, max_keep: int | None
+) -> None:
+    """Past _NMS_PAIR_LIMIT overlapping pairs nms_xyxy loops per kept box: the same answer, ties included."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    xy = rng.uniform(0, 100, size=(n, 2))
+    wh = rng.uniform(0, 60, size=(n, 2))
+    wh[:20] = 0.0  # boxes without area never suppress
+    boxes_xyxy = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    scores = np.round(rng.uniform(0, 1, n), 2).astype(np.float32)
+    class_id = rng.integers(0, num_classes, n)
+    swept = nms_xyxy(boxes_xyxy, scores, class_id, 0.45, max_keep=max_keep)
+    monkeypatch.setattr(postprocess, "_NMS_PAIR_LIMIT", 0)
+    looped = nms_xyxy(boxes_xyxy, scores, class_id, 0.45, max_keep=max_keep)
+    expected = _nms_loops(boxes_xyxy.astype(np.float64), scores, class_id, 0.45)[:max_keep]
+    assert swept.tolist() == looped.tolist() == expected
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Masks and polygons
 
@@ -536,6 +557,35 @@ def test_mask_in_box_equals_full_frame_upsampling(box: tuple[float, float, float
     disagree = np.count_nonzero(expected != mask.astype(bool))
     # Two linear resamplings vs one differ only where the probability is within a hair of 0.5.
     assert disagree <= max(2, 0.01 * np.count_nonzero(expected)), disagree
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "input_hw"),
+    [((720, 1280), (192, 320)), ((1080, 1920), (640, 640)), ((480, 640), (320, 320)), ((500, 700), (256, 256))],
+)
+def test_mask_in_box_resize_and_warp_sample_alike(
+    monkeypatch: pytest.MonkeyPatch, frame_hw: tuple[int, int], input_hw: tuple[int, int]
+) -> None:
+    """cv2.resize (whole samples per prototype cell) and cv2.warpAffine (any scale) give the same masks."""
+    params = letterbox_params(frame_hw, input_hw)
+    proto_hw = (input_hw[0] // 4, input_hw[1] // 4)
+    protos = np.ascontiguousarray(
+        cv2.resize(SMOOTH_PROTOS.transpose(1, 2, 0), (proto_hw[1], proto_hw[0])).transpose(2, 0, 1)
+    )
+    rng = np.random.default_rng(3)
+    h, w = frame_hw
+    cases = []
+    for _ in range(12):
+        x1, y1 = rng.uniform(-20, w), rng.uniform(-20, h)
+        box = np.array([x1, y1, x1 + rng.uniform(1, w / 2), y1 + rng.uniform(1, h / 2)])
+        cases.append((rng.normal(0, 1, 8).astype(np.float32), box))
+    fast = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
+    monkeypatch.setattr(postprocess, "_whole_reciprocal", lambda step: 0)
+    warped = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
+    for (a, offset_a), (b, offset_b) in zip(fast, warped, strict=True):
+        assert offset_a == offset_b and a.shape == b.shape
+        # Both sample the same positions; warpAffine rounds them to 1/32 of a cell, resize does not.
+        assert np.count_nonzero(a != b) <= max(2, 0.002 * a.size)
 
 
 def test_mask_in_box_edge_band_repeats_the_last_content_row() -> None:
