@@ -20,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
+import cv2
+
 from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
@@ -210,6 +212,9 @@ class Agent:
 
     def _start(self) -> None:
         s = self.settings
+        # OpenCV's own thread pool competes with ONNX Runtime's for the few cores of a Pi; one thread made mask
+        # decoding faster, not slower (benchmarks: 23.6 -> 17.6 ms at 640x480 with 150 instances).
+        cv2.setNumThreads(1)
         mode = s.inference.mode
         local = load_local_model(s) if mode in ("auto", "local") else None
         remote = None
