@@ -331,6 +331,7 @@ class Agent:
             cam["fps_processed"] = w.processed.rate()
             cam["frames_processed"] = w.processed.total
             cam["frames_gated"] = w.gated
+            cam["frames_failed"] = w.errors
             cameras[w.name] = cam
         outbox = asdict(self.outbox.stats())
         mqtt = asdict(self.publisher.stats())
