@@ -28,6 +28,7 @@ from agent.config import Settings
 from agent.health import LatencyWindow, RateMeter, status_line
 from agent.model import ModelError, OnnxModel, onnx_providers
 from agent.outbox import Outbox
+from agent.package import read_names_file
 from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
@@ -60,17 +61,11 @@ def load_local_model(settings: Settings) -> OnnxModel:
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
     if local.classes is not None:
-        names = [line.strip() for line in local.classes.read_text(encoding="utf-8").splitlines() if line.strip()]
-        model.class_names = names
-    log.info(
-        "local model %s: %d classes, input %dx%d, providers %s",
-        local.model.name,
-        len(model.class_names),
-        model.input_hw[1],
-        model.input_hw[0],
-        ", ".join(model.providers),
-    )
-    return model
+        try:
+            model.class_names = read_names_file(local.classes)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"inference.local.classes: cannot read {local.classes}: {exc}") from None
+    return model  # OnnxModel has logged its format, classes, input size and providers
 
 
 class _Heartbeat:

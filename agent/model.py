@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from agent.decoders import decode_end2end_seg, decode_rfdetr_seg, decode_yolov5_seg, decode_yolov8_placed
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
-from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_package
+from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
 from agent.postprocess import Detections, decode_yolov8_seg, letterbox
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
 
@@ -88,10 +88,9 @@ def _names_from_file(model_path: Path) -> list[str] | None:
         candidate = model_path.with_name(file_name)
         if candidate.is_file():
             try:
-                lines = candidate.read_text(encoding="utf-8-sig").splitlines()
+                names = read_names_file(candidate)
             except (OSError, UnicodeDecodeError) as exc:
                 raise ModelError(f"{candidate}: cannot read class names: {exc}") from exc
-            names = [line.strip() for line in lines if line.strip()]
             if names:
                 return names
     return None

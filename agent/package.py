@@ -25,6 +25,12 @@ ROBOFLOW_BACKGROUND_CLASS = "background_class83422"
 """The placeholder class Roboflow's server removes from RF-DETR outputs (the dataset's super-category slot)."""
 
 
+def read_names_file(path: Path) -> list[str]:
+    """Class names, one a line in class-id order (``classes.txt``, ``class_names.txt``); blank lines and a
+    UTF-8 byte-order mark ignored. Raises ``OSError`` / ``UnicodeDecodeError`` for the caller to word."""
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
 class PackageError(Exception):
     """The directory is not a usable Roboflow package; the message says what is missing or malformed."""
 
@@ -65,10 +71,9 @@ def _class_names(directory: Path, environment: dict[str, Any]) -> list[str] | No
     names_file = directory / "class_names.txt"
     if names_file.is_file():
         try:
-            lines = names_file.read_text(encoding="utf-8-sig").splitlines()
+            names = read_names_file(names_file)
         except (OSError, UnicodeDecodeError) as exc:
             raise PackageError(f"{names_file}: cannot read: {exc}") from None
-        names = [line.strip() for line in lines if line.strip()]
         if names:
             return names
     class_map = environment.get("CLASS_MAP")
