@@ -16,10 +16,13 @@ opened in raw-packet mode (``CAP_PROP_FORMAT = -1``): ``grab()`` then only reads
 ``retrieve()`` decodes it with ``cv2.imdecode``; a skipped frame costs a packet read, not a decode. Sources in
 other codecs (H.264 needs every frame decoded anyway) and V4L2 cameras (whose ``grab()`` does not decode)
 are read as usual, and so is an MJPEG source whose packets ``cv2.imdecode`` can't read (it is reopened in
-the usual mode). Live sources are sampled by the wall clock; files by their own
-timeline (frame index / file fps). With ``realtime: true`` a file plays at its native pace with the
-same newest-frame semantics as a camera; with ``realtime: false`` every sampled frame is handed out
-exactly once, in order (back-pressure: the worker waits for the consumer).
+the usual mode). Such packets may also be decoded at a reduced size: given ``needed_hw`` (what the
+consumer needs of a frame of a given size, e.g. a model's letterbox content), a 1920x1080 JPEG for a
+416x416 model is decoded at 1/4 (480x270) by libjpeg's DCT scaling, several times cheaper than a full
+decode; the :class:`Frame` keeps the true size in ``frame_hw``. Live sources are sampled by the wall
+clock; files by their own timeline (frame index / file fps). With ``realtime: true`` a file plays at
+its native pace with the same newest-frame semantics as a camera; with ``realtime: false`` every sampled
+frame is handed out exactly once, in order (back-pressure: the worker waits for the consumer).
 
 States (``CameraStatus.state``, one log line on ``agent.capture`` per change):
 ``starting`` until the first frame; ``streaming``; ``stalled`` when the source timed out (no frame
@@ -44,6 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,7 +56,7 @@ from numpy.typing import NDArray
 from agent.config import CameraSettings
 from agent.logs import redact
 
-__all__ = ["Camera", "CameraStatus", "Frame"]
+__all__ = ["Camera", "CameraStatus", "Frame", "jpeg_hw", "reduction_factor"]
 
 log = logging.getLogger("agent.capture")
 
@@ -62,6 +66,12 @@ _MAX_HUNG_THREADS = 3  # abandoned threads still stuck in native calls before we
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _JPEG_FOURCCS = frozenset({"MJPG", "JPEG"})  # FFmpeg codecs whose packets are whole JPEG images (upper-cased)
 _IMDECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # as FFmpeg decodes: no EXIF rotation
+_REDUCED_FLAGS = {  # decode at 1/f by DCT scaling (JPEG), same colour and orientation handling
+    1: _IMDECODE_FLAGS,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+}
 _RTSP_TCP = "rtsp_transport;tcp"
 _env_lock = threading.Lock()
 
@@ -71,8 +81,13 @@ class Frame:
     camera: str  # camera name
     seq: int  # 1, 2, ... per Camera object: sampled frames handed out (not the published frame_id)
     timestamp: float  # capture time, epoch seconds (time.time() when grabbed)
-    image: NDArray[np.uint8]  # HxWx3 BGR
+    image: NDArray[np.uint8]  # HxWx3 BGR; smaller than frame_hw when decoded at a reduced size
     source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
+    frame_hw: tuple[int, int] = (0, 0)  # the frame's true (height, width); (0, 0): the image's own
+
+    def __post_init__(self) -> None:
+        if self.frame_hw == (0, 0):
+            object.__setattr__(self, "frame_hw", (int(self.image.shape[0]), int(self.image.shape[1])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,7 @@ class _Sampled:
     timestamp: float
     image: NDArray[np.uint8]
     source_pos: int
+    frame_hw: tuple[int, int]
 
 
 class _Attempt:
@@ -153,6 +169,51 @@ def _as_bgr(img: object) -> NDArray[np.uint8] | None:
     return None
 
 
+def jpeg_hw(data: NDArray[Any] | bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a JPEG's frame header (SOFn), without decoding; None if not a JPEG."""
+    raw: Any = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1) if isinstance(data, np.ndarray) else data
+    mv = memoryview(raw).cast("B")
+    n = len(mv)
+    if n < 4 or mv[0] != 0xFF or mv[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= n:
+        if mv[i] != 0xFF:
+            return None
+        marker = mv[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15 (not DHT/JPG/DAC)
+            if i + 9 > n:
+                return None
+            h, w = (mv[i + 5] << 8) | mv[i + 6], (mv[i + 7] << 8) | mv[i + 8]
+            return (h, w) if h and w else None
+        length = (mv[i + 2] << 8) | mv[i + 3]
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def reduction_factor(frame_hw: tuple[int, int], needed_hw: tuple[int, int]) -> int:
+    """The largest JPEG scale-down (8, 4, 2, else 1) whose image still covers ``needed_hw`` on both axes.
+
+    libjpeg's DCT scaling gives ``ceil(size / f)`` pixels.
+    """
+    h, w = frame_hw
+    need_h, need_w = needed_hw
+    for f in (8, 4, 2):
+        if -(-h // f) >= need_h and -(-w // f) >= need_w:
+            return f
+    return 1
+
+
 def _ensure_rtsp_tcp() -> None:
     """RTSP over TCP unless the user set ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` (read at open time)."""
     with _env_lock:
@@ -164,8 +225,18 @@ def _ensure_rtsp_tcp() -> None:
 class Camera:
     """One video source. See the module docstring; all methods are thread-safe."""
 
-    def __init__(self, settings: CameraSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: CameraSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        needed_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+    ) -> None:
+        """``needed_hw(frame_hw)``: the smallest image of such a frame the consumer can use (None: full
+        frames). MJPEG packets are then decoded at the largest reduction that still covers it."""
         self._settings = settings
+        self._needed_hw = needed_hw
+        self._reduced_note: tuple[tuple[int, int] | None, int] = (None, 1)  # last reduced decode logged
         self._clock = clock
         self._name = settings.name
         self._src_text = redact(str(settings.source))
@@ -230,7 +301,7 @@ class Camera:
             ended = self._eof
         if ended:
             self._set_state("ended")
-        return Frame(self._name, seq, sampled.timestamp, sampled.image, sampled.source_pos)
+        return Frame(self._name, seq, sampled.timestamp, sampled.image, sampled.source_pos, sampled.frame_hw)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop and join the threads (at most ``timeout`` seconds in all).
@@ -321,20 +392,46 @@ class Camera:
     def _grab(self, cap: cv2.VideoCapture) -> bool:
         return bool(cap.grab())
 
-    def _retrieve(self, cap: cv2.VideoCapture) -> NDArray[np.uint8] | None:
-        """Decode the last grabbed frame (the only place frames are decoded)."""
+    def _retrieve(self, cap: cv2.VideoCapture) -> tuple[NDArray[np.uint8], tuple[int, int]] | None:
+        """Decode the last grabbed frame (the only place frames are decoded): the image and the frame's
+        true ``(height, width)``, larger than the image's when it was decoded at a reduced size."""
         ok, img = cap.retrieve()
         if not ok:
             return None
         if cap.get(cv2.CAP_PROP_FORMAT) != -1 or cap.getBackendName() != "FFMPEG":  # decoded by the backend
-            return _as_bgr(img)
-        decoded = cv2.imdecode(img, _IMDECODE_FLAGS) if isinstance(img, np.ndarray) and img.size else None
+            image = _as_bgr(img)
+            return None if image is None else (image, (int(image.shape[0]), int(image.shape[1])))
+        decoded = None
+        full_hw: tuple[int, int] | None = None
+        if isinstance(img, np.ndarray) and img.size:
+            factor = 1
+            if self._needed_hw is not None:
+                full_hw = jpeg_hw(img)
+                if full_hw is not None:
+                    factor = reduction_factor(full_hw, self._needed_hw(full_hw))
+            decoded = cv2.imdecode(img, _REDUCED_FLAGS[factor])
+            if factor == 1 or decoded is None:
+                full_hw = None
+            elif (full_hw, factor) != self._reduced_note:
+                self._reduced_note = (full_hw, factor)
+                log.info(
+                    "camera %s: %dx%d JPEG frames decoded at 1/%d (%dx%d): all that inference needs",
+                    self._name,
+                    full_hw[1] if full_hw else 0,
+                    full_hw[0] if full_hw else 0,
+                    factor,
+                    decoded.shape[1],
+                    decoded.shape[0],
+                )
         if decoded is None:
             # Packets that are not standalone JPEG images (some cameras leave out the Huffman tables):
             # this source is decoded by FFmpeg from the next opening on.
             self._raw_packets = False
             raise RuntimeError("MJPEG packets cannot be decoded on their own; reopening with FFmpeg decoding")
-        return _as_bgr(decoded)
+        image = _as_bgr(decoded)
+        if image is None:
+            return None
+        return image, full_hw or (int(image.shape[0]), int(image.shape[1]))
 
     # ------------------------------------------------------------------ state
 
@@ -381,7 +478,7 @@ class Camera:
             if self._stale(att):
                 return False
             self._slot = item
-            self._width, self._height = item.image.shape[1], item.image.shape[0]
+            self._height, self._width = item.frame_hw
             if next_k is not None:
                 self._file_k = next_k
             self._cond.notify_all()
@@ -511,7 +608,9 @@ class Camera:
         finally:
             att.native = None
 
-    def _native_retrieve(self, cap: cv2.VideoCapture, att: _Attempt) -> NDArray[np.uint8] | None:
+    def _native_retrieve(
+        self, cap: cv2.VideoCapture, att: _Attempt
+    ) -> tuple[NDArray[np.uint8], tuple[int, int]] | None:
         att.native = ("read", self._clock())
         try:
             return self._retrieve(cap)
@@ -541,8 +640,8 @@ class Camera:
                 return
             if period and now < next_due - 0.1 * period:
                 continue  # skipped: grabbed, never decoded
-            image = self._native_retrieve(cap, att)
-            if image is None:
+            decoded = self._native_retrieve(cap, att)
+            if decoded is None:
                 bad += 1
                 if bad >= _MAX_BAD_DECODES:
                     att.error = f"{bad} frames in a row could not be decoded"
@@ -553,7 +652,7 @@ class Camera:
                 next_due += period
                 if next_due <= now:
                     next_due = now + period
-            if not self._publish(att, _Sampled(wall, image, pos), wait=False):
+            if not self._publish(att, _Sampled(wall, decoded[0], pos, decoded[1]), wait=False):
                 return
 
     def _read_file(self, cap: cv2.VideoCapture, att: _Attempt) -> None:
@@ -607,16 +706,16 @@ class Camera:
             wall = time.time()
             if not self._count_grab(att, self._clock()):
                 return
-            image = self._native_retrieve(cap, att)
+            decoded = self._native_retrieve(cap, att)
             k += 1
-            if image is None:
+            if decoded is None:
                 bad += 1
                 if bad >= _MAX_BAD_DECODES:
                     att.error = f"{bad} frames in a row could not be decoded"
                     return
                 continue
             bad = 0
-            if not self._publish(att, _Sampled(wall, image, index), wait=not s.realtime, next_k=k):
+            if not self._publish(att, _Sampled(wall, decoded[0], index, decoded[1]), wait=not s.realtime, next_k=k):
                 return
 
     def _finish_file(self, att: _Attempt) -> None:

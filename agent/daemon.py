@@ -1,7 +1,8 @@
 """The daemon: wires capture → route → results → outbox → MQTT, and owns their threads.
 
-Threads: per camera one grabber (in :mod:`agent.capture`), one worker (here) and up to
-``max_in_flight`` inference calls; one publisher feeder plus paho's network thread; one health
+Threads: per camera one grabber (in :mod:`agent.capture`), one worker (here; it infers itself when one
+frame at a time is in flight, as with a local model) and, with the hosted API, up to ``max_in_flight``
+inference calls; one publisher feeder plus paho's network thread; one health
 thread; one watchdog thread. Every wait has a timeout; stopping is orderly: capture stops, in-flight
 frames finish and go to the outbox, the outbox drains to the broker for up to ``DRAIN_TIMEOUT_S``,
 and what is left stays on disk for the next start.
@@ -89,7 +90,10 @@ class _CameraWorker:
         self.camera = camera
         self.name = camera.status().name
         self._in_flight = in_flight
-        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"infer-{self.name}")
+        # One in flight (local inference): the worker infers itself, no hand-off to another thread per frame.
+        self._pool: ThreadPoolExecutor | None = None
+        if in_flight > 1:
+            self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"infer-{self.name}")
         self._pending: deque[tuple[Frame, int, Future[Outcome]]] = deque()
         # frame_id survives restarts without a disk write per frame: ids are reserved in blocks, the exact
         # value is stored on a clean stop; after a crash the next run starts past the reserved block (a gap
@@ -110,7 +114,8 @@ class _CameraWorker:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         agent = self._agent
@@ -132,7 +137,7 @@ class _CameraWorker:
                 if self._frame_id > self._reserved:
                     self._reserved = self._frame_id + _FRAME_ID_BLOCK
                     agent.outbox.set_meta(self._meta_key, str(self._reserved))
-                future = self._pool.submit(agent.router.infer, self.name, frame.image)
+                future = self._infer(frame)
                 self._pending.append((frame, self._frame_id, future))
             # Stopping (or the source ended): finish what is in flight, in order.
             while self._pending:
@@ -144,6 +149,16 @@ class _CameraWorker:
             self.errors += 1
         finally:
             self.done.set()
+
+    def _infer(self, frame: Frame) -> Future[Outcome]:
+        if self._pool is not None:
+            return self._pool.submit(self._agent.router.infer, self.name, frame.image, frame.frame_hw)
+        future: Future[Outcome] = Future()
+        try:
+            future.set_result(self._agent.router.infer(self.name, frame.image, frame.frame_hw))
+        except Exception as exc:  # handed to _complete exactly as the pool would hand it
+            future.set_exception(exc)
+        return future
 
     def _complete(self, *, block: bool) -> None:
         """Put every finished head-of-line result into the outbox; wait for the head if ``block``."""
@@ -234,7 +249,7 @@ class Agent:
         self.publisher = Publisher(s.mqtt, self.outbox, status_topic=self.topic_status)
         self.publisher.start()
         for cam_settings in s.cameras:
-            camera = Camera(cam_settings)
+            camera = Camera(cam_settings, needed_hw=self.router.needed_hw)
             camera.start()
             in_flight = s.inference.serverless.max_in_flight if remote is not None else 1
             worker = _CameraWorker(self, camera, in_flight)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 from agent.decoders import decode_end2end_seg, decode_rfdetr_seg, decode_yolov5_seg, decode_yolov8_placed
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
-from agent.postprocess import Detections, decode_yolov8_seg, letterbox
+from agent.postprocess import Detections, decode_yolov8_seg, letterbox, letterbox_content_hw
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
 
 __all__ = ["DEFAULT_IMGSZ", "PROVIDER_NAMES", "ModelError", "OnnxModel", "onnx_providers"]
@@ -388,6 +389,18 @@ class OnnxModel:
             outputs = self._session.run(self._output_names, feed)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
 
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """The smallest image size of a ``frame_hw`` frame that this model loses nothing from.
+
+        For the letterboxed YOLO path that is the letterbox's content rectangle: a capture may decode a
+        JPEG at a reduced size down to this (``detect(..., frame_hw=)``) and the model sees the same frame.
+        Other formats (crops, contrast, stretch) ask for the full frame.
+        """
+        if not self._ultralytics_path:
+            return frame_hw
+        content_h, content_w = letterbox_content_hw(frame_hw, self.input_hw)
+        return min(content_h, frame_hw[0]), min(content_w, frame_hw[1])  # a frame smaller than the input: all of it
+
     def detect(
         self,
         image_bgr: NDArray[Any],
@@ -395,8 +408,12 @@ class OnnxModel:
         confidence: float,
         overlap: float,
         max_detections: int = 300,
+        frame_hw: tuple[int, int] | None = None,
     ) -> Detections:
         """Instances in an HxWx3 uint8 BGR frame (anything else: ``ValueError``), in the frame's pixels.
+
+        ``frame_hw``: the frame's true size when ``image_bgr`` was decoded at a reduced size (see
+        :meth:`needed_hw`); detections are then in the true frame's pixels.
 
         ``confidence`` and ``overlap`` are on the 0..1 scale: a detection needs a score strictly above
         ``confidence``; a box is suppressed by a higher-scoring one of the same class when their IoU is
@@ -411,9 +428,11 @@ class OnnxModel:
             raise ValueError(f"max_detections must be >= 0, got {max_detections}")
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
             raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
-        frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+        image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+        if frame_hw is None:
+            frame_hw = image_hw
         if self._ultralytics_path:
-            tensor, params = letterbox(image_bgr, self.input_hw)
+            tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
             output0, protos = self.run(tensor)
             return decode_yolov8_seg(
                 output0,
@@ -425,6 +444,8 @@ class OnnxModel:
                 overlap=overlap,
                 max_detections=max_detections,
             )
+        if image_hw != frame_hw:  # needed_hw() asks these formats for full frames; be correct regardless
+            image_bgr = np.asarray(cv2.resize(image_bgr, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR))
         tensor, placement = prepare(image_bgr, self.preprocessing, self.input_hw)
         outputs = self.run(tensor)
         where: dict[str, Any] = {"placement": placement, "input_hw": self.input_hw, "frame_hw": frame_hw}

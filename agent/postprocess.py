@@ -42,6 +42,7 @@ __all__ = [
     "box_pixel_bounds",
     "decode_yolov8_seg",
     "letterbox",
+    "letterbox_content_hw",
     "letterbox_params",
     "mask_in_box",
     "mask_polygon",
@@ -136,19 +137,33 @@ def letterbox_params(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Letter
     return LetterboxParams(scale=scale, pad_x=(dst_hw[1] - new_w) // 2, pad_y=(dst_hw[0] - new_h) // 2)
 
 
-def letterbox(image_bgr: NDArray[Any], dst_hw: tuple[int, int]) -> tuple[NDArray[np.float32], LetterboxParams]:
+def letterbox_content_hw(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int]:
+    """The size ``(h, w)`` a ``src_hw`` frame is resized to inside a ``dst_hw`` letterbox."""
+    src_hw = _check_hw("src_hw", src_hw)
+    dst_hw = _check_hw("dst_hw", dst_hw)
+    return _resized_hw(src_hw, dst_hw, min(dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]))
+
+
+def letterbox(
+    image_bgr: NDArray[Any], dst_hw: tuple[int, int], *, frame_hw: tuple[int, int] | None = None
+) -> tuple[NDArray[np.float32], LetterboxParams]:
     """The model input for a BGR frame: ``(1, 3, H, W)`` float32 RGB in 0..1, letterboxed with grey 114.
 
     One ``cv2.resize`` (linear), skipped when the frame already has the right size. Anything but an HxWx3
     uint8 array raises ``ValueError``.
+
+    ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode of it (a JPEG decoded at 1/2,
+    1/4 or 1/8). The params are then the true frame's, so everything mapped back lands in its pixels, and
+    the image is resized into the same content rectangle.
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
-    src_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+    image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+    src_hw = image_hw if frame_hw is None else _check_hw("frame_hw", frame_hw)
     dst_hw = _check_hw("dst_hw", dst_hw)
     params = letterbox_params(src_hw, dst_hw)
     new_h, new_w = _resized_hw(src_hw, dst_hw, params.scale)
-    if (new_h, new_w) == src_hw:
+    if (new_h, new_w) == image_hw:
         resized = image_bgr
     else:
         resized = np.asarray(cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR))

@@ -79,8 +79,16 @@ class Detector(Protocol):
     class_names: list[str]
 
     def detect(
-        self, image_bgr: NDArray[np.uint8], *, confidence: float, overlap: float, max_detections: int
+        self,
+        image_bgr: NDArray[np.uint8],
+        *,
+        confidence: float,
+        overlap: float,
+        max_detections: int,
+        frame_hw: tuple[int, int] | None = None,
     ) -> Detections: ...
+
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +238,18 @@ class Router:
         with self._lock:
             return self._mode
 
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """The smallest image of a ``frame_hw`` frame that every way this router may take can use: the
+        local model's letterbox content, the serverless upload size. A capture may decode frames down to it."""
+        needs: list[tuple[int, int]] = []
+        if self._local is not None:
+            needs.append(self._local.needed_hw(frame_hw))
+        if self._use_remote and self._remote is not None:
+            needs.append(self._remote.upload_hw(frame_hw))
+        if not needs:
+            return frame_hw
+        return max(n[0] for n in needs), max(n[1] for n in needs)
+
     def admit(self, camera: str, image_bgr: NDArray[np.uint8]) -> bool:
         """Change gate (and, in ``serverless`` mode, the call caps): ``False`` = skip this frame.
 
@@ -256,8 +276,11 @@ class Router:
             cam.counters["admitted"] += 1
             return True
 
-    def infer(self, camera: str, image_bgr: NDArray[np.uint8]) -> Outcome:
+    def infer(self, camera: str, image_bgr: NDArray[np.uint8], frame_hw: tuple[int, int] | None = None) -> Outcome:
         """One frame's result. Blocking and thread-safe.
+
+        ``frame_hw``: the frame's true size when ``image_bgr`` was decoded at a reduced size (see
+        :meth:`needed_hw`); results are in the true frame's pixels either way.
 
         In ``auto`` and ``local`` mode network trouble never raises: the frame is run locally. Raises
         :class:`FrameFailed` when there is no way to a result (``serverless`` mode while the API fails; the
@@ -267,12 +290,14 @@ class Router:
         try:
             with self._lock:
                 plan = self._plan(camera)
+            if frame_hw is None:
+                frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
             if plan.way == "local":
-                return self._run_local(camera, image_bgr, plan.reason, t0)
+                return self._run_local(camera, image_bgr, frame_hw, plan.reason, t0)
             if plan.way == "fail":
                 self._count_frame_failed(camera)
                 raise FrameFailed(plan.kind, plan.reason or plan.kind, latency_ms=_ms_since(t0))
-            return self._run_remote(camera, image_bgr, plan.probe, t0)
+            return self._run_remote(camera, image_bgr, frame_hw, plan.probe, t0)
         finally:
             self._flush_events()
 
@@ -422,20 +447,24 @@ class Router:
 
     # ------------------------------------------------------------------ remote
 
-    def _call(self, image: NDArray[np.uint8]) -> tuple[dict[str, Any] | None, ServerlessError | None]:
+    def _call(
+        self, image: NDArray[np.uint8], frame_hw: tuple[int, int]
+    ) -> tuple[dict[str, Any] | None, ServerlessError | None]:
         assert self._remote is not None
         try:
-            return self._remote.infer(image), None
+            return self._remote.infer(image, frame_hw=frame_hw), None
         except ServerlessError as exc:
             return None, exc
         except Exception as exc:  # a bug or an odd frame: treat like an unusable answer
             return None, ServerlessError("bad_response", f"unexpected {type(exc).__name__}: {exc}", secret=self._key)
 
-    def _run_remote(self, camera: str, image: NDArray[np.uint8], probe: bool, t0: float) -> Outcome:
-        api, error = self._call(image)
+    def _run_remote(
+        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], probe: bool, t0: float
+    ) -> Outcome:
+        api, error = self._call(image, frame_hw)
         attempts = 1
         if error is not None and not probe and not self._fallback and error.kind != "auth":
-            api, error, more = self._retry(camera, image, error)
+            api, error, more = self._retry(camera, image, frame_hw, error)
             attempts += more
         if api is not None:
             with self._lock:
@@ -450,12 +479,12 @@ class Router:
             with self._lock:
                 self._counters["failed_over"] += 1
                 self._camera(camera).counters["failed_over"] += 1
-            return self._run_local(camera, image, reason, t0)
+            return self._run_local(camera, image, frame_hw, reason, t0)
         self._count_frame_failed(camera)
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
 
     def _retry(
-        self, camera: str, image: NDArray[np.uint8], error: ServerlessError
+        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], error: ServerlessError
     ) -> tuple[dict[str, Any] | None, ServerlessError, int]:
         """``serverless`` mode only: bounded retries of one frame before declaring the API unavailable."""
         attempts = 0
@@ -474,7 +503,7 @@ class Router:
                 self._count_call(cam, now)
                 self._counters["retries"] += 1
             attempts += 1
-            api, next_error = self._call(image)
+            api, next_error = self._call(image, frame_hw)
             with self._lock:
                 self._failed[error.kind] += 1  # the attempt this one retried
             if api is not None:
@@ -558,10 +587,12 @@ class Router:
 
     # ------------------------------------------------------------------ local
 
-    def _run_local(self, camera: str, image: NDArray[np.uint8], reason: str | None, t0: float) -> Outcome:
+    def _run_local(
+        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], reason: str | None, t0: float
+    ) -> Outcome:
         if self._local is None:  # only reachable through a programming error
             raise FrameFailed("local", "no local model", latency_ms=_ms_since(t0))
-        h, w = image.shape[:2]
+        h, w = frame_hw
         s = self._settings
         error: str | None = None
         try:
@@ -572,6 +603,7 @@ class Router:
                     confidence=s.confidence / 100.0,
                     overlap=s.overlap / 100.0,
                     max_detections=s.max_detections,
+                    frame_hw=frame_hw,
                 )
                 run_s = time.perf_counter() - t1
             api = detections_to_api(

@@ -200,34 +200,44 @@ class ServerlessClient:
     def redact(self, text: str) -> str:
         return redact(text, self._key)
 
-    def encode(self, image_bgr: NDArray[np.uint8]) -> tuple[bytes, float, tuple[int, int]]:
-        """The upload body (base64 JPEG), the factor that maps upload pixels back to the frame, and the
-        uploaded size ``(w, h)``."""
-        h, w = image_bgr.shape[:2]
-        scale = 1.0
-        upload: NDArray[Any] = image_bgr
+    def upload_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """The size ``(h, w)`` a frame of ``frame_hw`` is uploaded at (``upload_max_side``)."""
+        h, w = frame_hw
         limit = self.settings.upload_max_side
-        if limit and max(w, h) > limit:
-            factor = limit / max(w, h)
-            new_w = max(1, round(w * factor))
-            new_h = max(1, round(h * factor))
+        if not limit or max(w, h) <= limit:
+            return h, w
+        factor = limit / max(w, h)
+        return max(1, round(h * factor)), max(1, round(w * factor))
+
+    def encode(
+        self, image_bgr: NDArray[np.uint8], frame_hw: tuple[int, int] | None = None
+    ) -> tuple[bytes, float, tuple[int, int]]:
+        """The upload body (base64 JPEG), the factor that maps upload pixels back to the frame, and the
+        uploaded size ``(w, h)``. ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode."""
+        ih, iw = image_bgr.shape[:2]
+        h, w = frame_hw or (ih, iw)
+        new_h, new_w = self.upload_hw((h, w))
+        new_h, new_w = min(new_h, ih), min(new_w, iw)  # never upscaled: a reduced decode goes as it is
+        upload: NDArray[Any] = image_bgr
+        if (new_h, new_w) != (ih, iw):
             upload = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA)
-            scale = max(w, h) / max(new_w, new_h)
+        scale = max(w, h) / max(new_w, new_h)
         ok, jpeg = cv2.imencode(".jpg", upload, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
         if not ok:
             raise ValueError("the frame could not be JPEG-encoded")
         uh, uw = upload.shape[:2]
         return base64.b64encode(jpeg.tobytes()), scale, (int(uw), int(uh))
 
-    def infer(self, image_bgr: NDArray[np.uint8]) -> dict[str, Any]:
-        """One frame through the hosted model: the cleaned API dict in original-frame pixels.
+    def infer(self, image_bgr: NDArray[np.uint8], *, frame_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+        """One frame through the hosted model: the cleaned API dict in original-frame pixels
+        (``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode).
 
         Raises :class:`ServerlessError` (redacted, nothing chained) on any failure.
         """
         if self._closed:
             raise ServerlessError("connect", "client is closed")
-        h, w = image_bgr.shape[:2]
-        body, scale, _ = self.encode(image_bgr)
+        h, w = frame_hw or image_bgr.shape[:2]
+        body, scale, _ = self.encode(image_bgr, frame_hw)
         with self._lock:
             self._requests += 1
             self._bytes_sent += len(body)

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
-from agent.capture import Camera, Frame
+from agent.capture import Camera, Frame, jpeg_hw, reduction_factor
 from agent.config import CameraSettings
 from agent.logs import redact
 
@@ -90,11 +92,11 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cameras() -> Iterator[Callable[..., Camera]]:
-    """Build started cameras (``make(settings, cls=Camera)``) that are stopped after the test."""
+    """Build started cameras (``make(settings, cls=Camera, **kw)``) that are stopped after the test."""
     made: list[Camera] = []
 
-    def make(s: CameraSettings, cls: type[Camera] = Camera) -> Camera:
-        cam = cls(s)
+    def make(s: CameraSettings, cls: type[Camera] = Camera, **kw: Any) -> Camera:
+        cam = cls(s, **kw)
         made.append(cam)
         cam.start()
         return cam
@@ -273,6 +275,273 @@ def test_mjpeg_packets_that_imdecode_cannot_read_fall_back_to_ffmpeg_decoding(
     assert cam.raw[0] and not any(cam.raw[1:])
     assert cam.status().reconnects == 1
     assert "MJPEG packets cannot be decoded" in (cam.status().last_error or "")
+
+
+# --------------------------------------------------------------------------- JPEG headers and reduced decoding
+
+
+def jpeg_bytes(h: int, w: int, *, progressive: bool = False) -> bytes:
+    """A real JPEG (cv2.imencode) of a smooth h x w picture."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 200 // max(1, w), yy * 200 // max(1, h), (xx + yy) % 256], axis=-1).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def header_segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """The marker segments between SOI and SOS (each with its marker and length), and the rest from SOS on."""
+    assert data[:2] == b"\xff\xd8"
+    segments: list[bytes] = []
+    i = 2
+    while data[i + 1] != 0xDA:
+        length = (data[i + 2] << 8) | data[i + 3]
+        segments.append(data[i : i + 2 + length])
+        i += 2 + length
+    return segments, data[i:]
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def sof_offset(data: bytes) -> int:
+    """Where the frame header (SOF0 or SOF2, as libjpeg writes them) starts."""
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC2):
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return i
+
+
+FAKE_SOF = b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03"  # a 16x16 frame header, as bytes inside a payload
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+@pytest.mark.parametrize("hw", [(1080, 1920), (1081, 1921), (481, 643), (720, 1280), (7, 9), (1, 1), (2160, 3840)])
+def test_jpeg_hw_reads_the_frame_header(hw: tuple[int, int], progressive: bool) -> None:
+    data = jpeg_bytes(*hw, progressive=progressive)
+    assert data[sof_offset(data) + 1] == (0xC2 if progressive else 0xC0)  # the SOFn kind under test
+    packet = np.frombuffer(data, np.uint8).reshape(1, -1)  # how FFmpeg hands out raw packets
+    assert jpeg_hw(data) == hw
+    assert jpeg_hw(packet) == hw
+    assert jpeg_hw(packet.reshape(-1)) == hw
+    assert jpeg_hw(bytearray(data)) == hw
+    decoded = cv2.imdecode(packet, cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == hw
+
+
+def _big_app1_first(data: bytes) -> bytes:
+    # An EXIF-sized APP1 (60 KiB) right after SOI whose payload holds a fake frame header: the parser must
+    # skip segments by their length, never scan for marker bytes.
+    payload = b"Exif\x00\x00" + FAKE_SOF * 6000
+    return data[:2] + segment(0xE1, payload) + data[2:]
+
+
+def _tables_first(data: bytes) -> bytes:
+    # DHT (0xC4, in the SOFn range but no frame header) and COM segments before the SOF.
+    segments, rest = header_segments(data)
+    dht = [s for s in segments if s[1] == 0xC4]
+    others = [s for s in segments if s[1] != 0xC4]
+    return data[:2] + segment(0xFE, b"comment " + FAKE_SOF) + b"".join(dht + others) + rest
+
+
+def _fill_bytes(data: bytes) -> bytes:
+    # Fill bytes (0xFF runs) are allowed before any marker.
+    i = sof_offset(data)
+    return data[:i] + b"\xff\xff\xff" + data[i:]
+
+
+@pytest.mark.parametrize("splice", [_big_app1_first, _tables_first, _fill_bytes], ids=["app1", "tables", "fill"])
+@pytest.mark.parametrize("hw", [(1080, 1920), (481, 643)])
+def test_jpeg_hw_skips_what_comes_before_the_frame_header(
+    hw: tuple[int, int], splice: Callable[[bytes], bytes]
+) -> None:
+    data = splice(jpeg_bytes(*hw))
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == hw  # still a valid JPEG
+    assert jpeg_hw(data) == hw
+    assert jpeg_hw(np.frombuffer(data, np.uint8).reshape(1, -1)) == hw
+
+
+def _png() -> bytes:
+    ok, buf = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+_JPEG = jpeg_bytes(480, 640)
+_SOF = sof_offset(_JPEG)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_png(), id="png"),
+        pytest.param(b"", id="empty"),
+        pytest.param(np.zeros((1, 0), np.uint8), id="empty-array"),
+        pytest.param(b"\xff\xd8", id="soi-only"),
+        pytest.param(b"GIF89a\x01\x00\x01\x00" + bytes(30), id="gif"),
+        pytest.param(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), id="garbage"),
+        pytest.param(b"\xff\xd8" + bytes(100), id="soi-then-zeros"),
+        pytest.param(_JPEG[:_SOF], id="cut-before-sof"),
+        pytest.param(_JPEG[: _SOF + 7], id="cut-inside-sof"),
+        pytest.param(_JPEG[:40], id="cut-early"),
+        pytest.param(b"\xff\xd8\xff\xd9", id="soi-eoi"),
+        pytest.param(b"\xff\xd8" + header_segments(_JPEG)[1], id="scan-before-sof"),
+        pytest.param(_JPEG[:_SOF] + segment(0xC0, b"\x08\x00\x00\x02\x80\x03" + bytes(9)), id="zero-height"),
+        pytest.param(_JPEG[:_SOF] + segment(0xC0, b"\x08\x01\xe0\x00\x00\x03" + bytes(9)), id="zero-width"),
+        pytest.param(_JPEG[:2] + b"\xff\xe0\x00\x01" + _JPEG[2:], id="bad-length"),
+    ],
+)
+def test_jpeg_hw_is_none_for_what_is_not_a_jpeg_header(data: bytes | np.ndarray) -> None:
+    assert jpeg_hw(data) is None
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "needed_hw", "factor"),
+    [
+        ((1080, 1920), (234, 416), 4),  # 1080p for a 416 letterbox: 270x480
+        ((720, 1280), (234, 416), 2),  # 180x320 at 1/4 is too small
+        ((480, 640), (312, 416), 1),
+        ((1080, 1920), (1080, 1920), 1),  # need == frame
+        ((1080, 1920), (1081, 1920), 1),  # need > frame: nothing better than full
+        ((1080, 1920), (540, 960), 2),  # exactly half
+        ((1080, 1920), (541, 960), 1),
+        ((1080, 1920), (135, 240), 8),  # exactly an eighth
+        ((1081, 1921), (271, 481), 4),  # ceil(1081/4) = 271, ceil(1921/4) = 481
+        ((1081, 1921), (136, 241), 8),  # ceil(1081/8) = 136, ceil(1921/8) = 241
+        ((1081, 1921), (137, 241), 4),
+        ((481, 643), (241, 322), 2),  # ceil on both axes
+        ((481, 643), (121, 161), 4),
+        ((1080, 1920), (1, 1), 8),  # tiny need
+        ((1080, 1920), (0, 0), 8),
+        ((1, 1), (1, 1), 8),  # libjpeg never gives less than one pixel
+        ((2160, 3840), (234, 416), 8),
+        ((2160, 3840), (360, 640), 4),
+    ],
+)
+def test_reduction_factor(frame_hw: tuple[int, int], needed_hw: tuple[int, int], factor: int) -> None:
+    assert reduction_factor(frame_hw, needed_hw) == factor
+
+
+@pytest.mark.parametrize("hw", [(1081, 1921), (481, 643), (100, 37), (720, 1280)])
+def test_reduction_factor_agrees_with_libjpeg_sizes(hw: tuple[int, int]) -> None:
+    """What cv2 decodes at 1/f is ceil(size / f): asking for exactly that size gives back f."""
+    packet = np.frombuffer(jpeg_bytes(*hw), np.uint8)
+    for f, flag in ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8)):
+        reduced = cv2.imdecode(packet, flag)
+        assert reduced is not None
+        size = (int(reduced.shape[0]), int(reduced.shape[1]))
+        assert size == (-(-hw[0] // f), -(-hw[1] // f))
+        assert reduction_factor(hw, size) == f
+        assert reduction_factor(hw, (size[0] + 1, size[1])) < f
+        assert reduction_factor(hw, (size[0], size[1] + 1)) < f
+
+
+@pytest.fixture(scope="module")
+def video_720p(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 frames, 1280x720; frame i shows i."""
+    return write_video(tmp_path_factory.mktemp("video720") / "clip.avi", frames=12, fps=30.0, width=1280, height=720)
+
+
+def marks_of_reduced(image: np.ndarray, frame_hw: tuple[int, int]) -> tuple[int, int]:
+    """The block code of a frame decoded at a reduced size, read at the frame's size."""
+    return decode_marks(cv2.resize(image, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("need", "image_hw"),
+    [
+        (None, (720, 1280)),
+        ((720, 1280), (720, 1280)),  # needs the full frame
+        ((234, 416), (360, 640)),  # a 416 letterbox of 720p: 1/2
+        ((180, 320), (180, 320)),  # exactly 1/4
+        ((90, 160), (90, 160)),  # 1/8
+        ((1, 1), (90, 160)),  # never below 1/8
+    ],
+)
+def test_mjpeg_file_is_decoded_at_the_reduced_size_the_consumer_needs(
+    video_720p: Path, cameras: Callable[..., Camera], need: tuple[int, int] | None, image_hw: tuple[int, int]
+) -> None:
+    asked: list[tuple[int, int]] = []
+
+    def needed_hw(frame_hw: tuple[int, int]) -> tuple[int, int]:
+        asked.append(frame_hw)
+        assert need is not None
+        return need
+
+    kw: dict[str, Any] = {} if need is None else {"needed_hw": needed_hw}
+    cam = cameras(settings(str(video_720p), fps=0.0, realtime=False), cls=FormatRecordingCamera, **kw)
+    frames = read_all(cam)
+    assert [f.source_pos for f in frames] == list(range(12))
+    assert isinstance(cam, FormatRecordingCamera) and cam.raw and all(cam.raw)  # the raw-packet path
+    assert all(f.image.shape == (*image_hw, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert all(f.frame_hw == (720, 1280) for f in frames)
+    assert [marks_of_reduced(f.image, f.frame_hw) for f in frames] == [(i, 0) for i in range(12)]  # the right frames
+    st = cam.status()
+    assert (st.width, st.height) == (1280, 720)
+    assert st.state == "ended" and st.frames_sampled == 12
+    if need is not None:
+        assert asked and set(asked) == {(720, 1280)}  # asked with the true size, from the JPEG header
+
+
+def textured_frame(i: int, hw: tuple[int, int] = (720, 1280)) -> np.ndarray:
+    """A busy picture (noise, edges, colours) that changes with ``i``."""
+    rng = np.random.default_rng(i)
+    h, w = hw
+    small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(8):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.circle(img, centre, int(rng.integers(20, 200)), colour, -1)
+    return np.asarray(img, np.uint8)
+
+
+@pytest.mark.timeout(30)
+def test_reduced_decode_is_the_same_picture_as_a_resized_full_decode(
+    tmp_path: Path, cameras: Callable[..., Camera]
+) -> None:
+    path = tmp_path / "textured.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (1280, 720))
+    assert writer.isOpened()
+    for i in range(6):
+        writer.write(textured_frame(i))
+    writer.release()
+    full = read_all(cameras(settings(str(path), fps=0.0, realtime=False)))
+    reduced = read_all(cameras(settings(str(path), fps=0.0, realtime=False), needed_hw=lambda hw: (180, 320)))
+    assert [f.source_pos for f in full] == [f.source_pos for f in reduced] == list(range(6))
+
+    def mad(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+    same, other = [], []
+    for k, (a, b) in enumerate(zip(full, reduced, strict=True)):
+        assert a.image.shape == (720, 1280, 3) and b.image.shape == (180, 320, 3)
+        assert a.frame_hw == b.frame_hw == (720, 1280)
+        same.append(mad(cv2.resize(a.image, (320, 180), interpolation=cv2.INTER_AREA), b.image))
+        other.append(mad(cv2.resize(full[(k + 1) % 6].image, (320, 180), interpolation=cv2.INTER_AREA), b.image))
+    assert max(same) < 3.0, same  # 0..255 scale: the same picture, up to JPEG and filter differences
+    assert min(other) > 10 * max(same), other  # ... and another frame is far off
+
+
+@pytest.mark.timeout(20)
+def test_mjpeg_stream_is_decoded_at_a_reduced_size(cameras: Callable[..., Camera]) -> None:
+    with MjpegServer(width=640, height=480, tag=3) as srv:
+        cam = cameras(settings(srv.url(), fps=0.0), needed_hw=lambda hw: (hw[0] // 4, hw[1] // 4))
+        frames = [f for _ in range(3) if (f := cam.read(5.0)) is not None]
+        assert len(frames) == 3
+        assert all(f.image.shape == (120, 160, 3) and f.frame_hw == (480, 640) for f in frames)
+        assert {marks_of_reduced(f.image, f.frame_hw)[1] for f in frames} == {3}
+        st = cam.status()
+        assert (st.width, st.height) == (640, 480) and st.state == "streaming"
+
+
+def test_frame_hw_defaults_to_the_image_size() -> None:
+    image = np.zeros((90, 160, 3), np.uint8)
+    assert Frame("cam", 1, 0.0, image, 0).frame_hw == (90, 160)
+    assert Frame("cam", 1, 0.0, image, 0, (720, 1280)).frame_hw == (720, 1280)
 
 
 # --------------------------------------------------------------------------- live streams

@@ -162,6 +162,36 @@ def test_video_file_gives_one_message_per_sampled_frame_in_order(
     assert [m["frame_id"] for m in detections(sub)] == list(range(1, 21))
 
 
+def test_large_mjpeg_frames_are_decoded_reduced_and_published_in_full_frame_pixels(
+    tmp_path: Path,
+    broker: Mosquitto,
+    make_subscriber: Callable[..., Subscriber],
+    run_agent: Callable[..., AgentProcess],
+) -> None:
+    """1920x1080 frames for the 416x416 demo model are decoded at 1/4; subscribers still get 1920x1080."""
+    from agent.synth import render_video
+
+    demo = Path(__file__).resolve().parent.parent / "models" / "demo-seg.onnx"
+    video = render_video(tmp_path / "big.avi", seconds=1.0, fps=10.0, size=(1920, 1080), seed=3, quality=85)
+    sub = make_subscriber(broker.port, f"{BASE}/#")
+    config = write_config(
+        tmp_path, demo, broker.port, {"source": str(video), "fps": 5, "loop": False, "realtime": False}
+    )
+    agent = run_agent(config)
+    assert agent.wait(60) == 0, agent.log
+    assert "1920x1080 JPEG frames decoded at 1/4 (480x270)" in agent.log
+    msgs = detections(sub)
+    assert [m["frame_id"] for m in msgs] == [1, 2, 3, 4, 5]
+    xs, ys = [], []
+    for m in msgs:
+        assert_api_format(m, 1920, 1080)
+        for p in m["predictions"]:
+            xs += [q["x"] for q in p["points"]]
+            ys += [q["y"] for q in p["points"]]
+    assert xs and max(xs) > 480 and max(ys) > 270, "points are in the full frame's pixels, not the decode's"
+    assert max(xs) <= 1920 and max(ys) <= 1080
+
+
 def test_status_offline_by_last_will_when_killed_and_on_clean_stop(
     tmp_path: Path,
     model_path: Path,

@@ -12,8 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from agent import synth
+from agent.capture import reduction_factor
 from agent.model import ModelError, OnnxModel
-from agent.postprocess import Detections, box_iou_xyxy
+from agent.postprocess import Detections, box_iou_xyxy, letterbox_content_hw
 from tests.onnx_models import build_single_output, build_two_inputs, build_yolov8_seg
 
 CLASS_NAMES = ["circle", "rectangle", "triangle"]
@@ -398,3 +400,119 @@ def test_dynamic_input_with_wrong_metadata_size_fails_at_load(tmp_path: Path) ->
     path = build_yolov8_seg(tmp_path / "model.onnx", imgsz=(64, 64), dynamic_input=True, metadata={"imgsz": "[96, 96]"})
     with pytest.raises(ModelError, match="test run"):
         OnnxModel(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Frames decoded at a reduced size (JPEG DCT scaling), with the demo model
+
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo-seg.onnx"
+REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> OnnxModel:
+    return OnnxModel(DEMO_MODEL, threads=2)
+
+
+def shapes_frame(height: int, width: int) -> np.ndarray:
+    """Four solid shapes (agent.synth's geometry, in proportion to the frame) on a gradient."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.empty((height, width, 3), np.uint8)
+    img[..., 0] = (60 + 60 * x / width).astype(np.uint8)
+    img[..., 1] = (70 + 40 * y / height).astype(np.uint8)
+    img[..., 2] = 80
+    sx, sy = width / 1920, height / 1080
+    shapes = [  # class, centre x, centre y, size, angle, BGR (in 1920x1080 units)
+        (0, 400, 300, 320, 0.0, (30, 30, 220)),
+        (1, 1400, 350, 420, 0.4, (40, 200, 40)),
+        (2, 900, 780, 380, 0.2, (220, 160, 30)),
+        (0, 1650, 850, 260, 0.0, (200, 200, 240)),
+    ]
+    for cls, cx, cy, size, angle, colour in shapes:
+        pts = synth.shape_polygon(cls, cx * sx, cy * sy, size * min(sx, sy), angle, aspect=0.6)
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], colour, lineType=cv2.LINE_AA)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "factor"),
+    [((1080, 1920), 4), ((1080, 1920), 2), ((720, 1280), 2), ((2160, 3840), 8)],
+    ids=["1080p-4", "1080p-2", "720p-2", "4k-8"],
+)
+def test_detect_on_a_reduced_decode_matches_the_full_frame(
+    demo_model: OnnxModel, frame_hw: tuple[int, int], factor: int
+) -> None:
+    ok, jpeg = cv2.imencode(".jpg", shapes_frame(*frame_hw), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    full = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    reduced = cv2.imdecode(jpeg, REDUCED_FLAGS[factor])
+    assert reduced.shape[:2] == (-(-frame_hw[0] // factor), -(-frame_hw[1] // factor))
+    want = demo_model.detect(full, confidence=0.5, overlap=0.45)
+    got = demo_model.detect(reduced, confidence=0.5, overlap=0.45, frame_hw=frame_hw)
+    assert len(want) == 4  # the scene's four shapes
+    assert len(got) == len(want)
+    assert sorted(got.class_id.tolist()) == sorted(want.class_id.tolist()) == [0, 0, 1, 2]
+    # one-to-one: every full-frame box has its own same-class box in the reduced result
+    iou = box_iou_xyxy(want.boxes_xyxy, got.boxes_xyxy)
+    iou[want.class_id[:, None] != got.class_id[None, :]] = 0.0
+    match = iou.argmax(axis=1)
+    assert sorted(match.tolist()) == list(range(len(got)))
+    assert iou[np.arange(len(want)), match].min() >= 0.9, iou
+    np.testing.assert_allclose(got.confidence[match], want.confidence, atol=0.05)
+    # masks too, in the full frame's pixels
+    for i, j in enumerate(match):
+        a, b = rasterise(want.polygons[i], frame_hw), rasterise(got.polygons[j], frame_hw)
+        assert np.count_nonzero(a & b) / np.count_nonzero(a | b) >= 0.85
+    xs = np.concatenate([p[:, 0] for p in got.polygons])
+    ys = np.concatenate([p[:, 1] for p in got.polygons])
+    assert xs.min() >= 0 and xs.max() < frame_hw[1] and ys.min() >= 0 and ys.max() < frame_hw[0]
+    assert xs.max() > reduced.shape[1] and ys.max() > reduced.shape[0]  # not the reduced image's pixels
+    assert got.boxes_xyxy[:, 2].max() <= frame_hw[1] and got.boxes_xyxy[:, 3].max() <= frame_hw[0]
+    # without frame_hw the same image is a small frame of its own
+    small = demo_model.detect(reduced, confidence=0.5, overlap=0.45)
+    assert small.boxes_xyxy[:, 2].max() <= reduced.shape[1]
+    to_frame = frame_hw[1] / reduced.shape[1]
+    np.testing.assert_allclose(
+        np.sort(small.boxes_xyxy[:, 0]) * to_frame, np.sort(got.boxes_xyxy[:, 0]), atol=2 * factor
+    )
+
+
+def test_detect_with_frame_hw_of_the_image_itself_changes_nothing(demo_model: OnnxModel) -> None:
+    frame = shapes_frame(480, 640)
+    plain = demo_model.detect(frame, confidence=0.5, overlap=0.45)
+    same = demo_model.detect(frame, confidence=0.5, overlap=0.45, frame_hw=(480, 640))
+    assert len(plain) == 4
+    np.testing.assert_array_equal(plain.boxes_xyxy, same.boxes_xyxy)
+    np.testing.assert_array_equal(plain.class_id, same.class_id)
+
+
+@pytest.mark.parametrize(
+    "frame_hw", [(1080, 1920), (720, 1280), (480, 640), (1920, 1080), (2160, 3840), (1081, 1921), (416, 416)]
+)
+def test_needed_hw_is_the_letterbox_content(demo_model: OnnxModel, frame_hw: tuple[int, int]) -> None:
+    need = demo_model.needed_hw(frame_hw)
+    assert need == letterbox_content_hw(frame_hw, demo_model.input_hw)
+    assert need[0] <= frame_hw[0] and need[1] <= frame_hw[1]
+    assert max(need[0] / demo_model.input_hw[0], need[1] / demo_model.input_hw[1]) == 1.0  # fills one side
+    # the decode it allows still covers the need
+    factor = reduction_factor(frame_hw, need)
+    assert -(-frame_hw[0] // factor) >= need[0] and -(-frame_hw[1] // factor) >= need[1]
+
+
+def test_needed_hw_of_a_yolov8_fixture_model(wide_model_path: Path) -> None:
+    model = OnnxModel(wide_model_path)  # input 192x320
+    assert model.needed_hw((1080, 1920)) == (180, 320)
+    assert model.needed_hw((1920, 1080)) == (192, 108)
+    assert reduction_factor((1080, 1920), model.needed_hw((1080, 1920))) == 4
+
+
+@pytest.mark.parametrize("frame_hw", [(240, 320), (1, 1), (100, 1000), (1000, 100)])
+def test_needed_hw_never_exceeds_a_frame_smaller_than_the_input(
+    demo_model: OnnxModel, frame_hw: tuple[int, int]
+) -> None:
+    need = demo_model.needed_hw(frame_hw)
+    assert need[0] <= frame_hw[0] and need[1] <= frame_hw[1]
+    scale = min(demo_model.input_hw[0] / frame_hw[0], demo_model.input_hw[1] / frame_hw[1])
+    if scale >= 1:  # the model enlarges the frame: all of it is needed
+        assert need == frame_hw

@@ -20,6 +20,7 @@ from agent.postprocess import (
     box_pixel_bounds,
     decode_yolov8_seg,
     letterbox,
+    letterbox_content_hw,
     letterbox_params,
     mask_in_box,
     mask_polygon,
@@ -134,6 +135,90 @@ def test_letterbox_same_size_is_an_exact_rgb_copy() -> None:
 def test_letterbox_rejects_non_bgr_images(image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         letterbox(image, (32, 32))
+
+
+@pytest.mark.parametrize(
+    ("src_hw", "dst_hw", "expected"),
+    [
+        ((1080, 1920), (416, 416), (234, 416)),
+        ((720, 1280), (416, 416), (234, 416)),
+        ((480, 640), (416, 416), (312, 416)),
+        ((1920, 1080), (416, 416), (416, 234)),  # portrait
+        ((416, 416), (416, 416), (416, 416)),
+        ((1081, 1921), (416, 416), (234, 416)),  # 234.09 rounds down
+        ((1083, 1920), (416, 416), (235, 416)),  # 234.65 rounds up
+        ((100, 50), (256, 256), (256, 128)),  # upscaling
+        ((720, 1280), (384, 640), (360, 640)),  # rectangular input
+        ((10, 13), (32, 32), (25, 32)),
+        ((1, 1000), (64, 64), (1, 64)),  # never 0
+    ],
+)
+def test_letterbox_content_hw(src_hw: tuple[int, int], dst_hw: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert letterbox_content_hw(src_hw, dst_hw) == expected
+    # ... which is the rectangle letterbox() fills: the padding around it is the params' padding
+    params = letterbox_params(src_hw, dst_hw)
+    assert (dst_hw[1] - expected[1]) // 2 == params.pad_x and (dst_hw[0] - expected[0]) // 2 == params.pad_y
+
+
+@pytest.mark.parametrize(("src_hw", "dst_hw"), [((0, 10), (32, 32)), ((10, 10), (0, 32)), ((-5, 5), (8, 8))])
+def test_letterbox_content_hw_rejects_empty_sizes(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> None:
+    with pytest.raises(ValueError):
+        letterbox_content_hw(src_hw, dst_hw)
+
+
+def smooth_frame(hw: tuple[int, int]) -> np.ndarray:
+    """A smooth BGR picture (gradients and a few soft blobs), the same at any resolution."""
+    h, w = hw
+    y, x = np.mgrid[0:h, 0:w]
+    u, v = x / w, y / h
+    img = np.stack(
+        [
+            120 + 100 * np.sin(2 * np.pi * u) * np.cos(np.pi * v),
+            60 + 150 * u * v,
+            200 - 150 * np.exp(-(((u - 0.6) / 0.15) ** 2 + ((v - 0.4) / 0.2) ** 2)),
+        ],
+        axis=-1,
+    )
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+@pytest.mark.parametrize(
+    ("frame_hw", "dst_hw"),
+    [((1080, 1920), (416, 416)), ((720, 1280), (416, 416)), ((1081, 1921), (384, 640)), ((1920, 1080), (640, 640))],
+)
+def test_letterbox_of_a_reduced_decode_matches_the_full_frame(
+    frame_hw: tuple[int, int], dst_hw: tuple[int, int], factor: int
+) -> None:
+    full = smooth_frame(frame_hw)
+    reduced_hw = (-(-frame_hw[0] // factor), -(-frame_hw[1] // factor))  # as libjpeg's DCT scaling gives
+    reduced = cv2.resize(full, (reduced_hw[1], reduced_hw[0]), interpolation=cv2.INTER_AREA)
+    want, want_params = letterbox(full, dst_hw)
+    got, params = letterbox(reduced, dst_hw, frame_hw=frame_hw)
+    assert params == want_params == letterbox_params(frame_hw, dst_hw)
+    assert got.shape == want.shape == (1, 3, *dst_hw) and got.dtype == np.float32
+    assert float(np.abs(got - want).mean()) < 0.005  # 0..1 scale; measured <= 0.0005
+    # the grey padding is exactly where the full frame's is: same content rectangle
+    new_h, new_w = letterbox_content_hw(frame_hw, dst_hw)
+    outside = np.ones(dst_hw, dtype=bool)
+    outside[params.pad_y : params.pad_y + new_h, params.pad_x : params.pad_x + new_w] = False
+    np.testing.assert_array_equal(got[0][:, outside], want[0][:, outside])
+    # without frame_hw the reduced image would be letterboxed as a frame of its own (other numbers)
+    assert letterbox(reduced, dst_hw)[1].scale == pytest.approx(params.scale * frame_hw[1] / reduced_hw[1], rel=0.01)
+
+
+def test_letterbox_with_frame_hw_of_the_image_itself_changes_nothing() -> None:
+    frame = smooth_frame((480, 640))
+    plain, plain_params = letterbox(frame, (416, 416))
+    same, same_params = letterbox(frame, (416, 416), frame_hw=(480, 640))
+    assert plain_params == same_params
+    np.testing.assert_array_equal(plain, same)
+
+
+@pytest.mark.parametrize("frame_hw", [(0, 1920), (1080, 0), (-1080, 1920), (1080, -1), (0, 0)])
+def test_letterbox_rejects_bad_frame_hw(frame_hw: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match="frame_hw"):
+        letterbox(np.zeros((270, 480, 3), np.uint8), (416, 416), frame_hw=frame_hw)
 
 
 @pytest.mark.parametrize(

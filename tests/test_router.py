@@ -6,16 +6,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from agent.capture import reduction_factor
 from agent.config import InferenceSettings, LocalSettings, Secret, ServerlessSettings
+from agent.model import OnnxModel
 from agent.postprocess import Detections
-from agent.router import FrameFailed, Outcome, Router
+from agent.router import Detector, FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
 from tests.fake_roboflow import CLASS_NAMES, FakeRoboflow, draw_scene, find_blobs
 
@@ -36,9 +40,19 @@ class BlobDetector:
         self._busy = threading.Lock()
         self.overlapped = False
 
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        return frame_hw
+
     def detect(
-        self, image_bgr: NDArray[np.uint8], *, confidence: float, overlap: float, max_detections: int
+        self,
+        image_bgr: NDArray[np.uint8],
+        *,
+        confidence: float,
+        overlap: float,
+        max_detections: int,
+        frame_hw: tuple[int, int] | None = None,
     ) -> Detections:
+        assert frame_hw in (None, image_bgr.shape[:2])  # this detector finds blobs in the pixels it gets
         if not self._busy.acquire(blocking=False):
             self.overlapped = True
             self._busy.acquire()
@@ -92,7 +106,7 @@ def make_router(
     fake: FakeRoboflow | None,
     *,
     mode: str = "auto",
-    local: BlobDetector | None = None,
+    local: Detector | None = None,
     with_local: bool = True,
     clock: FakeClock | None = None,
     on_mode_change: ModeLog | None = None,
@@ -567,6 +581,201 @@ def test_serverless_mode_caps_skip_frames(fake: FakeRoboflow) -> None:
     with pytest.raises(FrameFailed) as info:  # if a worker calls anyway
         router.infer("cam0", image)
     assert info.value.kind == "capped_minute"
+    router.close()
+
+
+# --------------------------------------------------------------------------- frames decoded at a reduced size
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo-seg.onnx"
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> OnnxModel:
+    return OnnxModel(DEMO_MODEL, threads=2)
+
+
+class ReducedBlobDetector:
+    """A local side that takes reduced decodes: blobs found in the pixels it gets, scaled to ``frame_hw``.
+
+    ``need(frame_hw)`` is its :meth:`needed_hw`; every call's (image size, frame_hw) is recorded."""
+
+    def __init__(self, need: Callable[[tuple[int, int]], tuple[int, int]]) -> None:
+        self.class_names = list(CLASS_NAMES)
+        self._need = need
+        self.calls: list[tuple[tuple[int, int], tuple[int, int] | None]] = []
+
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        return self._need(frame_hw)
+
+    def detect(
+        self,
+        image_bgr: NDArray[np.uint8],
+        *,
+        confidence: float,
+        overlap: float,
+        max_detections: int,
+        frame_hw: tuple[int, int] | None = None,
+    ) -> Detections:
+        h, w = image_bgr.shape[:2]
+        self.calls.append(((h, w), frame_hw))
+        fh, fw = frame_hw or (h, w)
+        sx, sy = fw / w, fh / h
+        blobs = [b for b in find_blobs(image_bgr) if b.confidence > confidence][:max_detections]
+        if not blobs:
+            return Detections.empty()
+        return Detections(
+            boxes_xyxy=np.array([b.box_xyxy for b in blobs], np.float32) * np.array([sx, sy, sx, sy], np.float32),
+            confidence=np.array([b.confidence for b in blobs], np.float32),
+            class_id=np.array([b.class_id for b in blobs], np.int64),
+            polygons=[(b.polygon + 0.5) * np.array([sx, sy], np.float32) - 0.5 for b in blobs],
+        )
+
+
+def quarter(hw: tuple[int, int]) -> tuple[int, int]:
+    return -(-hw[0] // 4), -(-hw[1] // 4)
+
+
+def tall_strip(hw: tuple[int, int]) -> tuple[int, int]:
+    return hw[0] // 2, hw[1] // 8  # needs more height than a 640 upload, less width
+
+
+def jpeg_decodes(image: NDArray[np.uint8], factor: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """The full decode and the 1/``factor`` decode of the image's JPEG."""
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    return cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.imdecode(jpeg, flag)
+
+
+def assert_same_predictions(got: dict[str, Any], want: dict[str, Any], tol: float) -> None:
+    by_class = {p["class"]: p for p in want["predictions"]}
+    assert sorted(p["class"] for p in got["predictions"]) == sorted(by_class)
+    assert len(by_class) == 3
+    for p in got["predictions"]:
+        q = by_class[p["class"]]
+        for k in ("x", "y", "width", "height"):
+            assert p[k] == pytest.approx(q[k], abs=tol), (p["class"], k)
+
+
+@pytest.mark.parametrize(
+    ("mode", "local", "max_side", "frame_hw", "expected"),
+    [
+        ("local", "demo", 0, (1080, 1920), (234, 416)),  # the letterbox content
+        ("local", "demo", 0, (720, 1280), (234, 416)),
+        ("local", "demo", 0, (1920, 1080), (416, 234)),
+        ("local", "quarter", 0, (1080, 1920), (270, 480)),
+        ("auto", "demo", 0, (1080, 1920), (1080, 1920)),  # uploads go at full size
+        ("auto", "demo", 640, (1080, 1920), (360, 640)),  # the upload is the larger need
+        ("auto", "demo", 320, (1080, 1920), (234, 416)),  # the local model is
+        ("auto", "strip", 640, (1080, 1920), (540, 640)),  # each axis its own maximum
+        ("auto", "none", 640, (1080, 1920), (360, 640)),
+        ("serverless", "demo", 640, (720, 1280), (360, 640)),
+        ("serverless", "none", 0, (720, 1280), (720, 1280)),
+    ],
+)
+def test_needed_hw(
+    demo_model: OnnxModel,
+    mode: str,
+    local: str,
+    max_side: int,
+    frame_hw: tuple[int, int],
+    expected: tuple[int, int],
+) -> None:
+    detectors: dict[str, Detector | None] = {
+        "demo": demo_model,
+        "quarter": ReducedBlobDetector(quarter),
+        "strip": ReducedBlobDetector(tall_strip),
+        "none": None,
+    }
+    detector = detectors[local]
+    router = make_router(None, mode=mode, local=detector, with_local=detector is not None, upload_max_side=max_side)
+    need = router.needed_hw(frame_hw)
+    assert need == expected
+    parts = [] if detector is None else [detector.needed_hw(frame_hw)]
+    if mode != "local":
+        client = ServerlessClient(
+            ServerlessSettings(model_id=MODEL, api_key=Secret(KEY), upload_max_side=max_side),
+            confidence=40,
+            overlap=30,
+            max_detections=300,
+        )
+        parts.append(client.upload_hw(frame_hw))
+        client.close()
+    assert need == (max(p[0] for p in parts), max(p[1] for p in parts))
+    router.close()
+
+
+def test_needed_hw_of_a_local_mode_router_leaves_the_client_out(demo_model: OnnxModel) -> None:
+    serverless = ServerlessSettings(model_id=MODEL, api_key=Secret(KEY), upload_max_side=0)
+    remote = ServerlessClient(serverless, confidence=40, overlap=30, max_detections=300)
+    router = Router(InferenceSettings(mode="local", serverless=serverless), local=demo_model, remote=remote)
+    assert router.needed_hw((1080, 1920)) == (234, 416)  # not the full-size upload: the API is never used
+    router.close()
+
+
+def test_local_infer_passes_frame_hw_and_answers_in_frame_pixels() -> None:
+    local = ReducedBlobDetector(quarter)
+    router = make_router(None, mode="local", local=local)
+    full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
+    want = router.infer("cam0", full)
+    got = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    plain = router.infer("cam0", reduced)
+    assert local.calls == [((1080, 1920), (1080, 1920)), ((270, 480), (1080, 1920)), ((270, 480), (270, 480))]
+    assert got.source == want.source == "local"
+    assert got.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
+    assert plain.api["image"] == {"width": 480, "height": 270}
+    assert_same_predictions(got.api, want.api, tol=12.0)  # 3 pixels of the 1/4 decode
+    assert max(p["x"] + p["width"] / 2 for p in got.api["predictions"]) > 480
+    router.close()
+
+
+def test_local_infer_with_the_demo_model_on_a_reduced_decode(demo_model: OnnxModel) -> None:
+    router = make_router(None, mode="local", local=demo_model)
+    frame_hw = (1080, 1920)
+    factor = reduction_factor(frame_hw, router.needed_hw(frame_hw))
+    assert factor == 4
+    full, reduced = jpeg_decodes(draw_scene(1920, 1080), factor)
+    want = router.infer("cam0", full)
+    got = router.infer("cam0", reduced, frame_hw=frame_hw)
+    assert got.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
+    assert_same_predictions(got.api, want.api, tol=14.0)  # 3 pixels of the model's 416 input
+    points = [pt for p in got.api["predictions"] for pt in p["points"]]
+    assert max(pt["x"] for pt in points) > 480 and max(pt["y"] for pt in points) > 270  # frame pixels
+    router.close()
+
+
+def test_auto_infer_with_frame_hw_uploads_the_reduced_image_and_falls_back_in_frame_pixels(
+    fake: FakeRoboflow,
+) -> None:
+    local = ReducedBlobDetector(quarter)
+    router = make_router(fake, local=local)
+    full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
+    want = router.infer("cam0", full)
+    assert fake.requests[-1].image_wh == (1920, 1080)
+    remote = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    assert remote.source == "serverless"
+    assert fake.requests[-1].image_wh == (480, 270)  # a reduced decode goes as it is
+    assert remote.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
+    assert_same_predictions(remote.api, want.api, tol=12.0)
+    fake.set_fault("500")
+    fallback = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    assert fallback.source == "local"
+    assert local.calls == [((270, 480), (1080, 1920))]
+    assert fallback.api["image"] == {"width": 1920, "height": 1080}
+    assert_same_predictions(fallback.api, want.api, tol=12.0)
+    router.close()
+
+
+def test_serverless_retry_keeps_frame_hw(fake: FakeRoboflow) -> None:
+    router = make_router(fake, mode="serverless", with_local=False)
+    full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
+    want = router.infer("cam0", full)
+    fake.set_fault("500", times=1)
+    out = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    assert out.source == "serverless" and router.stats()["retries"] == 1
+    assert [r.image_wh for r in fake.requests[-2:]] == [(480, 270), (480, 270)]
+    assert out.api["image"] == {"width": 1920, "height": 1080}
+    assert_same_predictions(out.api, want.api, tol=12.0)
     router.close()
 
 

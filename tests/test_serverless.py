@@ -195,6 +195,109 @@ def test_no_downscale_when_small_enough(fake: FakeRoboflow) -> None:
     assert fake.requests[-1].image_wh == (640, 480)
 
 
+# --------------------------------------------------------------------------- frames decoded at a reduced size
+
+
+def offline_client(**kw: Any) -> ServerlessClient:
+    return ServerlessClient(
+        ServerlessSettings(model_id=MODEL, api_key=Secret(KEY), **kw), confidence=40, overlap=30, max_detections=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "max_side", "expected"),
+    [
+        ((1080, 1920), 0, (1080, 1920)),
+        ((1080, 1920), 640, (360, 640)),
+        ((1080, 1920), 320, (180, 320)),
+        ((1080, 1920), 1920, (1080, 1920)),  # already small enough
+        ((1080, 1920), 4096, (1080, 1920)),
+        ((1920, 1080), 640, (640, 360)),  # portrait: the long side is the height
+        ((481, 643), 320, (239, 320)),  # 239.38 rounds down
+        ((1, 1000), 100, (1, 100)),  # never 0
+    ],
+)
+def test_upload_hw(frame_hw: tuple[int, int], max_side: int, expected: tuple[int, int]) -> None:
+    client = offline_client(upload_max_side=max_side)
+    assert client.upload_hw(frame_hw) == expected
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("image_hw", "frame_hw", "max_side", "upload_wh", "scale"),
+    [
+        ((270, 480), (1080, 1920), 0, (480, 270), 4.0),  # a 1/4 decode goes as it is
+        ((270, 480), (1080, 1920), 320, (320, 180), 6.0),  # further down to the limit
+        ((270, 480), (1080, 1920), 480, (480, 270), 4.0),
+        ((270, 480), (1080, 1920), 640, (480, 270), 4.0),  # never upscaled to the 640 the full frame would give
+        ((135, 240), (1080, 1920), 0, (240, 135), 8.0),
+        ((360, 640), (720, 1280), 0, (640, 360), 2.0),
+        ((480, 270), (1920, 1080), 320, (180, 320), 6.0),  # portrait
+        ((1080, 1920), None, 640, (640, 360), 3.0),  # a full frame, as before
+        ((1080, 1920), (1080, 1920), 0, (1920, 1080), 1.0),
+    ],
+)
+def test_encode_of_a_reduced_decode(
+    image_hw: tuple[int, int],
+    frame_hw: tuple[int, int] | None,
+    max_side: int,
+    upload_wh: tuple[int, int],
+    scale: float,
+) -> None:
+    client = offline_client(upload_max_side=max_side)
+    image = draw_scene(image_hw[1], image_hw[0])
+    body, got_scale, got_wh = client.encode(image, frame_hw)
+    assert got_wh == upload_wh
+    assert got_scale == pytest.approx(scale)
+    sent = cv2.imdecode(np.frombuffer(base64.b64decode(body), np.uint8), cv2.IMREAD_COLOR)
+    assert sent is not None and (sent.shape[1], sent.shape[0]) == upload_wh
+    client.close()
+
+
+def _jpeg_decodes(image: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    return cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.imdecode(jpeg, flag)
+
+
+@pytest.mark.parametrize(
+    ("frame_wh", "factor", "max_side", "sent_wh"),
+    [
+        ((1920, 1080), 4, 0, (480, 270)),
+        ((1920, 1080), 4, 320, (320, 180)),
+        ((1280, 720), 2, 0, (640, 360)),
+        ((1920, 1080), 8, 0, (240, 135)),
+    ],
+)
+def test_infer_on_a_reduced_decode_answers_in_frame_pixels(
+    fake: FakeRoboflow, frame_wh: tuple[int, int], factor: int, max_side: int, sent_wh: tuple[int, int]
+) -> None:
+    full, reduced = _jpeg_decodes(draw_scene(*frame_wh), factor)
+    assert (reduced.shape[1], reduced.shape[0]) == (frame_wh[0] // factor, frame_wh[1] // factor)
+    with make_client(fake) as full_client:
+        want = full_client.infer(full)
+    assert fake.requests[-1].image_wh == frame_wh
+    with make_client(fake, upload_max_side=max_side) as client:
+        got = client.infer(reduced, frame_hw=(frame_wh[1], frame_wh[0]))
+    assert fake.requests[-1].image_wh == sent_wh
+    assert got["image"] == want["image"] == {"width": frame_wh[0], "height": frame_wh[1]}
+    by_class = {p["class"]: p for p in want["predictions"]}
+    assert sorted(p["class"] for p in got["predictions"]) == sorted(by_class) == sorted(CLASS_NAMES)
+    # a few upload pixels: the decode, the resize and the upload's own JPEG (colour bleeds at 240x135) blur edges
+    tol = 3.0 * frame_wh[0] / sent_wh[0]
+    for p in got["predictions"]:
+        q = by_class[p["class"]]
+        for k in ("x", "y", "width", "height"):
+            assert p[k] == pytest.approx(q[k], abs=tol), (p["class"], k)
+        gp = np.array([[pt["x"], pt["y"]] for pt in p["points"]])
+        qp = np.array([[pt["x"], pt["y"]] for pt in q["points"]])
+        assert gp.min(0) == pytest.approx(qp.min(0), abs=tol)
+        assert gp.max(0) == pytest.approx(qp.max(0), abs=tol)
+    # in frame pixels, not the upload's: the right-most shape lies beyond the upload's width
+    assert max(pt["x"] for p in got["predictions"] for pt in p["points"]) > sent_wh[0]
+
+
 # --------------------------------------------------------------------------- faults
 
 
