@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
+from agent.capture import reduction_factor  # noqa: E402
 from agent.model import OnnxModel  # noqa: E402
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params  # noqa: E402
 from agent.results import detections_to_api, encode, to_message  # noqa: E402
@@ -429,15 +430,29 @@ def json_payload(det: Any, names: list[str], frame_wh: tuple[int, int]) -> bytes
 
 def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size: tuple[int, int], plan: Plan) -> dict:
     w, h = size
-    frames = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in packets[: plan.stage_runs]]
+    # Decoded as the agent's capture decodes them: at the largest reduction the model loses nothing from.
+    factor = reduction_factor((h, w), onnx.needed_hw((h, w)))
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }
+    frames = [cv2.imdecode(np.frombuffer(p, np.uint8), flags[factor]) for p in packets[: plan.stage_runs]]
     frame = frames[0]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"decode_factor": factor}
     i = itertools.count()
-    out["jpeg_ms"], _ = timed(
+    out["jpeg_full_ms"], _ = timed(
         lambda: cv2.imdecode(np.frombuffer(packets[next(i) % len(packets)], np.uint8), cv2.IMREAD_COLOR),
         plan.stage_runs,
     )
-    out["letterbox_ms"], (tensor, params) = timed(lambda: letterbox(frame, model.input_hw), plan.stage_runs)
+    out["jpeg_ms"], _ = timed(
+        lambda: cv2.imdecode(np.frombuffer(packets[next(i) % len(packets)], np.uint8), flags[factor]),
+        plan.stage_runs,
+    )
+    out["letterbox_ms"], (tensor, params) = timed(
+        lambda: letterbox(frame, model.input_hw, frame_hw=(h, w)), plan.stage_runs
+    )
     out["run_ms"], outputs = timed(lambda: onnx.run(tensor), plan.stage_runs)
     kw = {"params": params, "input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE}
     out["post_sparse_ms"], sparse = timed(
@@ -468,7 +483,8 @@ def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size
     out["dense_vertices"] = int(sum(len(p) for p in dense.polygons))
     j = itertools.count()
     out["detect_ms"], _ = timed(
-        lambda: onnx.detect(frames[next(j) % len(frames)], confidence=CONFIDENCE, overlap=OVERLAP), plan.stage_runs
+        lambda: onnx.detect(frames[next(j) % len(frames)], confidence=CONFIDENCE, overlap=OVERLAP, frame_hw=(h, w)),
+        plan.stage_runs,
     )
     return out
 
@@ -628,10 +644,10 @@ def mark(ok: bool | None) -> str:
 
 
 THREAD_ROLES = (
-    ("infer-cam0", "inference thread (ONNX Runtime's calling thread, letterbox, postprocessing, API object)"),
+    ("worker-cam0", "worker (ONNX Runtime's calling thread, letterbox, postprocessing, API object, JSON, outbox put)"),
+    ("infer-cam0", "inference pool thread (only with several frames in flight)"),
     ("native", "ONNX Runtime's pool threads"),
     ("capture-cam0#", "capture (grab, JPEG decode)"),
-    ("worker-cam0", "worker (JSON, outbox put)"),
     ("paho", "paho network thread"),
     ("mqtt-feeder", "publisher feeder"),
 )
@@ -719,8 +735,8 @@ def build_tables(results: dict[str, Any]) -> str:
         lines.append(where_cpu_goes(m, floor))
         lines.append("")
         lines.append(
-            "| frame | JPEG decode | letterbox | session | post, sparse (n) | post, dense (n) | × model | "
-            "JSON, dense | agent `detect` | Ultralytics `predict` + polygons | ratio |"
+            "| frame | JPEG decode: full → as decoded | letterbox | session | post, sparse (n) | post, dense (n) | "
+            "× model | JSON, dense | agent `detect` | Ultralytics `predict` + polygons | ratio |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for size, row in m["sizes"].items():
@@ -733,7 +749,8 @@ def build_tables(results: dict[str, Any]) -> str:
             ul_text = f"{fmt(ul_ms)} ms" if ul else results.get("ultralytics_note", "n/a")
             nan = float("nan")
             lines.append(
-                f"| {size} | {fmt(st.get('jpeg_ms', nan), 2)} | {fmt(st.get('letterbox_ms', nan), 2)} "
+                f"| {size} | {fmt(st.get('jpeg_full_ms', nan), 2)} → {fmt(st.get('jpeg_ms', nan), 2)} "
+                f"(1/{st.get('decode_factor', 1)}) | {fmt(st.get('letterbox_ms', nan), 2)} "
                 f"| {fmt(st.get('run_ms', float('nan')))} | {fmt(st.get('post_sparse_ms', float('nan')), 2)} "
                 f"({st.get('sparse_instances', 0)}) | {fmt(st.get('post_dense_ms', float('nan')))} "
                 f"({st.get('dense_instances', 0)}) | {fmt(dense_ratio, 3)}{mark(dense_ratio <= TARGET_DENSE)} | "
