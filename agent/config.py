@@ -116,7 +116,8 @@ class ServerlessSettings:
 class LocalSettings:
     model: Path | None = None
     classes: Path | None = None  # optional classes.txt (one name per line)
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per physical core
+    threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = one per physical core
+    sessions: int = 1  # sessions running frames side by side (frames in flight per camera)
     providers: tuple[str, ...] = ("cpu",)
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
 
@@ -366,6 +367,7 @@ def _inference(s: _Reader) -> InferenceSettings:
         model=model,
         classes=classes,
         threads=lo.int_in("threads", 0, 0, 256),
+        sessions=lo.int_in("sessions", 1, 1, 16),
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
     )

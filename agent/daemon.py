@@ -27,7 +27,7 @@ from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
 from agent.health import LatencyWindow, RateMeter, status_line
-from agent.model import ModelError, OnnxModel, onnx_providers
+from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
 from agent.publisher import Publisher
@@ -49,18 +49,24 @@ class StartupError(Exception):
     """The agent can't start (an unusable model, for example); the message says why."""
 
 
-def load_local_model(settings: Settings) -> OnnxModel:
+def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
+    """The local model; with ``sessions`` > 1 that many sessions of it in a :class:`SessionPool`."""
     local = settings.inference.local
     assert local.model is not None
+    models: list[OnnxModel] = []
     try:
-        model = OnnxModel(
-            local.model,
-            threads=local.threads,
-            providers=onnx_providers(local.providers),
-            trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
-        )
+        for _ in range(local.sessions):
+            models.append(
+                OnnxModel(
+                    local.model,
+                    threads=local.threads,
+                    providers=onnx_providers(local.providers),
+                    trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
+                )
+            )
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
+    model: OnnxModel | SessionPool = models[0] if len(models) == 1 else SessionPool(models)
     if local.classes is not None:
         try:
             model.class_names = read_names_file(local.classes)
@@ -245,13 +251,19 @@ class Agent:
                 exc.strerror or exc,
             )
         self.outbox = Outbox(s.state_dir / "outbox.sqlite3", s.outbox)
-        self.router = Router(s.inference, local=local, remote=remote, on_mode_change=self._mode_changed)
+        self.router = Router(
+            s.inference,
+            local=local,
+            remote=remote,
+            on_mode_change=self._mode_changed,
+            local_slots=s.inference.local.sessions,
+        )
         self.publisher = Publisher(s.mqtt, self.outbox, status_topic=self.topic_status)
         self.publisher.start()
         for cam_settings in s.cameras:
             camera = Camera(cam_settings, needed_hw=self.router.needed_hw)
             camera.start()
-            in_flight = s.inference.serverless.max_in_flight if remote is not None else 1
+            in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
             worker = _CameraWorker(self, camera, in_flight)
             self._workers.append(worker)
             worker.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import queue
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,7 +31,7 @@ from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPacka
 from agent.postprocess import Detections, decode_yolov8_seg, letterbox, letterbox_content_hw
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
 
-__all__ = ["DEFAULT_IMGSZ", "PROVIDER_NAMES", "ModelError", "OnnxModel", "onnx_providers"]
+__all__ = ["DEFAULT_IMGSZ", "PROVIDER_NAMES", "ModelError", "OnnxModel", "SessionPool", "onnx_providers"]
 
 log = logging.getLogger(__name__)
 
@@ -479,3 +480,57 @@ class OnnxModel:
             f"OnnxModel({str(self.path)!r}, format={self.layout.kind}, input_hw={self.input_hw}, "
             f"classes={len(self.class_names)}, providers={self.providers})"
         )
+
+
+class SessionPool:
+    """Several :class:`OnnxModel` sessions of one model that run frames side by side.
+
+    On a small CPU a small model makes poor use of intra-op threads: two sessions of one thread each, two
+    frames in flight, gave 1.2-1.3x the frames/s of one session of two threads on 2 cores, at less CPU per
+    frame (and 1.5x the time of a lone frame). ``detect`` takes a free session (waiting for one when all
+    are busy); everything else is the first session's.
+    """
+
+    def __init__(self, models: Sequence[OnnxModel]) -> None:
+        if not models:
+            raise ValueError("a session pool needs at least one model")
+        self.models = list(models)
+        self._free: queue.SimpleQueue[OnnxModel] = queue.SimpleQueue()
+        for m in self.models:
+            self._free.put(m)
+
+    @property
+    def size(self) -> int:
+        return len(self.models)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.models[0].class_names
+
+    @class_names.setter
+    def class_names(self, names: list[str]) -> None:
+        for m in self.models:
+            m.class_names = list(names)
+
+    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        return self.models[0].needed_hw(frame_hw)
+
+    def detect(
+        self,
+        image_bgr: NDArray[Any],
+        *,
+        confidence: float,
+        overlap: float,
+        max_detections: int = 300,
+        frame_hw: tuple[int, int] | None = None,
+    ) -> Detections:
+        model = self._free.get()
+        try:
+            return model.detect(
+                image_bgr, confidence=confidence, overlap=overlap, max_detections=max_detections, frame_hw=frame_hw
+            )
+        finally:
+            self._free.put(model)
+
+    def __repr__(self) -> str:
+        return f"SessionPool({len(self.models)} x {self.models[0]!r})"

@@ -178,9 +178,12 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         retry_delays: Sequence[float] = (0.5, 1.0),
         sleep: Callable[[float], None] = time.sleep,
+        local_slots: int = 1,
     ) -> None:
         """``on_mode_change(mode, reason)`` is called on every mode change, from the thread that saw it,
-        in order, outside the router's state lock. The router owns ``remote`` (:meth:`close` closes it)."""
+        in order, outside the router's state lock. The router owns ``remote`` (:meth:`close` closes it).
+        ``local_slots``: how many frames ``local.detect`` may run at once (a :class:`agent.model.SessionPool`'s
+        size; 1 serialises them)."""
         self._settings = settings
         self._s = settings.serverless
         self._local = local
@@ -202,7 +205,7 @@ class Router:
         self._down_mode: Mode = "local" if self._fallback else "unavailable"
 
         self._lock = threading.Lock()
-        self._local_lock = threading.Lock()
+        self._local_lock = threading.BoundedSemaphore(max(1, local_slots))
         self._notify_lock = threading.RLock()
         self._events: deque[tuple[str, str]] = deque()
         now = clock()

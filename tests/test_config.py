@@ -79,6 +79,9 @@ _DELETE = object()
         ("inference.confidence", 140, "inference.confidence", "out of range"),
         ("inference.local.model", "nope.onnx", "inference.local.model", "not found"),
         ("inference.local.providers", ["gpu9000"], "inference.local.providers[0]", "unknown provider"),
+        ("inference.local.sessions", 0, "inference.local.sessions", "out of range"),
+        ("inference.local.sessions", 17, "inference.local.sessions", "out of range"),
+        ("inference.local.sessions", "two", "inference.local.sessions", "expected an integer"),
         ("inference.serverless.model_id", "no-version", "inference.serverless.model_id", "project/version"),
         ("mqtt.port", 70000, "mqtt.port", "out of range"),
         ("mqtt.port", "eighty", "mqtt.port", "expected an integer"),
@@ -166,3 +169,10 @@ def test_yaml_round_trip_of_the_summary_is_loadable(tmp_path: Path) -> None:
     s = _parse(tmp_path, _base(tmp_path))
     text = yaml.safe_dump(settings_summary(s))
     assert "device_id: dev-1" in text
+
+
+def test_local_sessions_default_to_one_and_parse(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    assert _parse(tmp_path, doc).inference.local.sessions == 1
+    doc["inference"]["local"]["sessions"] = 2
+    assert _parse(tmp_path, doc).inference.local.sessions == 2

@@ -192,6 +192,33 @@ def test_large_mjpeg_frames_are_decoded_reduced_and_published_in_full_frame_pixe
     assert max(xs) <= 1920 and max(ys) <= 1080
 
 
+def test_two_local_sessions_keep_every_frame_in_order(
+    tmp_path: Path,
+    model_path: Path,
+    broker: Mosquitto,
+    make_subscriber: Callable[..., Subscriber],
+    run_agent: Callable[..., AgentProcess],
+) -> None:
+    """``sessions: 2``: two frames in flight on two ONNX Runtime sessions; results still one per frame, in order."""
+    video = write_video(tmp_path / "clip.avi", frames=90, fps=30.0, width=320, height=240)
+    sub = make_subscriber(broker.port, f"{BASE}/#")
+    config = write_config(
+        tmp_path, model_path, broker.port, {"source": str(video), "fps": 0, "loop": False, "realtime": False}
+    )
+    doc = yaml.safe_load(config.read_text())
+    doc["inference"]["local"]["sessions"] = 2
+    config.write_text(yaml.safe_dump(doc))
+    agent = run_agent(config)
+    assert agent.wait(60) == 0, agent.log
+    msgs = detections(sub)
+    assert [m["frame_id"] for m in msgs] == list(range(1, 91))
+    assert [m["timestamp"] for m in msgs] == sorted(m["timestamp"] for m in msgs)
+    for m in msgs:
+        assert_api_format(m, 320, 240)
+    assert any(m["predictions"] for m in msgs)
+    assert agent.log.count("3 classes, input 256x256") >= 2, "two sessions were loaded"
+
+
 def test_status_offline_by_last_will_when_killed_and_on_clean_stop(
     tmp_path: Path,
     model_path: Path,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 
 from agent import synth
 from agent.capture import reduction_factor
-from agent.model import ModelError, OnnxModel
+from agent.model import ModelError, OnnxModel, SessionPool
 from agent.postprocess import Detections, box_iou_xyxy, letterbox_content_hw
 from tests.onnx_models import build_single_output, build_two_inputs, build_yolov8_seg
 
@@ -516,3 +518,46 @@ def test_needed_hw_never_exceeds_a_frame_smaller_than_the_input(
     scale = min(demo_model.input_hw[0] / frame_hw[0], demo_model.input_hw[1] / frame_hw[1])
     if scale >= 1:  # the model enlarges the frame: all of it is needed
         assert need == frame_hw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several sessions side by side
+
+
+def test_session_pool_runs_frames_side_by_side_with_the_same_results() -> None:
+    models = [OnnxModel(DEMO_MODEL, threads=1) for _ in range(2)]
+    pool = SessionPool(models)
+    assert pool.size == 2 and pool.class_names == CLASS_NAMES
+    assert pool.needed_hw((1080, 1920)) == models[0].needed_hw((1080, 1920))
+    frame = shapes_frame(480, 640)
+    want = models[0].detect(frame, confidence=0.5, overlap=0.45)
+    used: list[int] = []
+    original = OnnxModel.run
+
+    def run(self: OnnxModel, tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+        used.append(id(self))
+        time.sleep(0.05)  # long enough for the other thread to need the other session
+        return original(self, tensor)
+
+    results: list[Detections] = []
+    OnnxModel.run = run  # type: ignore[method-assign]
+    try:
+        threads = [
+            threading.Thread(target=lambda: results.append(pool.detect(frame, confidence=0.5, overlap=0.45)))
+            for _ in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        OnnxModel.run = original  # type: ignore[method-assign]
+    assert len(results) == 4
+    assert set(used) == {id(m) for m in models}, "both sessions ran frames"
+    for got in results:
+        np.testing.assert_array_equal(got.class_id, want.class_id)
+        np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=1e-3)
+    pool.class_names = ["a", "b", "c"]
+    assert [m.class_names for m in models] == [["a", "b", "c"]] * 2
+    with pytest.raises(ValueError, match="at least one"):
+        SessionPool([])

@@ -856,3 +856,48 @@ def test_constructor_checks() -> None:
     out = router.infer("cam0", draw_scene())
     assert out.source == "local" and out.fallback_reason is None and router.mode == "local"
     router.close()
+
+
+class GateDetector(BlobDetector):
+    """Counts how many calls are inside ``detect`` at once; each call waits a little for company."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.most = 0
+        self._count = threading.Lock()
+
+    def detect(self, image_bgr: NDArray[np.uint8], **kw: Any) -> Detections:
+        with self._count:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline and self.most < 2:
+                time.sleep(0.005)
+            blobs = [b for b in find_blobs(image_bgr) if b.confidence > kw["confidence"]]
+            return Detections(
+                boxes_xyxy=np.array([b.box_xyxy for b in blobs], np.float32).reshape(-1, 4),
+                confidence=np.array([b.confidence for b in blobs], np.float32),
+                class_id=np.array([b.class_id for b in blobs], np.int64),
+                polygons=[b.polygon for b in blobs],
+            )
+        finally:
+            with self._count:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize(("slots", "most"), [(1, 1), (2, 2)])
+def test_local_slots_bound_how_many_frames_run_locally_at_once(slots: int, most: int) -> None:
+    local = GateDetector()
+    router = Router(InferenceSettings(mode="local"), local=local, remote=None, local_slots=slots)
+    image = draw_scene()
+    outcomes: list[Outcome] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(router.infer("cam0", image))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(outcomes) == 4 and all(o.source == "local" and o.api["predictions"] for o in outcomes)
+    assert local.most == most
+    router.close()
