@@ -485,10 +485,11 @@ class OnnxModel:
 class SessionPool:
     """Several :class:`OnnxModel` sessions of one model that run frames side by side.
 
-    On a small CPU a small model makes poor use of intra-op threads: two sessions of one thread each, two
-    frames in flight, gave 1.2-1.3x the frames/s of one session of two threads on 2 cores, at less CPU per
-    frame (and 1.5x the time of a lone frame). ``detect`` takes a free session (waiting for one when all
-    are busy); everything else is the first session's.
+    On a small CPU a model makes poor use of intra-op threads: two sessions of one thread each, two frames in
+    flight, gave 1.14x (YOLOv8n-seg) to 1.27x (the demo model) the frames/s of one session of two threads on
+    2 cores, at less CPU per frame, and 1.5-1.7x the time of a lone frame (``benchmarks/sessions.py``).
+    ``detect`` takes a free session (waiting for one when all are busy); everything else is the first
+    session's.
     """
 
     def __init__(self, models: Sequence[OnnxModel]) -> None:
