@@ -45,8 +45,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 from agent.config import CameraSettings
 from agent.logs import redact
 
-__all__ = ["Camera", "CameraStatus", "Frame", "jpeg_hw", "reduction_factor"]
+__all__ = ["Camera", "CameraStatus", "Frame", "jpeg_has_exif", "jpeg_hw", "reduction_factor"]
 
 log = logging.getLogger("agent.capture")
 
@@ -84,6 +84,7 @@ class Frame:
     image: NDArray[np.uint8]  # HxWx3 BGR; smaller than frame_hw when decoded at a reduced size
     source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
     frame_hw: tuple[int, int] = (0, 0)  # the frame's true (height, width); (0, 0): the image's own
+    jpeg: bytes | None = None  # the camera's own JPEG of this frame, when kept (see Camera), without Exif
 
     def __post_init__(self) -> None:
         if self.frame_hw == (0, 0):
@@ -111,6 +112,7 @@ class _Sampled:
     image: NDArray[np.uint8]
     source_pos: int
     frame_hw: tuple[int, int]
+    jpeg: bytes | None = None
 
 
 class _Attempt:
@@ -169,17 +171,17 @@ def _as_bgr(img: object) -> NDArray[np.uint8] | None:
     return None
 
 
-def jpeg_hw(data: NDArray[Any] | bytes) -> tuple[int, int] | None:
-    """``(height, width)`` from a JPEG's frame header (SOFn), without decoding; None if not a JPEG."""
+def _jpeg_segments(data: NDArray[Any] | bytes) -> Iterator[tuple[int, memoryview]]:
+    """``(marker, payload)`` of a JPEG's segments before its first scan; stops early at anything malformed."""
     raw: Any = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1) if isinstance(data, np.ndarray) else data
     mv = memoryview(raw).cast("B")
     n = len(mv)
     if n < 4 or mv[0] != 0xFF or mv[1] != 0xD8:
-        return None
+        return
     i = 2
     while i + 4 <= n:
         if mv[i] != 0xFF:
-            return None
+            return
         marker = mv[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -187,18 +189,29 @@ def jpeg_hw(data: NDArray[Any] | bytes) -> tuple[int, int] | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image, or scan data before any frame header
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15 (not DHT/JPG/DAC)
-            if i + 9 > n:
-                return None
-            h, w = (mv[i + 5] << 8) | mv[i + 6], (mv[i + 7] << 8) | mv[i + 8]
-            return (h, w) if h and w else None
+        if marker in (0xD9, 0xDA):  # end of image, or the first scan
+            return
         length = (mv[i + 2] << 8) | mv[i + 3]
         if length < 2:
-            return None
+            return
+        yield marker, mv[i + 4 : min(n, i + 2 + length)]
         i += 2 + length
+
+
+def jpeg_hw(data: NDArray[Any] | bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from a JPEG's frame header (SOFn), without decoding; None if not a JPEG."""
+    for marker, payload in _jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15 (not DHT/JPG/DAC)
+            if len(payload) < 5:
+                return None
+            h, w = (payload[1] << 8) | payload[2], (payload[3] << 8) | payload[4]
+            return (h, w) if h and w else None
     return None
+
+
+def jpeg_has_exif(data: NDArray[Any] | bytes) -> bool:
+    """Whether a JPEG carries an Exif block (which may rotate the picture for whoever honours it)."""
+    return any(marker == 0xE1 and bytes(payload[:6]) == b"Exif\x00\x00" for marker, payload in _jpeg_segments(data))
 
 
 def reduction_factor(frame_hw: tuple[int, int], needed_hw: tuple[int, int]) -> int:
@@ -231,11 +244,15 @@ class Camera:
         *,
         clock: Callable[[], float] = time.monotonic,
         needed_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+        keep_jpeg: bool = False,
     ) -> None:
         """``needed_hw(frame_hw)``: the smallest image of such a frame the consumer can use (None: full
-        frames). MJPEG packets are then decoded at the largest reduction that still covers it."""
+        frames). MJPEG packets are then decoded at the largest reduction that still covers it.
+        ``keep_jpeg``: frames that came as standalone JPEGs without Exif carry those bytes (``Frame.jpeg``),
+        so an upload can send them as they are instead of encoding the frame again."""
         self._settings = settings
         self._needed_hw = needed_hw
+        self._keep_jpeg = keep_jpeg
         self._reduced_note: tuple[tuple[int, int] | None, int] = (None, 1)  # last reduced decode logged
         self._clock = clock
         self._name = settings.name
@@ -301,7 +318,9 @@ class Camera:
             ended = self._eof
         if ended:
             self._set_state("ended")
-        return Frame(self._name, seq, sampled.timestamp, sampled.image, sampled.source_pos, sampled.frame_hw)
+        return Frame(
+            self._name, seq, sampled.timestamp, sampled.image, sampled.source_pos, sampled.frame_hw, sampled.jpeg
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop and join the threads (at most ``timeout`` seconds in all).
@@ -392,15 +411,16 @@ class Camera:
     def _grab(self, cap: cv2.VideoCapture) -> bool:
         return bool(cap.grab())
 
-    def _retrieve(self, cap: cv2.VideoCapture) -> tuple[NDArray[np.uint8], tuple[int, int]] | None:
-        """Decode the last grabbed frame (the only place frames are decoded): the image and the frame's
-        true ``(height, width)``, larger than the image's when it was decoded at a reduced size."""
+    def _retrieve(self, cap: cv2.VideoCapture) -> _Sampled | None:
+        """Decode the last grabbed frame (the only place frames are decoded): the image, the frame's true
+        ``(height, width)`` (larger than the image's when it was decoded at a reduced size) and, when kept,
+        the JPEG it came as. ``timestamp`` and ``source_pos`` are left for the caller to fill."""
         ok, img = cap.retrieve()
         if not ok:
             return None
         if cap.get(cv2.CAP_PROP_FORMAT) != -1 or cap.getBackendName() != "FFMPEG":  # decoded by the backend
             image = _as_bgr(img)
-            return None if image is None else (image, (int(image.shape[0]), int(image.shape[1])))
+            return None if image is None else _Sampled(0.0, image, 0, (int(image.shape[0]), int(image.shape[1])))
         decoded = None
         full_hw: tuple[int, int] | None = None
         if isinstance(img, np.ndarray) and img.size:
@@ -431,7 +451,10 @@ class Camera:
         image = _as_bgr(decoded)
         if image is None:
             return None
-        return image, full_hw or (int(image.shape[0]), int(image.shape[1]))
+        jpeg = None
+        if self._keep_jpeg and isinstance(img, np.ndarray) and not jpeg_has_exif(img):
+            jpeg = img.tobytes()
+        return _Sampled(0.0, image, 0, full_hw or (int(image.shape[0]), int(image.shape[1])), jpeg)
 
     # ------------------------------------------------------------------ state
 
@@ -608,9 +631,7 @@ class Camera:
         finally:
             att.native = None
 
-    def _native_retrieve(
-        self, cap: cv2.VideoCapture, att: _Attempt
-    ) -> tuple[NDArray[np.uint8], tuple[int, int]] | None:
+    def _native_retrieve(self, cap: cv2.VideoCapture, att: _Attempt) -> _Sampled | None:
         att.native = ("read", self._clock())
         try:
             return self._retrieve(cap)
@@ -652,7 +673,7 @@ class Camera:
                 next_due += period
                 if next_due <= now:
                     next_due = now + period
-            if not self._publish(att, _Sampled(wall, decoded[0], pos, decoded[1]), wait=False):
+            if not self._publish(att, replace(decoded, timestamp=wall, source_pos=pos), wait=False):
                 return
 
     def _read_file(self, cap: cv2.VideoCapture, att: _Attempt) -> None:
@@ -715,7 +736,9 @@ class Camera:
                     return
                 continue
             bad = 0
-            if not self._publish(att, _Sampled(wall, decoded[0], index, decoded[1]), wait=not s.realtime, next_k=k):
+            if not self._publish(
+                att, replace(decoded, timestamp=wall, source_pos=index), wait=not s.realtime, next_k=k
+            ):
                 return
 
     def _finish_file(self, att: _Attempt) -> None:

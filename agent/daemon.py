@@ -158,10 +158,10 @@ class _CameraWorker:
 
     def _infer(self, frame: Frame) -> Future[Outcome]:
         if self._pool is not None:
-            return self._pool.submit(self._agent.router.infer, self.name, frame.image, frame.frame_hw)
+            return self._pool.submit(self._agent.router.infer, self.name, frame.image, frame.frame_hw, frame.jpeg)
         future: Future[Outcome] = Future()
         try:
-            future.set_result(self._agent.router.infer(self.name, frame.image, frame.frame_hw))
+            future.set_result(self._agent.router.infer(self.name, frame.image, frame.frame_hw, frame.jpeg))
         except Exception as exc:  # handed to _complete exactly as the pool would hand it
             future.set_exception(exc)
         return future
@@ -261,7 +261,7 @@ class Agent:
         self.publisher = Publisher(s.mqtt, self.outbox, status_topic=self.topic_status)
         self.publisher.start()
         for cam_settings in s.cameras:
-            camera = Camera(cam_settings, needed_hw=self.router.needed_hw)
+            camera = Camera(cam_settings, needed_hw=self.router.needed_hw, keep_jpeg=remote is not None)
             camera.start()
             in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
             worker = _CameraWorker(self, camera, in_flight)

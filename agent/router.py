@@ -279,11 +279,18 @@ class Router:
             cam.counters["admitted"] += 1
             return True
 
-    def infer(self, camera: str, image_bgr: NDArray[np.uint8], frame_hw: tuple[int, int] | None = None) -> Outcome:
+    def infer(
+        self,
+        camera: str,
+        image_bgr: NDArray[np.uint8],
+        frame_hw: tuple[int, int] | None = None,
+        jpeg: bytes | None = None,
+    ) -> Outcome:
         """One frame's result. Blocking and thread-safe.
 
         ``frame_hw``: the frame's true size when ``image_bgr`` was decoded at a reduced size (see
-        :meth:`needed_hw`); results are in the true frame's pixels either way.
+        :meth:`needed_hw`); results are in the true frame's pixels either way. ``jpeg``: the camera's own JPEG
+        of the frame, uploaded as it is when no resizing is needed.
 
         In ``auto`` and ``local`` mode network trouble never raises: the frame is run locally. Raises
         :class:`FrameFailed` when there is no way to a result (``serverless`` mode while the API fails; the
@@ -300,7 +307,7 @@ class Router:
             if plan.way == "fail":
                 self._count_frame_failed(camera)
                 raise FrameFailed(plan.kind, plan.reason or plan.kind, latency_ms=_ms_since(t0))
-            return self._run_remote(camera, image_bgr, frame_hw, plan.probe, t0)
+            return self._run_remote(camera, image_bgr, frame_hw, jpeg, plan.probe, t0)
         finally:
             self._flush_events()
 
@@ -451,23 +458,29 @@ class Router:
     # ------------------------------------------------------------------ remote
 
     def _call(
-        self, image: NDArray[np.uint8], frame_hw: tuple[int, int]
+        self, image: NDArray[np.uint8], frame_hw: tuple[int, int], jpeg: bytes | None
     ) -> tuple[dict[str, Any] | None, ServerlessError | None]:
         assert self._remote is not None
         try:
-            return self._remote.infer(image, frame_hw=frame_hw), None
+            return self._remote.infer(image, frame_hw=frame_hw, jpeg=jpeg), None
         except ServerlessError as exc:
             return None, exc
         except Exception as exc:  # a bug or an odd frame: treat like an unusable answer
             return None, ServerlessError("bad_response", f"unexpected {type(exc).__name__}: {exc}", secret=self._key)
 
     def _run_remote(
-        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], probe: bool, t0: float
+        self,
+        camera: str,
+        image: NDArray[np.uint8],
+        frame_hw: tuple[int, int],
+        jpeg: bytes | None,
+        probe: bool,
+        t0: float,
     ) -> Outcome:
-        api, error = self._call(image, frame_hw)
+        api, error = self._call(image, frame_hw, jpeg)
         attempts = 1
         if error is not None and not probe and not self._fallback and error.kind != "auth":
-            api, error, more = self._retry(camera, image, frame_hw, error)
+            api, error, more = self._retry(camera, image, frame_hw, jpeg, error)
             attempts += more
         if api is not None:
             with self._lock:
@@ -487,7 +500,12 @@ class Router:
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
 
     def _retry(
-        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], error: ServerlessError
+        self,
+        camera: str,
+        image: NDArray[np.uint8],
+        frame_hw: tuple[int, int],
+        jpeg: bytes | None,
+        error: ServerlessError,
     ) -> tuple[dict[str, Any] | None, ServerlessError, int]:
         """``serverless`` mode only: bounded retries of one frame before declaring the API unavailable."""
         attempts = 0
@@ -506,7 +524,7 @@ class Router:
                 self._count_call(cam, now)
                 self._counters["retries"] += 1
             attempts += 1
-            api, next_error = self._call(image, frame_hw)
+            api, next_error = self._call(image, frame_hw, jpeg)
             with self._lock:
                 self._failed[error.kind] += 1  # the attempt this one retried
             if api is not None:

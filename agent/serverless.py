@@ -210,34 +210,41 @@ class ServerlessClient:
         return max(1, round(h * factor)), max(1, round(w * factor))
 
     def encode(
-        self, image_bgr: NDArray[np.uint8], frame_hw: tuple[int, int] | None = None
+        self, image_bgr: NDArray[np.uint8], frame_hw: tuple[int, int] | None = None, jpeg: bytes | None = None
     ) -> tuple[bytes, float, tuple[int, int]]:
         """The upload body (base64 JPEG), the factor that maps upload pixels back to the frame, and the
-        uploaded size ``(w, h)``. ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode."""
+        uploaded size ``(w, h)``. ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode.
+        ``jpeg``: the camera's own JPEG of the frame, sent as it is when the frame needs no resizing (no
+        second encode, no second generation of JPEG loss)."""
         ih, iw = image_bgr.shape[:2]
         h, w = frame_hw or (ih, iw)
         new_h, new_w = self.upload_hw((h, w))
+        if jpeg is not None and (new_h, new_w) == (h, w):
+            return base64.b64encode(jpeg), 1.0, (int(w), int(h))
         new_h, new_w = min(new_h, ih), min(new_w, iw)  # never upscaled: a reduced decode goes as it is
         upload: NDArray[Any] = image_bgr
         if (new_h, new_w) != (ih, iw):
             upload = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA)
         scale = max(w, h) / max(new_w, new_h)
-        ok, jpeg = cv2.imencode(".jpg", upload, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
+        ok, encoded = cv2.imencode(".jpg", upload, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
         if not ok:
             raise ValueError("the frame could not be JPEG-encoded")
         uh, uw = upload.shape[:2]
-        return base64.b64encode(jpeg.tobytes()), scale, (int(uw), int(uh))
+        return base64.b64encode(encoded.tobytes()), scale, (int(uw), int(uh))
 
-    def infer(self, image_bgr: NDArray[np.uint8], *, frame_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    def infer(
+        self, image_bgr: NDArray[np.uint8], *, frame_hw: tuple[int, int] | None = None, jpeg: bytes | None = None
+    ) -> dict[str, Any]:
         """One frame through the hosted model: the cleaned API dict in original-frame pixels
-        (``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode).
+        (``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode; ``jpeg``: see
+        :meth:`encode`).
 
         Raises :class:`ServerlessError` (redacted, nothing chained) on any failure.
         """
         if self._closed:
             raise ServerlessError("connect", "client is closed")
         h, w = frame_hw or image_bgr.shape[:2]
-        body, scale, _ = self.encode(image_bgr, frame_hw)
+        body, scale, _ = self.encode(image_bgr, frame_hw, jpeg)
         with self._lock:
             self._requests += 1
             self._bytes_sent += len(body)

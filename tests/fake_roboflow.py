@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import socket
 import struct
@@ -95,6 +96,7 @@ class Recorded:
     image_wh: tuple[int, int] | None
     fault: str
     content_type: str
+    body_sha256: str = ""  # of the raw request body (the base64 text)
     at: float = field(default_factory=time.monotonic)
 
 
@@ -276,6 +278,7 @@ def _handler_for(fake: FakeRoboflow) -> type[BaseHTTPRequestHandler]:
                         image_wh=None if image is None else (image.shape[1], image.shape[0]),
                         fault=fault,
                         content_type=self.headers.get("Content-Type", ""),
+                        body_sha256=hashlib.sha256(body).hexdigest(),
                     )
                 )
             if fault == "hang":

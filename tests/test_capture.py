@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import Camera, Frame, jpeg_hw, reduction_factor
+from agent.capture import Camera, Frame, jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.config import CameraSettings
 from agent.logs import redact
 
@@ -789,3 +789,51 @@ def test_redact() -> None:
     assert redact("cannot open rtsp://u:p@ss@10.0.0.2/live") == "cannot open rtsp://u:***@10.0.0.2/live"
     assert redact("http://cam/video.cgi?user=admin&pwd=secret&x=1") == "http://cam/video.cgi?user=admin&pwd=***&x=1"
     assert redact("/videos/clip.avi") == "/videos/clip.avi"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The camera's own JPEG, kept for uploads
+
+
+def _with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """``jpeg`` with an extra segment right after its start-of-image marker."""
+    return jpeg[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def test_jpeg_has_exif() -> None:
+    ok, encoded = cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))
+    assert ok
+    plain = encoded.tobytes()
+    exif = _with_segment(plain, 0xE1, b"Exif\x00\x00MM\x00*" + bytes(20))
+    xmp = _with_segment(plain, 0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x/>")
+    comment = _with_segment(plain, 0xFE, b"Exif\x00\x00 in a comment is not Exif")
+    assert not jpeg_has_exif(plain)
+    assert jpeg_has_exif(exif) and jpeg_has_exif(np.frombuffer(exif, np.uint8).reshape(1, -1))
+    assert not jpeg_has_exif(xmp) and not jpeg_has_exif(comment)
+    assert not jpeg_has_exif(b"") and not jpeg_has_exif(b"\x89PNG\r\n\x1a\n")
+    assert jpeg_hw(exif) == jpeg_hw(plain) == (16, 24)  # the walk goes past the Exif block
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_jpeg_is_the_frame_as_the_camera_sent_it(video: Path, cameras: Callable[..., Camera], keep: bool) -> None:
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=keep)
+    frames = read_all(cam)
+    assert len(frames) == 20
+    for frame in frames:
+        if not keep:
+            assert frame.jpeg is None
+            continue
+        assert isinstance(frame.jpeg, bytes) and frame.jpeg[:2] == b"\xff\xd8"
+        again = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(again, frame.image)  # the very bytes this frame was decoded from
+
+
+@pytest.mark.timeout(20)
+def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
+    video_720p: Path, cameras: Callable[..., Camera]
+) -> None:
+    cam = cameras(settings(str(video_720p), realtime=False), keep_jpeg=True, needed_hw=lambda hw: (180, 320))
+    frames = read_all(cam)
+    assert frames and all(f.image.shape[:2] == (180, 320) for f in frames)
+    assert all(f.jpeg is not None and jpeg_hw(f.jpeg) == (720, 1280) == f.frame_hw for f in frames)

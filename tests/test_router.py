@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import threading
@@ -776,6 +778,20 @@ def test_serverless_retry_keeps_frame_hw(fake: FakeRoboflow) -> None:
     assert [r.image_wh for r in fake.requests[-2:]] == [(480, 270), (480, 270)]
     assert out.api["image"] == {"width": 1920, "height": 1080}
     assert_same_predictions(out.api, want.api, tol=12.0)
+    router.close()
+
+
+def test_cameras_jpeg_goes_to_the_api_and_through_a_retry(fake: FakeRoboflow) -> None:
+    router = make_router(fake, mode="serverless", with_local=False)
+    image = draw_scene()
+    ok, camera_jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    assert ok
+    digest = hashlib.sha256(base64.b64encode(camera_jpeg.tobytes())).hexdigest()
+    fake.set_fault("500", times=1)
+    out = router.infer("cam0", image, None, camera_jpeg.tobytes())
+    assert out.source == "serverless" and router.stats()["retries"] == 1
+    assert [r.body_sha256 for r in fake.requests[-2:]] == [digest, digest]
+    assert classes(out) == sorted(CLASS_NAMES)
     router.close()
 
 

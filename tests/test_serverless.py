@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import logging
 import threading
 import time
@@ -427,3 +428,55 @@ def test_image_helper_decodes() -> None:
 
     img = _decode(base64.b64encode(jpeg.tobytes()))
     assert img is not None and img.shape == (240, 320, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The camera's own JPEG
+
+
+@pytest.mark.parametrize(
+    ("frame_wh", "reduce", "max_side", "as_sent"),
+    [
+        ((640, 480), 1, 0, True),  # nothing to resize: the camera's bytes go as they are
+        ((640, 480), 1, 640, True),  # the limit is the frame's size: still nothing to resize
+        ((640, 480), 1, 320, False),  # resized for upload: encoded again
+        ((1280, 720), 2, 0, True),  # a reduced decode, but the upload wants the full frame: the camera's bytes
+        ((1280, 720), 2, 640, False),
+    ],
+)
+def test_encode_sends_the_cameras_jpeg_when_nothing_is_resized(
+    frame_wh: tuple[int, int], reduce: int, max_side: int, as_sent: bool
+) -> None:
+    client = offline_client(upload_max_side=max_side)
+    frame = draw_scene(*frame_wh)
+    ok, camera_jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    assert ok
+    image = frame if reduce == 1 else cv2.imdecode(camera_jpeg, cv2.IMREAD_REDUCED_COLOR_2)
+    frame_hw = (frame_wh[1], frame_wh[0])
+    body, scale, wh = client.encode(image, frame_hw, camera_jpeg.tobytes())
+    assert (base64.b64decode(body) == camera_jpeg.tobytes()) == as_sent
+    sent = cv2.imdecode(np.frombuffer(base64.b64decode(body), np.uint8), cv2.IMREAD_COLOR)
+    assert (sent.shape[1], sent.shape[0]) == wh
+    assert scale == pytest.approx(frame_wh[0] / wh[0])
+    client.close()
+
+
+def test_infer_with_the_cameras_jpeg_uploads_those_bytes(fake: FakeRoboflow) -> None:
+    client = make_client(fake)
+    frame = draw_scene()
+    ok, camera_jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    with_jpeg = client.infer(frame, jpeg=camera_jpeg.tobytes())
+    without = client.infer(frame)
+    sent, reencoded = fake.requests[-2:]
+    assert sent.body_sha256 == hashlib.sha256(base64.b64encode(camera_jpeg.tobytes())).hexdigest()
+    assert reencoded.body_sha256 != sent.body_sha256
+    assert with_jpeg["image"] == without["image"] == {"width": 640, "height": 480}
+    assert sorted(p["class"] for p in with_jpeg["predictions"]) == sorted(CLASS_NAMES)
+    for a, b in zip(
+        sorted(with_jpeg["predictions"], key=lambda p: p["class"]),
+        sorted(without["predictions"], key=lambda p: p["class"]),
+        strict=True,
+    ):
+        assert abs(a["x"] - b["x"]) <= 2 and abs(a["y"] - b["y"]) <= 2
+    client.close()
