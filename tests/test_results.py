@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agent.postprocess import Detections
-from agent.results import detections_to_api, encode, iso_utc, parse_api_response, to_message
+from agent.results import Points, detections_to_api, encode, iso_utc, parse_api_response, to_message
 
 
 def _det(n: int) -> Detections:
@@ -122,3 +122,95 @@ def test_envelope_keeps_the_api_keys_and_adds_provenance() -> None:
 
 def test_iso_utc() -> None:
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# encode's fast path for whole-pixel polygons must write exactly what json.dumps writes
+
+
+def _plain(obj: Any) -> Any:
+    """The same value with every sequence of points a plain list of dicts (what any other code would build)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | Points):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _reference(message: dict[str, Any]) -> bytes:
+    return json.dumps(_plain(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+POLYGONS = {
+    "whole": lambda rng: rng.integers(0, 4000, size=(rng.integers(3, 400), 2)).astype(np.float32),
+    "tenths": lambda rng: (rng.integers(0, 40000, size=(rng.integers(3, 50), 2)) / 10).astype(np.float32),
+    "zero": lambda rng: np.zeros((3, 2), np.float32),
+    "negative zero": lambda rng: np.array([[-0.0, 1], [2, 3], [4, 5]], np.float32),
+    "negative": lambda rng: np.array([[-3, 1], [2, 3], [4, 5]], np.float32),
+    "huge": lambda rng: np.array([[3e9, 1], [2, 3], [4, 5]], np.float32),
+    "empty": lambda rng: np.zeros((0, 2), np.float32),
+    "nan": lambda rng: np.array([[np.nan, 1], [2, 3], [4, 5]], np.float32),
+}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_encode_writes_what_json_dumps_writes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    kinds = list(POLYGONS)
+    n = int(rng.integers(0, 12))
+    picks = [kinds[int(rng.integers(0, len(kinds)))] for _ in range(n)]
+    picks = [k for k in picks if k != "nan"]  # NaN is not valid JSON: tested below
+    det = Detections(
+        boxes_xyxy=rng.uniform(0, 500, size=(len(picks), 4)).astype(np.float32),
+        confidence=rng.uniform(0, 1, size=len(picks)).astype(np.float32),
+        class_id=rng.integers(0, 3, size=len(picks)),
+        polygons=[POLYGONS[k](rng) for k in picks],
+    )
+    names = ["círculo", 'quo"te\\slash', "\x00\x01ctl"]
+    api = detections_to_api(det, names, image_wh=(1920, 1080), time_s=0.02)
+    msg = to_message(
+        api, device_id="d1", camera="cam", frame_id=7, timestamp=1.0, source="local", model_id="m", latency_ms=3.0
+    )
+    assert encode(msg) == _reference(msg)
+    assert json.loads(encode(msg)) == json.loads(_reference(msg))
+
+
+def test_encode_of_points_next_to_plain_lists() -> None:
+    api = detections_to_api(_det(3), ["a", "b"], image_wh=(640, 480), time_s=0.01)
+    api["predictions"][1]["points"] = [{"x": 9.5, "y": 9.0}, {"x": 1.0, "y": 2.0}, {"x": 3.0, "y": 4.0}]
+    assert encode(api) == _reference(api)
+    assert json.loads(encode(api))["predictions"][1]["points"][0] == {"x": 9.5, "y": 9.0}
+
+
+def test_points_refuse_plain_json_dumps_loudly() -> None:
+    api = detections_to_api(_det(1), ["a", "b"], image_wh=(640, 480), time_s=0.01)
+    with pytest.raises(TypeError):
+        json.dumps(api)
+
+
+def test_encode_refuses_nan_as_before() -> None:
+    det = Detections(
+        boxes_xyxy=np.array([[0, 0, 4, 4]], np.float32),
+        confidence=np.array([0.5], np.float32),
+        class_id=np.array([0]),
+        polygons=[POLYGONS["nan"](np.random.default_rng(0))],
+    )
+    api = detections_to_api(det, ["a"], image_wh=(640, 480), time_s=0.01)
+    with pytest.raises(ValueError):
+        encode(api)
+
+
+def test_points_read_as_a_sequence_of_dicts() -> None:
+    api = detections_to_api(_det(1), ["a", "b"], image_wh=(640, 480), time_s=0.01)
+    points = api["predictions"][0]["points"]
+    assert len(points) == 4 and points[1] == {"x": 110.0, "y": 20.0} and points[-1] == {"x": 10.0, "y": 70.0}
+    assert points[1:3] == [{"x": 110.0, "y": 20.0}, {"x": 110.0, "y": 70.0}]
+    assert points != [{"x": 10.0, "y": 20.0}] and points != "x"
+    assert Points(np.array([[10, 20], [110, 20], [110, 70], [10, 70]], np.float32)) == points
+    assert points == [
+        {"x": 10.0, "y": 20.0},
+        {"x": 110.0, "y": 20.0},
+        {"x": 110.0, "y": 70.0},
+        {"x": 10.0, "y": 70.0},
+    ]
+    assert all(type(v) is float for q in points for v in q.values())

@@ -21,6 +21,7 @@ from agent.capture import reduction_factor
 from agent.config import InferenceSettings, LocalSettings, Secret, ServerlessSettings
 from agent.model import OnnxModel
 from agent.postprocess import Detections
+from agent.results import encode
 from agent.router import Detector, FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
 from tests.fake_roboflow import CLASS_NAMES, FakeRoboflow, draw_scene, find_blobs
@@ -851,7 +852,7 @@ def test_the_key_never_shows(fake: FakeRoboflow, caplog: pytest.LogCaptureFixtur
             fake.set_fault(fault)
         clock.advance(2.0)
         out = router.infer("cam0", image)
-        texts += [out.fallback_reason, json.dumps(out.api)]
+        texts += [out.fallback_reason, encode(out.api).decode()]
     texts += [json.dumps(router.stats()), modes.events, caplog.text]
     sless = make_router(fake, mode="serverless", with_local=False)
     fake.set_fault("500")
