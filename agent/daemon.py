@@ -54,8 +54,12 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
     local = settings.inference.local
     assert local.model is not None
     models: list[OnnxModel] = []
+    model_log = logging.getLogger("agent.model")
+    level = model_log.level
     try:
-        for _ in range(local.sessions):
+        for i in range(local.sessions):
+            if i == 1:  # the first load said everything worth saying; the others would repeat it
+                model_log.setLevel(logging.ERROR)
             models.append(
                 OnnxModel(
                     local.model,
@@ -66,7 +70,11 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
             )
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
+    finally:
+        model_log.setLevel(level)
     model: OnnxModel | SessionPool = models[0] if len(models) == 1 else SessionPool(models)
+    if len(models) > 1:
+        log.info("%d sessions of the local model run frames side by side", len(models))
     if local.classes is not None:
         try:
             model.class_names = read_names_file(local.classes)

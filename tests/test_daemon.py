@@ -216,7 +216,8 @@ def test_two_local_sessions_keep_every_frame_in_order(
     for m in msgs:
         assert_api_format(m, 320, 240)
     assert any(m["predictions"] for m in msgs)
-    assert agent.log.count("3 classes, input 256x256") >= 2, "two sessions were loaded"
+    assert "2 sessions of the local model run frames side by side" in agent.log
+    assert agent.log.count("3 classes, input 256x256") == 1, "the model's load is told once"
 
 
 def test_status_offline_by_last_will_when_killed_and_on_clean_stop(
