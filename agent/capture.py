@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 from agent.config import CameraSettings
 from agent.logs import redact
 
-__all__ = ["Camera", "CameraStatus", "Frame", "jpeg_has_exif", "jpeg_hw", "reduction_factor"]
+__all__ = ["Camera", "CameraStatus", "Frame", "decode_jpeg", "jpeg_has_exif", "jpeg_hw", "reduction_factor"]
 
 log = logging.getLogger("agent.capture")
 
@@ -214,6 +214,13 @@ def jpeg_has_exif(data: NDArray[Any] | bytes) -> bool:
     return any(marker == 0xE1 and bytes(payload[:6]) == b"Exif\x00\x00" for marker, payload in _jpeg_segments(data))
 
 
+def decode_jpeg(data: NDArray[Any], factor: int = 1) -> NDArray[np.uint8] | None:
+    """A JPEG (an encoded uint8 array) decoded at ``1/factor`` (1, 2, 4, 8) as the capture decodes it: BGR,
+    Exif orientation ignored (as FFmpeg decodes). None when it can't be decoded."""
+    image = cv2.imdecode(data, _REDUCED_FLAGS[factor])
+    return None if image is None else np.asarray(image, dtype=np.uint8)
+
+
 def reduction_factor(frame_hw: tuple[int, int], needed_hw: tuple[int, int]) -> int:
     """The largest JPEG scale-down (8, 4, 2, else 1) whose image still covers ``needed_hw`` on both axes.
 
@@ -253,7 +260,7 @@ class Camera:
         self._settings = settings
         self._needed_hw = needed_hw
         self._keep_jpeg = keep_jpeg
-        self._reduced_note: tuple[tuple[int, int] | None, int] = (None, 1)  # last reduced decode logged
+        self._reduction: tuple[tuple[int, int], int] = ((0, 0), 1)  # last frame size seen and its factor
         self._clock = clock
         self._name = settings.name
         self._src_text = redact(str(settings.source))
@@ -428,21 +435,10 @@ class Camera:
             if self._needed_hw is not None:
                 full_hw = jpeg_hw(img)
                 if full_hw is not None:
-                    factor = reduction_factor(full_hw, self._needed_hw(full_hw))
-            decoded = cv2.imdecode(img, _REDUCED_FLAGS[factor])
+                    factor = self._factor_for(full_hw)
+            decoded = decode_jpeg(img, factor)
             if factor == 1 or decoded is None:
                 full_hw = None
-            elif (full_hw, factor) != self._reduced_note:
-                self._reduced_note = (full_hw, factor)
-                log.info(
-                    "camera %s: %dx%d JPEG frames decoded at 1/%d (%dx%d): all that inference needs",
-                    self._name,
-                    full_hw[1] if full_hw else 0,
-                    full_hw[0] if full_hw else 0,
-                    factor,
-                    decoded.shape[1],
-                    decoded.shape[0],
-                )
         if decoded is None:
             # Packets that are not standalone JPEG images (some cameras leave out the Huffman tables):
             # this source is decoded by FFmpeg from the next opening on.
@@ -455,6 +451,26 @@ class Camera:
         if self._keep_jpeg and isinstance(img, np.ndarray) and not jpeg_has_exif(img):
             jpeg = img.tobytes()
         return _Sampled(0.0, image, 0, full_hw or (int(image.shape[0]), int(image.shape[1])), jpeg)
+
+    def _factor_for(self, full_hw: tuple[int, int]) -> int:
+        """The decode reduction for frames of this size: worked out (and logged) when the size changes."""
+        known_hw, factor = self._reduction
+        if full_hw == known_hw:
+            return factor
+        assert self._needed_hw is not None
+        factor = reduction_factor(full_hw, self._needed_hw(full_hw))
+        self._reduction = (full_hw, factor)
+        if factor > 1:
+            log.info(
+                "camera %s: %dx%d JPEG frames decoded at 1/%d (%dx%d): all that inference needs",
+                self._name,
+                full_hw[1],
+                full_hw[0],
+                factor,
+                -(-full_hw[1] // factor),
+                -(-full_hw[0] // factor),
+            )
+        return factor
 
     # ------------------------------------------------------------------ state
 

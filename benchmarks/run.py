@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
-from agent.capture import reduction_factor  # noqa: E402
+from agent.capture import decode_jpeg, reduction_factor  # noqa: E402
 from agent.model import OnnxModel  # noqa: E402
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params  # noqa: E402
 from agent.results import detections_to_api, encode, to_message  # noqa: E402
@@ -434,22 +434,16 @@ def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size
     w, h = size
     # Decoded as the agent's capture decodes them: at the largest reduction the model loses nothing from.
     factor = reduction_factor((h, w), onnx.needed_hw((h, w)))
-    flags = {
-        1: cv2.IMREAD_COLOR,
-        2: cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_COLOR_4,
-        8: cv2.IMREAD_REDUCED_COLOR_8,
-    }
-    frames = [cv2.imdecode(np.frombuffer(p, np.uint8), flags[factor]) for p in packets[: plan.stage_runs]]
+    frames = [decode_jpeg(np.frombuffer(p, np.uint8), factor) for p in packets[: plan.stage_runs]]
     frame = frames[0]
     out: dict[str, Any] = {"decode_factor": factor}
     i = itertools.count()
     out["jpeg_full_ms"], _ = timed(
-        lambda: cv2.imdecode(np.frombuffer(packets[next(i) % len(packets)], np.uint8), cv2.IMREAD_COLOR),
+        lambda: decode_jpeg(np.frombuffer(packets[next(i) % len(packets)], np.uint8)),
         plan.stage_runs,
     )
     out["jpeg_ms"], _ = timed(
-        lambda: cv2.imdecode(np.frombuffer(packets[next(i) % len(packets)], np.uint8), flags[factor]),
+        lambda: decode_jpeg(np.frombuffer(packets[next(i) % len(packets)], np.uint8), factor),
         plan.stage_runs,
     )
     out["letterbox_ms"], (tensor, params) = timed(

@@ -25,15 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.capture import reduction_factor
+from agent.capture import decode_jpeg, reduction_factor
 from agent.model import OnnxModel
-
-_FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 
 
 def _packets(video: Path, limit: int = 60) -> list[np.ndarray]:
@@ -59,7 +52,7 @@ def _throughput(
     models: list[OnnxModel], packets: list[np.ndarray], frame_hw: tuple[int, int], n: int
 ) -> tuple[float, float]:
     """Frames/s and CPU ms per frame with one caller thread per model."""
-    flags = _FLAGS[reduction_factor(frame_hw, models[0].needed_hw(frame_hw))]
+    factor = reduction_factor(frame_hw, models[0].needed_hw(frame_hw))
     counter = iter(range(n))
     lock = threading.Lock()
 
@@ -69,7 +62,8 @@ def _throughput(
                 i = next(counter, None)
             if i is None:
                 return
-            image = cv2.imdecode(packets[i % len(packets)], flags)
+            image = decode_jpeg(packets[i % len(packets)], factor)
+            assert image is not None
             model.detect(image, confidence=0.4, overlap=0.3, frame_hw=frame_hw)
 
     threads = [threading.Thread(target=work, args=(m,)) for m in models]
@@ -82,12 +76,14 @@ def _throughput(
 
 
 def _lone_frame_ms(model: OnnxModel, packets: list[np.ndarray], frame_hw: tuple[int, int], n: int = 15) -> float:
-    flags = _FLAGS[reduction_factor(frame_hw, model.needed_hw(frame_hw))]
+    factor = reduction_factor(frame_hw, model.needed_hw(frame_hw))
     times = []
     for i in range(n):
         time.sleep(0.2)
         t0 = time.perf_counter()
-        model.detect(cv2.imdecode(packets[i % len(packets)], flags), confidence=0.4, overlap=0.3, frame_hw=frame_hw)
+        image = decode_jpeg(packets[i % len(packets)], factor)
+        assert image is not None
+        model.detect(image, confidence=0.4, overlap=0.3, frame_hw=frame_hw)
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
