@@ -648,10 +648,11 @@ def test_mask_in_box_equals_full_frame_upsampling(box: tuple[float, float, float
     ("frame_hw", "input_hw"),
     [((720, 1280), (192, 320)), ((1080, 1920), (640, 640)), ((480, 640), (320, 320)), ((500, 700), (256, 256))],
 )
-def test_mask_in_box_resize_and_warp_sample_alike(
+def test_mask_in_box_resize_matmul_and_warp_sample_alike(
     monkeypatch: pytest.MonkeyPatch, frame_hw: tuple[int, int], input_hw: tuple[int, int]
 ) -> None:
-    """cv2.resize (whole samples per prototype cell) and cv2.warpAffine (any scale) give the same masks."""
+    """cv2.resize (whole samples per prototype cell), the separable matmuls and cv2.warpAffine (any scale)
+    give the same masks, frame edges included."""
     params = letterbox_params(frame_hw, input_hw)
     proto_hw = (input_hw[0] // 4, input_hw[1] // 4)
     protos = np.ascontiguousarray(
@@ -659,18 +660,45 @@ def test_mask_in_box_resize_and_warp_sample_alike(
     )
     rng = np.random.default_rng(3)
     h, w = frame_hw
-    cases = []
+    boxes = [np.array([0.0, 0.0, w, h]), np.array([0.0, h - 1.5, w / 3, h]), np.array([w - 0.7, 10.0, w, h / 2])]
     for _ in range(12):
         x1, y1 = rng.uniform(-20, w), rng.uniform(-20, h)
-        box = np.array([x1, y1, x1 + rng.uniform(1, w / 2), y1 + rng.uniform(1, h / 2)])
-        cases.append((rng.normal(0, 1, 8).astype(np.float32), box))
-    fast = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
+        boxes.append(np.array([x1, y1, x1 + rng.uniform(1, w / 2), y1 + rng.uniform(1, h / 2)]))
+    cases = [(rng.normal(0, 1, 8).astype(np.float32), box) for box in boxes]
+    resized = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
     monkeypatch.setattr(postprocess, "_whole_reciprocal", lambda step: 0)
+    multiplied = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
+    monkeypatch.setattr(postprocess, "_SEPARABLE_MAX_CELLS", 0)
     warped = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
-    for (a, offset_a), (b, offset_b) in zip(fast, warped, strict=True):
-        assert offset_a == offset_b and a.shape == b.shape
-        # Both sample the same positions; warpAffine rounds them to 1/32 of a cell, resize does not.
+    for (a, offset_a), (m, offset_m), (b, offset_b) in zip(resized, multiplied, warped, strict=True):
+        assert offset_a == offset_m == offset_b and a.shape == m.shape == b.shape
+        # All three sample the same positions; warpAffine rounds them to 1/32 of a cell, the others do not.
         assert np.count_nonzero(a != b) <= max(2, 0.002 * a.size)
+        assert np.count_nonzero(a != m) <= max(2, 0.0005 * a.size)
+
+
+@pytest.mark.parametrize(
+    ("frame_len", "input_len", "proto_len"), [(640, 416, 104), (1920, 640, 160), (1081, 320, 80), (7, 64, 16)]
+)
+def test_axis_weights_interpolate_each_pixel_centre(frame_len: int, input_len: int, proto_len: int) -> None:
+    """Each frame pixel: two neighbouring prototype cells weighted to sum 1, at its centre's mapped position;
+    pixels whose centres fall outside the content repeat the nearest one inside."""
+    scale = input_len / frame_len / 1.25  # content 80 % of the input: padding on both sides
+    content = round(frame_len * scale)
+    pad = (input_len - content) // 2
+    weights = postprocess._axis_weights(frame_len, scale, pad, content, proto_len, input_len)
+    assert weights.shape == (frame_len, proto_len) and not weights.flags.writeable
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    for u in range(frame_len):
+        nonzero = np.flatnonzero(weights[u])
+        assert 1 <= nonzero.size <= 2 and np.ptp(nonzero) <= 1
+        centre = (u + 0.5) * scale + pad
+        if pad + 0.5 <= centre <= pad + content - 0.5:  # inside the content: its own position, unclamped
+            position = centre * proto_len / input_len - 0.5
+            mapped = float(weights[u] @ np.arange(proto_len))
+            assert mapped == pytest.approx(min(max(position, 0.0), proto_len - 1.0), abs=1e-5)
+    inside = [u for u in range(frame_len) if pad + 0.5 <= (u + 0.5) * scale + pad <= pad + content - 0.5]
+    assert np.array_equal(weights[0], weights[inside[0]]) and np.array_equal(weights[-1], weights[inside[-1]])
 
 
 def test_mask_in_box_edge_band_repeats_the_last_content_row() -> None:
