@@ -169,12 +169,20 @@ def letterbox(
         resized = image_bgr
     else:
         resized = np.asarray(cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
-    canvas = np.full((dst_hw[0], dst_hw[1], 3), LETTERBOX_FILL, dtype=np.uint8)
-    canvas[params.pad_y : params.pad_y + new_h, params.pad_x : params.pad_x + new_w] = resized
-    # BGR -> RGB and HWC -> CHW in one copy, then scale to 0..1.
-    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1)[::-1], dtype=np.float32)
-    tensor *= np.float32(1.0 / 255.0)
-    return tensor[np.newaxis], params
+    # Written straight into the tensor: the padding as its constant, then each colour plane (split from BGR
+    # by OpenCV, RGB order) converted and scaled in one pass: no uint8 canvas, no strided HWC -> CHW copy.
+    scale = np.float32(1.0 / 255.0)
+    tensor = np.empty((1, 3, dst_hw[0], dst_hw[1]), dtype=np.float32)
+    planes = tensor[0]
+    top, left, bottom, right = params.pad_y, params.pad_x, params.pad_y + new_h, params.pad_x + new_w
+    fill = np.float32(LETTERBOX_FILL) * scale  # the value a uint8 114 becomes, to the bit
+    planes[:, :top] = fill
+    planes[:, bottom:] = fill
+    planes[:, top:bottom, :left] = fill
+    planes[:, top:bottom, right:] = fill
+    for channel, plane in enumerate(reversed(cv2.split(resized))):
+        np.multiply(plane, scale, out=planes[channel, top:bottom, left:right])
+    return tensor, params
 
 
 def unletterbox_boxes_xyxy(
