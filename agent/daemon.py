@@ -21,13 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-import cv2
-
 from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
 from agent.health import LatencyWindow, RateMeter, status_line
-from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
+from agent.model import ModelError, OnnxModel, SessionPool, limit_helper_threads, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
 from agent.publisher import Publisher
@@ -236,9 +234,9 @@ class Agent:
 
     def _start(self) -> None:
         s = self.settings
-        # OpenCV's own thread pool competes with ONNX Runtime's for the few cores of a Pi; one thread made mask
-        # decoding faster, not slower (benchmarks: 23.6 -> 17.6 ms at 640x480 with 150 instances).
-        cv2.setNumThreads(1)
+        # OpenCV's and OpenBLAS's own thread pools compete with ONNX Runtime's for the few cores of a Pi.
+        capped = limit_helper_threads()
+        log.debug("one thread for OpenCV and for %s", ", ".join(capped) or "no OpenBLAS found")
         mode = s.inference.mode
         local = load_local_model(s) if mode in ("auto", "local") else None
         remote = None

@@ -11,6 +11,7 @@ found in it.
 from __future__ import annotations
 
 import ast
+import ctypes
 import logging
 import os
 import queue
@@ -31,7 +32,15 @@ from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPacka
 from agent.postprocess import Detections, decode_yolov8_seg, letterbox, letterbox_content_hw
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
 
-__all__ = ["DEFAULT_IMGSZ", "PROVIDER_NAMES", "ModelError", "OnnxModel", "SessionPool", "onnx_providers"]
+__all__ = [
+    "DEFAULT_IMGSZ",
+    "PROVIDER_NAMES",
+    "ModelError",
+    "OnnxModel",
+    "SessionPool",
+    "limit_helper_threads",
+    "onnx_providers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +114,47 @@ def _imgsz_from_metadata(metadata: Mapping[str, str]) -> tuple[int, int] | None:
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
         return int(value[0]), int(value[1])
     return None
+
+
+_BLAS_THREAD_SETTERS = (
+    "openblas_set_num_threads",  # OpenBLAS (OpenCV's wheels bundle one)
+    "scipy_openblas_set_num_threads64_",  # NumPy's wheels: OpenBLAS with prefixed 64-bit-int symbols
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+)
+
+
+def limit_helper_threads() -> list[str]:
+    """One thread for OpenCV's pool and for every OpenBLAS loaded in this process; returns the libraries capped.
+
+    The cores are ONNX Runtime's. OpenCV's pool made mask decoding slower, not faster, beside it (benchmarks:
+    23.6 -> 17.6 ms at 640x480 with 150 instances on one thread). OpenBLAS (NumPy's and OpenCV's own copy) runs
+    a matmul of a few hundred thousand multiply-adds on every core and its workers then busy-wait for the next
+    call: a mask resampled by matmuls every frame kept a second core spinning (process CPU 1.27 s per second of
+    a loop of 1080p demo decodes, 0.28 with one thread). Linux: the libraries are found in /proc/self/maps;
+    elsewhere only OpenCV's pool is set.
+    """
+    cv2.setNumThreads(1)
+    capped: list[str] = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = sorted({line.split(None, 5)[-1].strip() for line in maps if "openblas" in line.lower()})
+    except OSError:
+        return capped
+    for path in paths:
+        if not path.startswith("/") or "openblas" not in os.path.basename(path).lower():
+            continue
+        try:
+            library = ctypes.CDLL(path)  # already loaded: dlopen hands back the same library
+        except OSError:
+            continue
+        for name in _BLAS_THREAD_SETTERS:
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(1))
+                capped.append(os.path.basename(path))
+                break
+    return capped
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

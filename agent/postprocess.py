@@ -565,6 +565,7 @@ class _MaskPlans:
             # The weights already repeat the nearest sampled row / column in the edge bands: the whole box.
             weights_y = _axis_weights(*self._weights_y)[y0:y1, gy0:gy1]
             weights_x = _axis_weights(*self._weights_x)[x0:x1, gx0:gx1]
+            # NumPy's BLAS: single-threaded in the agent (model.limit_helper_threads), else its idle workers spin.
             return np.greater((weights_y @ probs) @ weights_x.T, _MASK_THRESHOLD).view(np.uint8)
         else:
             tx, ty = self.origin[row]

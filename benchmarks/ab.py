@@ -35,6 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import agent.postprocess as new  # noqa: E402
+from agent.model import limit_helper_threads  # noqa: E402
 from agent.synth import render_video  # noqa: E402
 from benchmarks.synthetic import dense_outputs  # noqa: E402
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     only = set(args.only or ("nms", "decode", "capture"))
     old = load_baseline(args.baseline)
-    cv2.setNumThreads(1)  # as the agent runs
+    limit_helper_threads()  # one thread for OpenCV and OpenBLAS, as the agent runs
     print(f"baseline: agent/postprocess.py at {args.baseline}; new: the working tree")
     if "nms" in only:
         nms_cases(old, args.reps)

@@ -59,7 +59,7 @@ import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from agent.capture import decode_jpeg, reduction_factor  # noqa: E402
-from agent.model import OnnxModel  # noqa: E402
+from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params  # noqa: E402
 from agent.results import detections_to_api, encode, to_message  # noqa: E402
 from agent.synth import render_video  # noqa: E402
@@ -952,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.out} from {args.from_json}")
         return 0
     started = time.time()
+    limit_helper_threads()  # the in-process stages run as the agent runs them: one OpenCV and OpenBLAS thread
     plan = Plan.make(args.quick)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

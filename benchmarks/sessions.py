@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.capture import decode_jpeg, reduction_factor
-from agent.model import OnnxModel
+from agent.model import OnnxModel, limit_helper_threads
 
 
 def _packets(video: Path, limit: int = 60) -> list[np.ndarray]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=120)
     args = p.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cv2.setNumThreads(1)  # as the daemon runs
+    limit_helper_threads()  # one thread for OpenCV and OpenBLAS, as the daemon runs
     packets = _packets(args.video)
     first = cv2.imdecode(packets[0], cv2.IMREAD_COLOR)
     frame_hw = (int(first.shape[0]), int(first.shape[1]))

@@ -561,3 +561,45 @@ def test_session_pool_runs_frames_side_by_side_with_the_same_results() -> None:
     assert [m.class_names for m in models] == [["a", "b", "c"]] * 2
     with pytest.raises(ValueError, match="at least one"):
         SessionPool([])
+
+
+_BLAS_CHECK = """
+import ctypes, json, os
+import cv2
+import numpy as np
+from agent.model import limit_helper_threads
+
+def threads_of_each_openblas():
+    out = {}
+    for line in open("/proc/self/maps"):
+        path = line.split(None, 5)[-1].strip()
+        if path.startswith("/") and "openblas" in os.path.basename(path).lower() and path not in out:
+            lib = ctypes.CDLL(path)
+            for name in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_",
+                         "scipy_openblas_get_num_threads", "openblas_get_num_threads64_"):
+                getter = getattr(lib, name, None)
+                if getter is not None:
+                    out[path] = getter()
+                    break
+    return out
+
+before = threads_of_each_openblas()
+capped = limit_helper_threads()
+print(json.dumps({"before": before, "after": threads_of_each_openblas(), "capped": capped,
+                  "cv2": cv2.getNumThreads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="finds the libraries through /proc (Linux)")
+def test_limit_helper_threads_leaves_opencv_and_every_openblas_one_thread() -> None:
+    """OpenBLAS workers busy-wait after a call that used them: the agent keeps the cores for ONNX Runtime."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _BLAS_CHECK], capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cv2"] == 1
+    assert result["after"] and set(result["after"].values()) == {1}  # NumPy's OpenBLAS at least
+    assert len(result["capped"]) == len(result["after"])
+    assert sorted(result["after"]) == sorted(result["before"])
