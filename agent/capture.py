@@ -81,7 +81,9 @@ class Frame:
     camera: str  # camera name
     seq: int  # 1, 2, ... per Camera object: sampled frames handed out (not the published frame_id)
     timestamp: float  # capture time, epoch seconds (time.time() when grabbed)
-    image: NDArray[np.uint8]  # HxWx3 BGR; smaller than frame_hw when decoded at a reduced size
+    # HxWx3 BGR; smaller than frame_hw when decoded at a reduced size; empty (0x0x3) when the frame was left
+    # undecoded for a consumer that can take its JPEG (see Camera's decode_needed): decode ``jpeg`` then
+    image: NDArray[np.uint8]
     source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
     frame_hw: tuple[int, int] = (0, 0)  # the frame's true (height, width); (0, 0): the image's own
     jpeg: bytes | None = None  # the camera's own JPEG of this frame, when kept (see Camera), without Exif
@@ -252,14 +254,21 @@ class Camera:
         clock: Callable[[], float] = time.monotonic,
         needed_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
         keep_jpeg: bool = False,
+        decode_needed: Callable[[tuple[int, int]], bool] | None = None,
     ) -> None:
         """``needed_hw(frame_hw)``: the smallest image of such a frame the consumer can use (None: full
         frames). MJPEG packets are then decoded at the largest reduction that still covers it.
         ``keep_jpeg``: frames that came as standalone JPEGs without Exif carry those bytes (``Frame.jpeg``),
-        so an upload can send them as they are instead of encoding the frame again."""
+        so an upload can send them as they are instead of encoding the frame again.
+        ``decode_needed(frame_hw)``: with ``keep_jpeg``, asked for each such frame; False hands it out
+        undecoded (``Frame.image`` empty, ``Frame.jpeg`` set), for a consumer that decodes the JPEG only if it
+        needs the pixels after all. The first frame after each opening is always decoded: that is what shows
+        the source's packets are standalone JPEGs."""
         self._settings = settings
         self._needed_hw = needed_hw
         self._keep_jpeg = keep_jpeg
+        self._decode_needed = decode_needed
+        self._packets_decoded = False  # a packet of the current opening decoded on its own (see _retrieve)
         self._reduction: tuple[tuple[int, int], int] = ((0, 0), 1)  # last frame size seen and its factor
         self._clock = clock
         self._name = settings.name
@@ -375,6 +384,7 @@ class Camera:
     def _open(self) -> cv2.VideoCapture:
         """Open the source (called in the worker thread; may block up to the open timeout)."""
         s = self._settings
+        self._packets_decoded = False
         src = s.source
         if isinstance(src, int):
             cap = cv2.VideoCapture(src, cv2.CAP_V4L2)
@@ -430,6 +440,10 @@ class Camera:
             return None if image is None else _Sampled(0.0, image, 0, (int(image.shape[0]), int(image.shape[1])))
         decoded = None
         full_hw: tuple[int, int] | None = None
+        if self._packets_decoded and self._keep_jpeg and self._decode_needed is not None:
+            undecoded = self._undecoded(img)
+            if undecoded is not None:
+                return undecoded
         if isinstance(img, np.ndarray) and img.size:
             factor = 1
             if self._needed_hw is not None:
@@ -447,10 +461,21 @@ class Camera:
         image = _as_bgr(decoded)
         if image is None:
             return None
+        self._packets_decoded = True
         jpeg = None
         if self._keep_jpeg and isinstance(img, np.ndarray) and not jpeg_has_exif(img):
             jpeg = img.tobytes()
         return _Sampled(0.0, image, 0, full_hw or (int(image.shape[0]), int(image.shape[1])), jpeg)
+
+    def _undecoded(self, packet: Any) -> _Sampled | None:
+        """The packet as an undecoded frame, when the consumer says it needs no pixels (None otherwise)."""
+        assert self._decode_needed is not None
+        if not isinstance(packet, np.ndarray) or not packet.size:
+            return None
+        full_hw = jpeg_hw(packet)
+        if full_hw is None or self._decode_needed(full_hw) or jpeg_has_exif(packet):
+            return None
+        return _Sampled(0.0, np.empty((0, 0, 3), dtype=np.uint8), 0, full_hw, packet.tobytes())
 
     def _factor_for(self, full_hw: tuple[int, int]) -> int:
         """The decode reduction for frames of this size: worked out (and logged) when the size changes."""

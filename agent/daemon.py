@@ -267,7 +267,12 @@ class Agent:
         self.publisher = Publisher(s.mqtt, self.outbox, status_topic=self.topic_status)
         self.publisher.start()
         for cam_settings in s.cameras:
-            camera = Camera(cam_settings, needed_hw=self.router.needed_hw, keep_jpeg=remote is not None)
+            camera = Camera(
+                cam_settings,
+                needed_hw=self.router.needed_hw,
+                keep_jpeg=remote is not None,
+                decode_needed=self.router.decode_needed,
+            )
             camera.start()
             in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
             worker = _CameraWorker(self, camera, in_flight)

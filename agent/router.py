@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
 from agent.postprocess import Detections
 from agent.results import detections_to_api
@@ -253,6 +254,19 @@ class Router:
             return frame_hw
         return max(n[0] for n in needs), max(n[1] for n in needs)
 
+    def decode_needed(self, frame_hw: tuple[int, int]) -> bool:
+        """Whether a capture must decode a ``frame_hw`` frame that came as a JPEG before :meth:`infer`.
+
+        False only while frames go to the hosted API as the camera's own JPEG (no change gate, no resizing
+        for the upload): its pixels are then never looked at, and :meth:`infer` decodes the JPEG itself if
+        the frame goes to the local model after all (a failed call, a switch to local).
+        """
+        if self._s.change_gate > 0 or not self._use_remote or self._remote is None:
+            return True
+        with self._lock:
+            hosted = self._mode == "serverless"
+        return not hosted or self._remote.upload_hw(frame_hw) != tuple(frame_hw)
+
     def admit(self, camera: str, image_bgr: NDArray[np.uint8]) -> bool:
         """Change gate (and, in ``serverless`` mode, the call caps): ``False`` = skip this frame.
 
@@ -303,7 +317,7 @@ class Router:
             if frame_hw is None:
                 frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
             if plan.way == "local":
-                return self._run_local(camera, image_bgr, frame_hw, plan.reason, t0)
+                return self._run_local(camera, image_bgr, frame_hw, plan.reason, t0, jpeg)
             if plan.way == "fail":
                 self._count_frame_failed(camera)
                 raise FrameFailed(plan.kind, plan.reason or plan.kind, latency_ms=_ms_since(t0))
@@ -495,7 +509,7 @@ class Router:
             with self._lock:
                 self._counters["failed_over"] += 1
                 self._camera(camera).counters["failed_over"] += 1
-            return self._run_local(camera, image, frame_hw, reason, t0)
+            return self._run_local(camera, image, frame_hw, reason, t0, jpeg)
         self._count_frame_failed(camera)
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
 
@@ -609,13 +623,28 @@ class Router:
     # ------------------------------------------------------------------ local
 
     def _run_local(
-        self, camera: str, image: NDArray[np.uint8], frame_hw: tuple[int, int], reason: str | None, t0: float
+        self,
+        camera: str,
+        image: NDArray[np.uint8],
+        frame_hw: tuple[int, int],
+        reason: str | None,
+        t0: float,
+        jpeg: bytes | None = None,
     ) -> Outcome:
         if self._local is None:  # only reachable through a programming error
             raise FrameFailed("local", "no local model", latency_ms=_ms_since(t0))
         h, w = frame_hw
         s = self._settings
         error: str | None = None
+        if image.size == 0:  # left undecoded by the capture (decode_needed): its JPEG is decoded now
+            decoded = None
+            if jpeg is not None:
+                data = np.frombuffer(jpeg, dtype=np.uint8)
+                decoded = decode_jpeg(data, reduction_factor(frame_hw, self._local.needed_hw(frame_hw)))
+            if decoded is None:
+                self._count_frame_failed(camera)
+                raise FrameFailed("local", "the frame's JPEG could not be decoded", latency_ms=_ms_since(t0))
+            image = decoded
         try:
             with self._local_lock:
                 t1 = time.perf_counter()

@@ -837,3 +837,37 @@ def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
     frames = read_all(cam)
     assert frames and all(f.image.shape[:2] == (180, 320) for f in frames)
     assert all(f.jpeg is not None and jpeg_hw(f.jpeg) == (720, 1280) == f.frame_hw for f in frames)
+
+
+@pytest.mark.timeout(20)
+def test_frames_go_out_undecoded_when_the_consumer_needs_no_pixels(video: Path, cameras: Callable[..., Camera]) -> None:
+    """decode_needed False: after the opening's first frame (decoded: it shows the packets stand alone), frames
+    carry only their JPEG and true size; the JPEG is the very frame, and nothing is lost or reordered."""
+    asked: list[tuple[int, int]] = []
+
+    def decode_needed(frame_hw: tuple[int, int]) -> bool:
+        asked.append(frame_hw)
+        return False
+
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=decode_needed)
+    frames = read_all(cam)
+    reference = read_all(cameras(settings(str(video), fps=10.0, realtime=False)))
+    assert len(frames) == len(reference) == 20
+    assert frames[0].image.shape == (240, 320, 3)
+    assert all(f.image.shape == (0, 0, 3) and f.frame_hw == (240, 320) for f in frames[1:])
+    assert asked and set(asked) == {(240, 320)}
+    for frame, ref in zip(frames, reference, strict=True):
+        assert frame.jpeg is not None and frame.source_pos == ref.source_pos
+        decoded = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(decoded, ref.image)
+
+
+@pytest.mark.timeout(20)
+def test_frames_are_decoded_when_the_consumer_says_so(video: Path, cameras: Callable[..., Camera]) -> None:
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=lambda hw: True)
+    frames = read_all(cam)
+    assert len(frames) == 20 and all(f.image.shape == (240, 320, 3) and f.jpeg is not None for f in frames)
+    # Without keep_jpeg there is nothing to hand out undecoded: decode_needed is not even asked.
+    asked: list[tuple[int, int]] = []
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode_needed=lambda hw: asked.append(hw) or False)
+    assert all(f.image.shape == (240, 320, 3) and f.jpeg is None for f in read_all(cam)) and not asked

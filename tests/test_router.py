@@ -796,6 +796,46 @@ def test_cameras_jpeg_goes_to_the_api_and_through_a_retry(fake: FakeRoboflow) ->
     router.close()
 
 
+def test_decode_needed_only_when_the_pixels_may_be_looked_at(fake: FakeRoboflow) -> None:
+    """Frames need decoding unless they go to the hosted API as the camera's own JPEG."""
+    hd = (720, 1280)
+    router = make_router(fake)  # auto, hosted in use, no gate, no downscale
+    assert router.decode_needed(hd) is False
+    fake.set_fault("500")
+    router.infer("cam0", draw_scene())  # fails over: frames go local now
+    assert router.mode == "local" and router.decode_needed(hd) is True
+    router.close()
+    assert make_router(fake, upload_max_side=640).decode_needed(hd) is True  # the upload is a resize
+    assert make_router(fake, upload_max_side=640).decode_needed((480, 640)) is False  # ... but not this one
+    assert make_router(None, mode="local").decode_needed(hd) is True
+    gated = make_router(fake)
+    object.__setattr__(gated._s, "change_gate", 2.0)
+    assert gated.decode_needed(hd) is True  # the change gate looks at every frame
+
+
+def test_an_undecoded_frame_is_decoded_when_it_goes_local(fake: FakeRoboflow) -> None:
+    """A frame the capture left as its JPEG: uploaded as it is; on a failure its JPEG is decoded (at the
+    reduction the local model needs) and run locally, in frame pixels, with the same result."""
+    local = ReducedBlobDetector(quarter)
+    router = make_router(fake, local=local)
+    scene = draw_scene(1920, 1080)
+    ok, buf = cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    jpeg = buf.tobytes()
+    nothing = np.empty((0, 0, 3), np.uint8)
+    remote = router.infer("cam0", nothing, (1080, 1920), jpeg)
+    assert remote.source == "serverless" and fake.requests[-1].image_wh == (1920, 1080)
+    fake.set_fault("500")
+    fallback = router.infer("cam0", nothing, (1080, 1920), jpeg)
+    assert fallback.source == "local" and fallback.api["image"] == {"width": 1920, "height": 1080}
+    assert local.calls == [((270, 480), (1080, 1920))]  # decoded at 1/4, what the model needs
+    assert_same_predictions(fallback.api, remote.api, tol=12.0)
+    with pytest.raises(FrameFailed, match="could not be decoded"):
+        router.infer("cam0", nothing, (1080, 1920), b"\xff\xd8 not a picture")
+    assert router.stats()["frames_failed"] == 1
+    router.close()
+
+
 # --------------------------------------------------------------------------- concurrency and secrecy
 
 
