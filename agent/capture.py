@@ -736,6 +736,10 @@ class Camera:
             target = math.ceil(k * ratio - 1e-6) - base  # in-file index of the next sampled frame
             ok = True
             while ok and index < target - 1:  # skip: grab only
+                if s.realtime:  # each at its own time, as a camera delivers them: not in a burst beside inference
+                    delay = anchor + (base + index + 1) / file_fps - self._clock()
+                    if delay > 0 and self._stop_evt.wait(delay):
+                        return
                 ok = self._native_grab(cap, att)
                 if ok:
                     index += 1

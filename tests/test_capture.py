@@ -198,6 +198,31 @@ def test_file_realtime_plays_at_the_files_pace(video: Path, cameras: Callable[..
     assert span > 0.6 * (indices[-1] - indices[0]) / 30.0
 
 
+class GrabTimingCamera(Camera):
+    """Records the clock at every grab."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.grabs: list[float] = []
+
+    def _grab(self, cap: Any) -> bool:
+        self.grabs.append(time.monotonic())
+        return super()._grab(cap)
+
+
+@pytest.mark.timeout(20)
+def test_file_realtime_grabs_skipped_frames_at_their_own_time(video: Path, cameras: Callable[..., Camera]) -> None:
+    """As a camera delivers them: one frame per 1/30 s, not the skipped ones in a burst after each sample
+    (which would compete with the inference of that sample)."""
+    cam = cameras(settings(str(video), fps=5.0, realtime=True), cls=GrabTimingCamera)
+    assert len(read_all(cam)) >= 5
+    assert isinstance(cam, GrabTimingCamera)
+    gaps = np.diff(cam.grabs[1:])  # the first grab of an opening has no due time before it
+    assert len(gaps) >= 50
+    # A burst would put five of every six grabs microseconds apart; paced, nearly every gap is ~33 ms.
+    assert np.count_nonzero(gaps < 0.010) <= len(gaps) // 6, np.round(gaps * 1000, 1).tolist()
+
+
 class CountingCamera(Camera):
     """Counts decodes: the only place a Camera decodes is ``_retrieve``."""
 
