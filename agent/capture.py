@@ -734,21 +734,20 @@ class Camera:
             if s.realtime:
                 k = max(k, math.floor((self._clock() - anchor) * rate + 1e-9))  # behind: newest due
             target = math.ceil(k * ratio - 1e-6) - base  # in-file index of the next sampled frame
+            if s.realtime:
+                # Wait for the sample's time first, then read the frames skipped before it (packets, cheap) in
+                # one go: the burst lands while the consumer waits for this sample, not beside its inference of
+                # the last one; one wake-up per sample, not one per skipped frame.
+                delay = anchor + (base + target) / file_fps - self._clock()
+                if delay > 0 and self._stop_evt.wait(delay):
+                    return
             ok = True
             while ok and index < target - 1:  # skip: grab only
-                if s.realtime:  # each at its own time, as a camera delivers them: not in a burst beside inference
-                    delay = anchor + (base + index + 1) / file_fps - self._clock()
-                    if delay > 0 and self._stop_evt.wait(delay):
-                        return
                 ok = self._native_grab(cap, att)
                 if ok:
                     index += 1
                     if not self._count_grab(att, self._clock()):
                         return
-            if ok and s.realtime:
-                delay = anchor + (base + target) / file_fps - self._clock()
-                if delay > 0 and self._stop_evt.wait(delay):
-                    return
             if ok:
                 ok = self._native_grab(cap, att)
             if not ok:  # end of file (or a read error, which we treat the same)
