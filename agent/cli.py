@@ -166,12 +166,13 @@ def _infer(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from agent.model import ModelError, OnnxModel
+    from agent.model import ModelError, OnnxModel, limit_helper_threads
     from agent.results import detections_to_api, encode
 
     for name in ("confidence", "overlap"):
         if not 0 <= getattr(args, name) <= 100:
             raise CliError(f"--{name}: {getattr(args, name)} is out of range [0, 100]")
+    limit_helper_threads()  # as the daemon runs: the cores are ONNX Runtime's
     try:
         model = OnnxModel(args.model, threads=args.threads)
     except ModelError as exc:
@@ -203,8 +204,9 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from agent.evaluate import evaluate, format_report
-    from agent.model import ModelError, OnnxModel
+    from agent.model import ModelError, OnnxModel, limit_helper_threads
 
+    limit_helper_threads()  # as the daemon runs: the cores are ONNX Runtime's
     try:
         model = OnnxModel(args.model)
     except ModelError as exc:
