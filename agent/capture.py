@@ -200,20 +200,29 @@ def _jpeg_segments(data: NDArray[Any] | bytes) -> Iterator[tuple[int, memoryview
         i += 2 + length
 
 
+def _jpeg_header(data: NDArray[Any] | bytes) -> tuple[tuple[int, int] | None, bool]:
+    """``(jpeg_hw(data), jpeg_has_exif(data))`` in one walk of the segments before the first scan."""
+    hw: tuple[int, int] | None = None
+    exif = sof_seen = False
+    for marker, payload in _jpeg_segments(data):
+        if marker == 0xE1 and bytes(payload[:6]) == b"Exif\x00\x00":
+            exif = True
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and not sof_seen:  # SOF0..SOF15
+            sof_seen = True
+            if len(payload) >= 5:
+                h, w = (payload[1] << 8) | payload[2], (payload[3] << 8) | payload[4]
+                hw = (h, w) if h and w else None
+    return hw, exif
+
+
 def jpeg_hw(data: NDArray[Any] | bytes) -> tuple[int, int] | None:
     """``(height, width)`` from a JPEG's frame header (SOFn), without decoding; None if not a JPEG."""
-    for marker, payload in _jpeg_segments(data):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0..SOF15 (not DHT/JPG/DAC)
-            if len(payload) < 5:
-                return None
-            h, w = (payload[1] << 8) | payload[2], (payload[3] << 8) | payload[4]
-            return (h, w) if h and w else None
-    return None
+    return _jpeg_header(data)[0]
 
 
 def jpeg_has_exif(data: NDArray[Any] | bytes) -> bool:
     """Whether a JPEG carries an Exif block (which may rotate the picture for whoever honours it)."""
-    return any(marker == 0xE1 and bytes(payload[:6]) == b"Exif\x00\x00" for marker, payload in _jpeg_segments(data))
+    return _jpeg_header(data)[1]
 
 
 def decode_jpeg(data: NDArray[Any], factor: int = 1) -> NDArray[np.uint8] | None:
@@ -438,21 +447,27 @@ class Camera:
         if cap.get(cv2.CAP_PROP_FORMAT) != -1 or cap.getBackendName() != "FFMPEG":  # decoded by the backend
             image = _as_bgr(img)
             return None if image is None else _Sampled(0.0, image, 0, (int(image.shape[0]), int(image.shape[1])))
-        decoded = None
+        packet = img if isinstance(img, np.ndarray) and img.size else None
         full_hw: tuple[int, int] | None = None
-        if self._packets_decoded and self._keep_jpeg and self._decode_needed is not None:
-            undecoded = self._undecoded(img)
-            if undecoded is not None:
-                return undecoded
-        if isinstance(img, np.ndarray) and img.size:
-            factor = 1
-            if self._needed_hw is not None:
-                full_hw = jpeg_hw(img)
-                if full_hw is not None:
-                    factor = self._factor_for(full_hw)
-            decoded = decode_jpeg(img, factor)
-            if factor == 1 or decoded is None:
-                full_hw = None
+        exif = False
+        if packet is not None and (self._needed_hw is not None or self._keep_jpeg):
+            full_hw, exif = _jpeg_header(packet)  # size and Exif in one walk of the header
+        if (
+            packet is not None
+            and self._packets_decoded
+            and self._keep_jpeg
+            and self._decode_needed is not None
+            and full_hw is not None
+            and not exif
+            and not self._decode_needed(full_hw)
+        ):
+            return _Sampled(0.0, np.empty((0, 0, 3), dtype=np.uint8), 0, full_hw, packet.tobytes())
+        decoded = None
+        if packet is not None:
+            factor = self._factor_for(full_hw) if self._needed_hw is not None and full_hw is not None else 1
+            decoded = decode_jpeg(packet, factor)
+            if factor == 1:
+                full_hw = None  # the image is the whole frame
         if decoded is None:
             # Packets that are not standalone JPEG images (some cameras leave out the Huffman tables):
             # this source is decoded by FFmpeg from the next opening on.
@@ -462,20 +477,8 @@ class Camera:
         if image is None:
             return None
         self._packets_decoded = True
-        jpeg = None
-        if self._keep_jpeg and isinstance(img, np.ndarray) and not jpeg_has_exif(img):
-            jpeg = img.tobytes()
+        jpeg = packet.tobytes() if self._keep_jpeg and packet is not None and not exif else None
         return _Sampled(0.0, image, 0, full_hw or (int(image.shape[0]), int(image.shape[1])), jpeg)
-
-    def _undecoded(self, packet: Any) -> _Sampled | None:
-        """The packet as an undecoded frame, when the consumer says it needs no pixels (None otherwise)."""
-        assert self._decode_needed is not None
-        if not isinstance(packet, np.ndarray) or not packet.size:
-            return None
-        full_hw = jpeg_hw(packet)
-        if full_hw is None or self._decode_needed(full_hw) or jpeg_has_exif(packet):
-            return None
-        return _Sampled(0.0, np.empty((0, 0, 3), dtype=np.uint8), 0, full_hw, packet.tobytes())
 
     def _factor_for(self, full_hw: tuple[int, int]) -> int:
         """The decode reduction for frames of this size: worked out (and logged) when the size changes."""

@@ -435,8 +435,8 @@ def mask_in_box(
     x0, y0, x1, y1 = plan.bounds[0]
     if x1 <= x0 or y1 <= y0:
         return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), dtype=np.uint8), (x0, y0)
-    coeffs_row = np.asarray(coeffs, dtype=np.float32).reshape(-1)
-    return plan.mask(0, coeffs_row, protos), (x0, y0)
+    coeffs_1xm = np.asarray(coeffs, dtype=np.float32).reshape(1, -1)
+    return plan.resample(0, plan.probabilities([0], coeffs_1xm, protos)[0]), (x0, y0)
 
 
 class _MaskPlans:
@@ -496,8 +496,8 @@ class _MaskPlans:
         gy0 = np.minimum(np.maximum(np.floor(src_ya), 0), proto_h - 1)
         gx1 = np.maximum(np.minimum(np.floor(src_xb) + 2, proto_w), gx0 + 1)
         gy1 = np.maximum(np.minimum(np.floor(src_yb) + 2, proto_h), gy0 + 1)
-        self._weights_x = (frame_w, params.scale, params.pad_x, content_w, proto_w, input_w)
-        self._weights_y = (frame_h, params.scale, params.pad_y, content_h, proto_h, input_h)
+        self._geometry_y = (frame_h, params.scale, params.pad_y, content_h, proto_h, input_h)
+        self._geometry_x = (frame_w, params.scale, params.pad_x, content_w, proto_w, input_w)
         self.bounds: list[list[int]] = bounds.astype(np.int64).tolist()
         self.span: list[list[int]] = np.stack([xa, xb, ya, yb], axis=1).astype(np.int64).tolist()
         self.crop: list[list[int]] = np.stack([gx0, gx1, gy0, gy1], axis=1).astype(np.int64).tolist()
@@ -523,12 +523,10 @@ class _MaskPlans:
             for row in np.flatnonzero(fits).tolist():
                 self.resize_at[row] = (int(at_x[row]), int(at_y[row]))
 
-    def mask(self, row: int, coeffs: NDArray[np.float32], protos_chw: NDArray[np.floating]) -> NDArray[np.uint8]:
-        """Box ``row``'s mask over its (non-empty) bounds: uint8, 1 inside, 0 outside."""
-        gx0, gx1, gy0, gy1 = self.crop[row]
-        crop = protos_chw[:, gy0:gy1, gx0:gx1]
-        logits = coeffs @ crop.reshape(crop.shape[0], -1)
-        return self.resample(row, _sigmoid(logits.reshape(gy1 - gy0, gx1 - gx0)))
+    @functools.cached_property
+    def _tables(self) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """The frame's per-axis interpolation tables (y, x): looked up once per frame, only if a box needs them."""
+        return _axis_weights(*self._geometry_y), _axis_weights(*self._geometry_x)
 
     def probabilities(
         self, rows: Sequence[int], coeffs_nm: NDArray[np.float32], protos_chw: NDArray[np.float32]
@@ -563,8 +561,9 @@ class _MaskPlans:
             resampled = upsampled[at[1] : at[1] + yb - ya + 1, at[0] : at[0] + xb - xa + 1]
         elif max(gx1 - gx0, gy1 - gy0) <= _SEPARABLE_MAX_CELLS:
             # The weights already repeat the nearest sampled row / column in the edge bands: the whole box.
-            weights_y = _axis_weights(*self._weights_y)[y0:y1, gy0:gy1]
-            weights_x = _axis_weights(*self._weights_x)[x0:x1, gx0:gx1]
+            table_y, table_x = self._tables
+            weights_y = table_y[y0:y1, gy0:gy1]
+            weights_x = table_x[x0:x1, gx0:gx1]
             # NumPy's BLAS: single-threaded in the agent (model.limit_helper_threads), else its idle workers spin.
             return np.greater((weights_y @ probs) @ weights_x.T, _MASK_THRESHOLD).view(np.uint8)
         else:

@@ -629,7 +629,7 @@ class Router:
         frame_hw: tuple[int, int],
         reason: str | None,
         t0: float,
-        jpeg: bytes | None = None,
+        jpeg: bytes | None,
     ) -> Outcome:
         if self._local is None:  # only reachable through a programming error
             raise FrameFailed("local", "no local model", latency_ms=_ms_since(t0))
