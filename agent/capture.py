@@ -44,7 +44,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,12 +54,12 @@ from numpy.typing import NDArray
 
 from agent.config import CameraSettings
 from agent.logs import redact
+from agent.measures import Rate
 
 __all__ = ["Camera", "CameraStatus", "Frame", "decode_jpeg", "jpeg_has_exif", "jpeg_hw", "reduction_factor"]
 
 log = logging.getLogger("agent.capture")
 
-_RATE_WINDOW_S = 5.0  # fps_in / fps_out are measured over this many recent seconds
 _MAX_BAD_DECODES = 5  # consecutive failed retrieve() calls before the source is reopened
 _MAX_HUNG_THREADS = 3  # abandoned threads still stuck in native calls before we stop opening more
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -131,33 +130,6 @@ class _Attempt:
         self.ended = False  # a file without loop was fully read
         self.abandoned = False  # given up by the supervisor: touch nothing, release and exit
         self.done = threading.Event()
-
-
-class _Rate:
-    """Events per second over the last ``_RATE_WINDOW_S`` seconds."""
-
-    def __init__(self) -> None:
-        self._times: deque[float] = deque(maxlen=4096)  # bounded even for a file read at 10k fps
-
-    def add(self, t: float) -> None:
-        self._times.append(t)
-        self._prune(t)
-
-    def _prune(self, now: float) -> None:
-        while self._times and self._times[0] < now - _RATE_WINDOW_S:
-            self._times.popleft()
-
-    def rate(self, now: float, origin: float) -> float:
-        self._prune(now)
-        n = len(self._times)
-        if n == 0:
-            return 0.0
-        elapsed = now - max(now - _RATE_WINDOW_S, origin)
-        if elapsed >= 1.0 and n < (self._times.maxlen or 0):
-            return n / elapsed
-        if n < 2 or self._times[-1] <= self._times[0]:
-            return 0.0
-        return (n - 1) / (self._times[-1] - self._times[0])
 
 
 def _as_bgr(img: object) -> NDArray[np.uint8] | None:
@@ -304,9 +276,8 @@ class Camera:
         self._last_grab: float | None = None
         self._width = 0
         self._height = 0
-        self._in_rate = _Rate()
-        self._out_rate = _Rate()
-        self._origin = clock()
+        self._in_rate = Rate(clock=clock)  # fps_in / fps_out: over the last 5 s
+        self._out_rate = Rate(clock=clock)
         # file progress, kept across reopenings so a reopened file resumes where it was
         self._file_k = 0  # next sample number on the file's timeline
         self._file_base = 0  # global index (across loops) of the current pass's frame 0
@@ -319,7 +290,8 @@ class Camera:
             if self._started:
                 return
             self._started = True
-            self._origin = self._clock()
+            self._in_rate.restart()
+            self._out_rate.restart()
         self._set_state("starting")
         self._supervisor = threading.Thread(target=self._supervise, name=f"capture-{self._name}", daemon=True)
         self._supervisor.start()
@@ -338,7 +310,7 @@ class Camera:
             sampled, self._slot = self._slot, None
             self._sampled += 1
             seq = self._sampled
-            self._out_rate.add(self._clock())
+            self._out_rate.mark()
             self._cond.notify_all()  # a back-pressured worker may go on
             ended = self._eof
         if ended:
@@ -373,8 +345,8 @@ class Camera:
                 state=self._state,
                 frames_read=self._frames_read,
                 frames_sampled=self._sampled,
-                fps_in=round(self._in_rate.rate(now, self._origin), 2),
-                fps_out=round(self._out_rate.rate(now, self._origin), 2),
+                fps_in=self._in_rate.rate(),
+                fps_out=self._out_rate.rate(),
                 reconnects=self._reconnects,
                 last_error=self._last_error,
                 last_frame_age_s=None if self._last_grab is None else max(0.0, now - self._last_grab),
@@ -532,7 +504,7 @@ class Camera:
             first = att.frames == 1
             self._frames_read += 1
             self._last_grab = now
-            self._in_rate.add(now)
+            self._in_rate.mark(now)
         if first:
             self._set_state("streaming")
         return True

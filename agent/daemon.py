@@ -24,7 +24,8 @@ from typing import Any
 from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
-from agent.health import LatencyWindow, RateMeter, status_line
+from agent.health import status_line
+from agent.measures import LatencyWindow, Rate
 from agent.model import ModelError, OnnxModel, SessionPool, limit_helper_threads, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -114,7 +115,7 @@ class _CameraWorker:
         stored = agent.outbox.get_meta(self._meta_key)
         self._frame_id = int(stored) if stored and stored.isdigit() else 0
         self._reserved = self._frame_id
-        self.processed = RateMeter()
+        self.processed = Rate(window_s=10.0)
         self.gated = 0
         self.errors = 0
         self.heartbeat = _Heartbeat()

@@ -1,0 +1,136 @@
+"""One home for what the stages measure: event rates, latency windows and counters.
+
+The stages feed these (a capture marks frames read and handed out, a worker marks frames processed, the
+router and the worker count what happened to each frame); :mod:`agent.health` reads them to build the
+health message. Each accumulator is small, bounded and thread-safe, and takes an injectable clock so its
+tests need no sleeping.
+
+Importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+__all__ = ["Counters", "LatencyWindow", "Rate"]
+
+_DEFAULT_RATE_WINDOW_S = 5.0
+
+
+class Rate:
+    """Events per second over the last ``window_s`` seconds (``total``/``last``/``age`` over all time).
+
+    Once at least a second of the window has passed since ``origin`` (construction, or :meth:`restart`) the
+    rate is events / elapsed window, so a source that stops shows its rate falling to 0; before that (and
+    when more events arrived than ``maxlen`` keeps) it is the rate between the first and last kept event.
+    """
+
+    def __init__(
+        self,
+        window_s: float = _DEFAULT_RATE_WINDOW_S,
+        *,
+        maxlen: int = 4096,  # bounded even for a file read at 10k fps
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._times: deque[float] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self._origin = clock()
+        self.total = 0
+        self.last: float | None = None
+
+    def restart(self) -> None:
+        """Measure from now on as if just created (the count of all time is kept)."""
+        with self._lock:
+            self._origin = self._clock()
+            self._times.clear()
+
+    def mark(self, at: float | None = None) -> None:
+        """One event, now (or at ``at`` on this rate's clock)."""
+        now = self._clock() if at is None else at
+        with self._lock:
+            self._times.append(now)
+            self.total += 1
+            self.last = now
+            self._prune(now)
+
+    def rate(self) -> float:
+        """Events per second, rounded to 0.01."""
+        now = self._clock()
+        with self._lock:
+            self._prune(now)
+            n = len(self._times)
+            if n == 0:
+                return 0.0
+            elapsed = now - max(now - self._window_s, self._origin)
+            if elapsed >= 1.0 and n < (self._times.maxlen or 0):
+                return round(n / elapsed, 2)
+            if n < 2 or self._times[-1] <= self._times[0]:
+                return 0.0
+            return round((n - 1) / (self._times[-1] - self._times[0]), 2)
+
+    def age(self) -> float | None:
+        """Seconds since the last event, None before the first."""
+        last = self.last
+        return None if last is None else max(0.0, self._clock() - last)
+
+    def _prune(self, now: float) -> None:
+        limit = now - self._window_s
+        while self._times and self._times[0] < limit:
+            self._times.popleft()
+
+
+class LatencyWindow:
+    """The last ``size`` samples (milliseconds); p50 and p90 over them, and the count of all time."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, value_ms: float) -> None:
+        with self._lock:
+            self._samples.append(value_ms)
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        """Samples ever added (not only those still in the window)."""
+        return self._count
+
+    def summary(self) -> dict[str, float | int | None]:
+        with self._lock:
+            data = np.fromiter(self._samples, dtype=np.float64, count=len(self._samples))
+        if data.size == 0:
+            return {"count": self._count, "p50_ms": None, "p90_ms": None}
+        p50, p90 = np.percentile(data, [50, 90])
+        return {"count": self._count, "p50_ms": round(float(p50), 1), "p90_ms": round(float(p90), 1)}
+
+
+class Counters:
+    """Named event counts, thread-safe. Reading a name never counted gives 0."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter({name: 0 for name in names})
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
+
+    def snapshot(self, names: Iterable[str] | None = None) -> Mapping[str, int]:
+        """A copy: the given names (0 when never counted), or every name counted so far, sorted."""
+        with self._lock:
+            if names is None:
+                return {k: self._counts[k] for k in sorted(self._counts)}
+            return {k: self._counts[k] for k in names}

@@ -1,0 +1,91 @@
+"""agent.measures: rates, latency windows and counters, on an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agent.measures import Counters, LatencyWindow, Rate
+
+
+class _Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize(
+    ("marks", "now", "expected"),
+    [
+        ([], 100.0, 0.0),  # nothing yet
+        ([100.0], 100.0, 0.0),  # one event, no span, under a second in: no rate yet
+        ([100.0, 100.5], 100.5, 2.0),  # under a second in: between the first and last event
+        ([100.0 + i * 0.1 for i in range(30)], 103.0, 10.0),  # 30 events in 3 s of window
+        ([100.0 + i * 0.1 for i in range(30)], 110.0, 0.0),  # the source went quiet: falls to 0
+        ([100.0 + i * 0.2 for i in range(50)], 110.0, 5.0),  # only the last 5 s count: 25 events
+    ],
+)
+def test_rate_table(marks: list[float], now: float, expected: float) -> None:
+    clock = _Clock(100.0)
+    rate = Rate(window_s=5.0, clock=clock)
+    for t in marks:
+        clock.t = t
+        rate.mark()
+    clock.t = now
+    assert rate.rate() == pytest.approx(expected, abs=0.05)
+    assert rate.total == len(marks)
+
+
+def test_rate_age_and_restart() -> None:
+    clock = _Clock(10.0)
+    rate = Rate(clock=clock)
+    assert rate.age() is None
+    rate.mark()
+    clock.t = 12.5
+    assert rate.age() == pytest.approx(2.5)
+    rate.restart()
+    assert rate.rate() == 0.0
+    assert rate.total == 1  # all-time count kept
+
+
+def test_rate_bounded_memory_uses_span() -> None:
+    clock = _Clock(0.0)
+    rate = Rate(window_s=5.0, maxlen=10, clock=clock)
+    for i in range(100):  # 1000 fps: more than the deque keeps
+        clock.t = 2.0 + i * 0.001
+        rate.mark()
+    assert rate.rate() == pytest.approx(1000.0, rel=0.01)
+
+
+def test_latency_window_percentiles_and_count() -> None:
+    w = LatencyWindow(size=4)
+    assert w.summary() == {"count": 0, "p50_ms": None, "p90_ms": None}
+    for v in (1.0, 2.0, 3.0, 4.0, 100.0):
+        w.add(v)
+    s = w.summary()
+    assert s["count"] == 5  # all time
+    assert s["p50_ms"] == 3.5  # of the last 4 only
+    assert s["p90_ms"] is not None and s["p90_ms"] > 50
+
+
+def test_counters_snapshot_and_threads() -> None:
+    c = Counters(["a", "b"])
+    assert c.snapshot() == {"a": 0, "b": 0}
+
+    def bump() -> None:
+        for _ in range(1000):
+            c.add("a")
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    c.add("z", 3)
+    assert c["a"] == 4000
+    assert c["never"] == 0
+    assert c.snapshot(["b", "z"]) == {"b": 0, "z": 3}
+    assert list(c.snapshot()) == ["a", "b", "z"]
