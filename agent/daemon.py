@@ -25,7 +25,7 @@ from agent import __version__
 from agent.capture import Camera, Frame
 from agent.config import Settings
 from agent.health import status_line
-from agent.measures import LatencyWindow, Rate
+from agent.measures import Rate
 from agent.model import ModelError, OnnxModel, SessionPool, limit_helper_threads, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -205,7 +205,6 @@ class Agent:
         self.stopping = threading.Event()
         self.first_frame = threading.Event()
         self.started_at = time.monotonic()
-        self.latency = {"serverless": LatencyWindow(), "local": LatencyWindow()}
         self.topic_detections = f"{settings.topic_base}/detections"
         self.topic_status = f"{settings.topic_base}/status"
         self.topic_health = f"{settings.topic_base}/health"
@@ -322,7 +321,6 @@ class Agent:
     # ------------------------------------------------------------------ the way of one result
 
     def deliver(self, camera: str, frame: Frame, frame_id: int, outcome: Outcome) -> None:
-        self.latency[outcome.source].add(outcome.latency_ms)
         message = to_message(
             outcome.api,
             device_id=self.settings.device_id,
@@ -391,7 +389,7 @@ class Agent:
             "timestamp": iso_utc(time.time()),
             "cameras": cameras,
             "inference": {
-                "latency": {k: v.summary() for k, v in self.latency.items()},
+                "latency": {k: v.summary() for k, v in self.router.latency.items()},
                 "router": router,
             },
             "outbox": outbox,

@@ -1,5 +1,9 @@
 """Which way each frame goes: the hosted API while it answers, the local model when it does not.
 
+This module is the thin, thread-safe shell: it asks :class:`agent.routing.RoutePolicy` (pure, lock-free) for
+each frame's plan, makes the hosted call or runs the local model, and reports the outcome back to the
+policy. The rules themselves (below) live in the policy.
+
 Modes (:attr:`Router.mode`, shown on the health topic):
 
 ``serverless``
@@ -38,19 +42,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
+from agent.measures import LatencyWindow
 from agent.postprocess import Detections
 from agent.results import detections_to_api
+from agent.routing import COUNTER_NAMES, Mode, Plan, RoutePolicy, Verdict, Way, thumbnail
 from agent.serverless import ServerlessClient, ServerlessError, redact
 
 __all__ = [
@@ -65,13 +70,6 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_WAIT_S = 5.0
 """In ``serverless`` mode a failed frame is retried only if the wait before the retry is at most this."""
-
-_THUMB_WIDTH = 64
-_LATENCY_SAMPLES = 512
-_DAY_S = 86400.0
-_MINUTE_S = 60.0
-
-Mode = Literal["serverless", "local", "auth_error", "unavailable"]
 
 
 class Detector(Protocol):
@@ -123,51 +121,9 @@ class FrameFailed(Exception):
         return self.reason
 
 
-@dataclass
-class _Camera:
-    minute: deque[float] = field(default_factory=deque)
-    day_start: float | None = None
-    day_count: int = 0
-    remote_calls: int = 0
-    last_thumb: NDArray[np.uint8] | None = None
-    counters: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    way: Literal["remote", "local", "fail"]
-    probe: bool = False
-    reason: str | None = None
-    kind: str = ""
-
-
-def _thumbnail(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    h, w = image.shape[:2]
-    tw = min(_THUMB_WIDTH, w)
-    th = max(1, round(h * tw / w))
-    small = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-    if small.ndim == 3 and small.shape[2] == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    elif small.ndim == 3:
-        small = small[:, :, 0]
-    return np.ascontiguousarray(small, dtype=np.uint8)
-
-
-def _summary(samples: Sequence[float]) -> dict[str, float | int]:
-    if not samples:
-        return {"n": 0}
-    arr = np.asarray(samples, dtype=np.float64)
-    return {
-        "n": int(arr.size),
-        "mean": round(float(arr.mean()), 1),
-        "p50": round(float(np.percentile(arr, 50)), 1),
-        "p95": round(float(np.percentile(arr, 95)), 1),
-        "max": round(float(arr.max()), 1),
-    }
-
-
 class Router:
-    """Sends each frame the right way and keeps the state the health topic shows. Thread-safe."""
+    """Carries out the :class:`agent.routing.RoutePolicy` for every camera's frames and keeps the state the
+    health topic shows. Thread-safe: the policy is used under one lock, calls and the model run outside it."""
 
     def __init__(
         self,
@@ -185,6 +141,13 @@ class Router:
         in order, outside the router's state lock. The router owns ``remote`` (:meth:`close` closes it).
         ``local_slots``: how many frames ``local.detect`` may run at once (a :class:`agent.model.SessionPool`'s
         size; 1 serialises them)."""
+        configured = settings.mode
+        if configured == "local" and local is None:
+            raise ValueError("inference.mode is 'local' but no local model was given")
+        if configured == "serverless" and remote is None:
+            raise ValueError("inference.mode is 'serverless' but no serverless client was given")
+        if local is None and remote is None:
+            raise ValueError("neither a local model nor a serverless client was given")
         self._settings = settings
         self._s = settings.serverless
         self._local = local
@@ -193,41 +156,16 @@ class Router:
         self._clock = clock
         self._sleep = sleep
         self._retry_delays = tuple(retry_delays)
-        self._configured = settings.mode
         self._key = settings.serverless.api_key.reveal()
-        if self._configured == "local" and local is None:
-            raise ValueError("inference.mode is 'local' but no local model was given")
-        if self._configured == "serverless" and remote is None:
-            raise ValueError("inference.mode is 'serverless' but no serverless client was given")
-        if local is None and remote is None:
-            raise ValueError("neither a local model nor a serverless client was given")
-        self._use_remote = self._configured != "local" and remote is not None
-        self._fallback = self._configured != "serverless" and local is not None
-        self._down_mode: Mode = "local" if self._fallback else "unavailable"
-
         self._lock = threading.Lock()
         self._local_lock = threading.BoundedSemaphore(max(1, local_slots))
         self._notify_lock = threading.RLock()
         self._events: deque[tuple[str, str]] = deque()
-        now = clock()
-        self._mode: Mode
-        if self._use_remote:
-            self._mode, self._reason = "serverless", "serverless API in use"
-        elif self._configured == "local":
-            self._mode, self._reason = "local", "inference.mode is local"
-        else:
-            self._mode, self._reason = "local", "no serverless client configured"
-        self._mode_since = now
-        self._probe_interval = self._s.probe_interval_s
-        self._next_probe_at = now
-        self._probe_in_flight = False
-        self._counters: Counter[str] = Counter()
-        self._failed: Counter[str] = Counter()
-        self._latency: dict[str, deque[float]] = {
-            "serverless": deque(maxlen=_LATENCY_SAMPLES),
-            "local": deque(maxlen=_LATENCY_SAMPLES),
-        }
-        self._cameras: dict[str, _Camera] = {}
+        self._policy = RoutePolicy(
+            self._s, configured=configured, has_local=local is not None, has_remote=remote is not None, now=clock()
+        )
+        self.latency = {"serverless": LatencyWindow(512), "local": LatencyWindow(512)}
+        """Each result's time in :meth:`infer`, by the way it was made: the one record of inference latency."""
         self._known_classes: set[str] | None = None
         if local is not None:
             cmap = settings.local.class_map
@@ -240,7 +178,7 @@ class Router:
     @property
     def mode(self) -> str:
         with self._lock:
-            return self._mode
+            return str(self._policy.mode)
 
     def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """The smallest image of a ``frame_hw`` frame that every way this router may take can use: the
@@ -248,7 +186,7 @@ class Router:
         needs: list[tuple[int, int]] = []
         if self._local is not None:
             needs.append(self._local.needed_hw(frame_hw))
-        if self._use_remote and self._remote is not None:
+        if self._policy.use_remote and self._remote is not None:
             needs.append(self._remote.upload_hw(frame_hw))
         if not needs:
             return frame_hw
@@ -261,10 +199,10 @@ class Router:
         for the upload): its pixels are then never looked at, and :meth:`infer` decodes the JPEG itself if
         the frame goes to the local model after all (a failed call, a switch to local).
         """
-        if self._s.change_gate > 0 or not self._use_remote or self._remote is None:
+        if self._s.change_gate > 0 or not self._policy.use_remote or self._remote is None:
             return True
         with self._lock:
-            hosted = self._mode == "serverless"
+            hosted = self._policy.mode == Mode.SERVERLESS
         return not hosted or self._remote.upload_hw(frame_hw) != tuple(frame_hw)
 
     def admit(self, camera: str, image_bgr: NDArray[np.uint8]) -> bool:
@@ -272,26 +210,9 @@ class Router:
 
         Called by the camera's worker in frame order, before :meth:`infer`. Skips are counted.
         """
-        gate = self._s.change_gate
-        thumb = _thumbnail(image_bgr) if gate > 0 else None
+        thumb = thumbnail(image_bgr) if self._s.change_gate > 0 else None
         with self._lock:
-            cam = self._camera(camera)
-            if thumb is not None and cam.last_thumb is not None and cam.last_thumb.shape == thumb.shape:
-                diff = float(cv2.absdiff(thumb, cam.last_thumb).mean())
-                if diff < gate:
-                    self._counters["gated"] += 1
-                    cam.counters["gated"] += 1
-                    return False
-            if self._use_remote and not self._fallback and self._mode == "serverless":
-                capped = self._cap(cam, self._clock())
-                if capped is not None:
-                    self._count_capped(cam, capped[0])
-                    return False
-            if thumb is not None:
-                cam.last_thumb = thumb
-            self._counters["admitted"] += 1
-            cam.counters["admitted"] += 1
-            return True
+            return self._policy.admit(self._clock(), camera, thumb)
 
     def infer(
         self,
@@ -313,71 +234,40 @@ class Router:
         t0 = time.perf_counter()
         try:
             with self._lock:
-                plan = self._plan(camera)
+                plan = self._policy.decide(self._clock(), camera)
             if frame_hw is None:
                 frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
-            if plan.way == "local":
+            if plan.way == Way.LOCAL:
                 return self._run_local(camera, image_bgr, frame_hw, plan.reason, t0, jpeg)
-            if plan.way == "fail":
+            if plan.way == Way.FAIL:
                 self._count_frame_failed(camera)
                 raise FrameFailed(plan.kind, plan.reason or plan.kind, latency_ms=_ms_since(t0))
-            return self._run_remote(camera, image_bgr, frame_hw, jpeg, plan.probe, t0)
+            return self._run_remote(camera, image_bgr, frame_hw, jpeg, plan, t0)
         finally:
             self._flush_events()
 
     def stats(self) -> dict[str, Any]:
         """Plain data for the health topic and logs (redacted)."""
         with self._lock:
+            p = self._policy
             now = self._clock()
-            next_probe = None
-            if self._use_remote and self._mode != "serverless":
-                next_probe = round(max(0.0, self._next_probe_at - now), 2)
-            cameras = {}
-            for name, cam in self._cameras.items():
-                self._trim_minute(cam, now)
-                day = cam.day_count if cam.day_start is not None and now - cam.day_start < _DAY_S else 0
-                cameras[name] = {
-                    "remote_calls": cam.remote_calls,
-                    "calls_last_minute": len(cam.minute),
-                    "calls_today": day,
-                    **{k: cam.counters[k] for k in sorted(cam.counters)},
-                }
-            counters = {
-                k: self._counters[k]
-                for k in (
-                    "admitted",
-                    "gated",
-                    "capped_minute",
-                    "capped_day",
-                    "remote_ok",
-                    "remote_attempts",
-                    "fallbacks",
-                    "failed_over",
-                    "probes",
-                    "probes_ok",
-                    "retries",
-                    "local_ok",
-                    "frames_failed",
-                )
-            }
             result: dict[str, Any] = {
-                "mode": self._mode,
-                "configured_mode": self._configured,
-                "reason": self._redact(self._reason),
-                "mode_for_s": round(now - self._mode_since, 1),
+                "mode": str(p.mode),
+                "configured_mode": p.configured,
+                "reason": self._redact(p.reason),
+                "mode_for_s": round(now - p.mode_since, 1),
                 "probe": {
-                    "interval_s": self._probe_interval,
-                    "next_in_s": next_probe,
-                    "in_flight": self._probe_in_flight,
+                    "interval_s": p.probe_interval,
+                    "next_in_s": p.next_probe_in(now),
+                    "in_flight": p.probe_in_flight,
                 },
-                **counters,
-                "remote_failed": dict(self._failed),
+                **{k: p.counters[k] for k in COUNTER_NAMES},
+                "remote_failed": dict(p.remote_failed),
                 "saved": {
-                    "frames_gated": self._counters["gated"],
-                    "remote_calls_capped": self._counters["capped_minute"] + self._counters["capped_day"],
+                    "frames_gated": p.counters["gated"],
+                    "remote_calls_capped": p.counters["capped_minute"] + p.counters["capped_day"],
                 },
-                "latency_ms": {src: _summary(list(samples)) for src, samples in self._latency.items()},
-                "cameras": cameras,
+                "cameras": p.camera_stats(now),
             }
             if self._unknown_classes:
                 result["unknown_remote_classes"] = sorted(self._unknown_classes)[:20]
@@ -393,83 +283,17 @@ class Router:
         if self._remote is not None:
             self._remote.close()
 
-    # ------------------------------------------------------------------ planning (under self._lock)
-
-    def _camera(self, name: str) -> _Camera:
-        cam = self._cameras.get(name)
-        if cam is None:
-            cam = self._cameras[name] = _Camera()
-        return cam
-
-    def _plan(self, camera: str) -> _Plan:
-        if not self._use_remote:
-            return _Plan("local")
-        now = self._clock()
-        cam = self._camera(camera)
-        if self._mode == "serverless":
-            capped = self._cap(cam, now)
-            if capped is not None:
-                self._count_capped(cam, capped[0])
-                if self._fallback:
-                    return _Plan("local", reason=capped[1])
-                return _Plan("fail", reason=capped[1], kind=capped[0])
-            self._count_call(cam, now)
-            return _Plan("remote")
-        if not self._probe_in_flight and now >= self._next_probe_at:
-            capped = self._cap(cam, now)
-            if capped is None:
-                self._probe_in_flight = True
-                self._counters["probes"] += 1
-                self._count_call(cam, now)
-                return _Plan("remote", probe=True)
-            self._count_capped(cam, capped[0])
-        if self._fallback:
-            return _Plan("local", reason=self._reason)
-        return _Plan("fail", reason=f"{self._mode}: {self._reason}", kind=self._mode)
-
-    def _trim_minute(self, cam: _Camera, now: float) -> None:
-        while cam.minute and cam.minute[0] <= now - _MINUTE_S:
-            cam.minute.popleft()
-
-    def _cap(self, cam: _Camera, now: float) -> tuple[str, str] | None:
-        per_day, per_minute = self._s.max_calls_per_day, self._s.max_calls_per_minute
-        if per_day and cam.day_start is not None and now - cam.day_start < _DAY_S and cam.day_count >= per_day:
-            return "capped_day", f"capped: {per_day} remote calls per day reached (max_calls_per_day)"
-        if per_minute:
-            self._trim_minute(cam, now)
-            if len(cam.minute) >= per_minute:
-                return (
-                    "capped_minute",
-                    f"capped: {per_minute} remote calls in the last minute (max_calls_per_minute)",
-                )
-        return None
-
-    def _count_capped(self, cam: _Camera, which: str) -> None:
-        self._counters[which] += 1
-        cam.counters[which] += 1
-
-    def _count_call(self, cam: _Camera, now: float) -> None:
-        cam.remote_calls += 1
-        self._counters["remote_attempts"] += 1
-        if self._s.max_calls_per_minute:
-            cam.minute.append(now)
-        if cam.day_start is None or now - cam.day_start >= _DAY_S:
-            cam.day_start, cam.day_count = now, 0
-        cam.day_count += 1
-
-    def _set_mode(self, mode: Mode, reason: str) -> None:
-        reason = self._redact(reason)
-        self._reason = reason
-        if mode == self._mode:
-            return
-        self._mode = mode
-        self._mode_since = self._clock()
-        self._events.append((mode, reason))
+    # ------------------------------------------------------------------ remote
 
     def _redact(self, text: str) -> str:
         return redact(text, self._key)
 
-    # ------------------------------------------------------------------ remote
+    def _apply(self, verdict: Verdict) -> str:
+        """Queue the verdict's mode changes and write its log line; returns the frame's reason. Under the lock."""
+        self._events.extend((str(c.mode), self._redact(c.reason)) for c in verdict.changes)
+        if verdict.log is not None:
+            log.log(verdict.log[0], "%s", verdict.log[1])
+        return self._redact(verdict.reason)
 
     def _call(
         self, image: NDArray[np.uint8], frame_hw: tuple[int, int], jpeg: bytes | None
@@ -488,27 +312,32 @@ class Router:
         image: NDArray[np.uint8],
         frame_hw: tuple[int, int],
         jpeg: bytes | None,
-        probe: bool,
+        plan: Plan,
         t0: float,
     ) -> Outcome:
         api, error = self._call(image, frame_hw, jpeg)
         attempts = 1
-        if error is not None and not probe and not self._fallback and error.kind != "auth":
+        if error is not None and not plan.probe and not self._policy.fallback and error.kind != "auth":
             api, error, more = self._retry(camera, image, frame_hw, jpeg, error)
             attempts += more
         if api is not None:
             with self._lock:
-                self._remote_ok(probe, api)
+                endpoint = self._remote.endpoint if self._remote else "it"
+                self._apply(self._policy.succeeded(self._clock(), probe=plan.probe, endpoint=endpoint))
+                self._check_classes(api)
             latency = _ms_since(t0)
-            self._record_latency("serverless", latency)
+            self.latency["serverless"].add(latency)
             return Outcome(api=api, source="serverless", latency_ms=latency, fallback_reason=None)
         assert error is not None
+        detail = self._redact(str(error))
         with self._lock:
-            reason = self._remote_failed(error, probe)
-        if self._fallback:
-            with self._lock:
-                self._counters["failed_over"] += 1
-                self._camera(camera).counters["failed_over"] += 1
+            verdict = self._policy.failed(
+                self._clock(), kind=error.kind, detail=detail, retry_after=error.retry_after, probe=plan.probe
+            )
+            reason = self._apply(verdict)
+            if self._policy.fallback:
+                self._policy.count(camera, "failed_over")
+        if self._policy.fallback:
             return self._run_local(camera, image, frame_hw, reason, t0, jpeg)
         self._count_frame_failed(camera)
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
@@ -529,18 +358,12 @@ class Router:
                 break
             self._sleep(wait)
             with self._lock:
-                if self._mode != "serverless":  # another frame has declared the outage meanwhile
+                if not self._policy.may_retry(self._clock(), camera):
                     return None, error, attempts
-                cam = self._camera(camera)
-                now = self._clock()
-                if self._cap(cam, now) is not None:
-                    return None, error, attempts
-                self._count_call(cam, now)
-                self._counters["retries"] += 1
             attempts += 1
             api, next_error = self._call(image, frame_hw, jpeg)
             with self._lock:
-                self._failed[error.kind] += 1  # the attempt this one retried
+                self._policy.remote_failed[error.kind] += 1  # the attempt this one retried
             if api is not None:
                 return api, error, attempts
             assert next_error is not None
@@ -549,76 +372,19 @@ class Router:
                 break
         return None, error, attempts
 
-    def _remote_ok(self, probe: bool, api: dict[str, Any]) -> None:
-        self._counters["remote_ok"] += 1
-        if probe:
-            self._probe_in_flight = False
-            self._counters["probes_ok"] += 1
-        if probe and self._mode != "serverless":
-            downtime = self._clock() - self._mode_since
-            self._probe_interval = self._s.probe_interval_s
-            self._set_mode("serverless", f"serverless API answers again (after {downtime:.1f} s)")
-            log.info(
-                "serverless API answers again after %.1f s: frames go to %s",
-                downtime,
-                self._remote.endpoint if self._remote else "it",
-            )
-        if self._known_classes is not None:
-            for p in api.get("predictions", ()):
-                name = p.get("class")
-                if isinstance(name, str) and name not in self._known_classes and name not in self._unknown_classes:
-                    self._unknown_classes.add(name)
-                    log.warning(
-                        "hosted model returned class %r, which the local model doesn't know;"
-                        " set inference.local.class_map so both sides use the same names",
-                        name,
-                    )
-
-    def _remote_failed(self, error: ServerlessError, probe: bool) -> str:
-        """Account for a failed call, switch mode if due; returns the reason for this frame."""
-        now = self._clock()
-        self._failed[error.kind] += 1
-        detail = self._redact(str(error))
-        retry_after = error.retry_after or 0.0
-        if error.kind == "auth":
-            mode: Mode = "auth_error"
-            reason = f"serverless API refused the key: {detail}"
-        else:
-            mode = self._down_mode
-            reason = f"serverless API unavailable: {detail}"
-        if probe:
-            self._probe_in_flight = False
-            self._probe_interval = min(self._probe_interval * 2, self._s.probe_max_s)
-            self._next_probe_at = now + max(self._probe_interval, retry_after)
-            if mode == "auth_error" or self._mode != "auth_error":  # auth_error holds until a probe answers
-                self._set_mode(mode, reason)
-            log.log(
-                logging.ERROR if mode == "auth_error" else logging.INFO,
-                "probe failed (%s); next probe in %.1f s",
-                detail,
-                self._next_probe_at - now,
-            )
-            return self._reason
-        if self._mode == "serverless":
-            self._counters["fallbacks"] += 1
-            self._probe_interval = self._s.probe_interval_s
-            self._next_probe_at = now + max(self._probe_interval, retry_after)
-            self._set_mode(mode, reason)
-            then = "frames go to the local model" if self._fallback else "frames fail until it answers"
-            log.log(
-                logging.ERROR if mode == "auth_error" else logging.WARNING,
-                "%s; %s; next probe in %.1f s",
-                reason,
-                then,
-                self._next_probe_at - now,
-            )
-            return reason
-        # a call started before the switch: only a stronger signal changes anything
-        self._next_probe_at = max(self._next_probe_at, now + retry_after)
-        if mode == "auth_error" and self._mode != "auth_error":
-            self._set_mode(mode, reason)
-            log.error("%s", reason)
-        return reason
+    def _check_classes(self, api: dict[str, Any]) -> None:
+        """Warn once per hosted class name the local model doesn't know (the two sides' names differ)."""
+        if self._known_classes is None:
+            return
+        for p in api.get("predictions", ()):
+            name = p.get("class")
+            if isinstance(name, str) and name not in self._known_classes and name not in self._unknown_classes:
+                self._unknown_classes.add(name)
+                log.warning(
+                    "hosted model returned class %r, which the local model doesn't know;"
+                    " set inference.local.class_map so both sides use the same names",
+                    name,
+                )
 
     # ------------------------------------------------------------------ local
 
@@ -667,8 +433,8 @@ class Router:
             raise FrameFailed("local", self._redact(error), latency_ms=_ms_since(t0))
         latency = _ms_since(t0)
         with self._lock:
-            self._counters["local_ok"] += 1
-        self._record_latency("local", latency)
+            self._policy.counters["local_ok"] += 1
+        self.latency["local"].add(latency)
         return Outcome(
             api=api,
             source="local",
@@ -680,12 +446,7 @@ class Router:
 
     def _count_frame_failed(self, camera: str) -> None:
         with self._lock:
-            self._counters["frames_failed"] += 1
-            self._camera(camera).counters["frames_failed"] += 1
-
-    def _record_latency(self, source: str, latency_ms: float) -> None:
-        with self._lock:
-            self._latency[source].append(latency_ms)
+            self._policy.count(camera, "frames_failed")
 
     def _flush_events(self) -> None:
         """Deliver mode changes in the order they happened, outside the state lock."""

@@ -1,0 +1,151 @@
+"""agent.routing: the routing policy as tables, on an injected clock; no HTTP server, no model."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from agent.config import ServerlessSettings
+from agent.routing import CallBudget, ChangeGate, Mode, RoutePolicy, Way, thumbnail
+
+
+def policy(configured: str = "auto", *, local: bool = True, remote: bool = True, **kw: float) -> RoutePolicy:
+    s = ServerlessSettings(model_id="p/1", probe_interval_s=10.0, probe_max_s=40.0, **kw)  # type: ignore[arg-type]
+    return RoutePolicy(s, configured=configured, has_local=local, has_remote=remote, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("configured", "local", "remote", "mode", "way"),
+    [
+        ("auto", True, True, Mode.SERVERLESS, Way.REMOTE),
+        ("auto", True, False, Mode.LOCAL, Way.LOCAL),  # no client: local from the start
+        ("local", True, True, Mode.LOCAL, Way.LOCAL),
+        ("serverless", False, True, Mode.SERVERLESS, Way.REMOTE),
+    ],
+)
+def test_first_decision(configured: str, local: bool, remote: bool, mode: Mode, way: Way) -> None:
+    p = policy(configured, local=local, remote=remote)
+    assert p.mode == mode
+    plan = p.decide(0.0, "cam")
+    assert plan.way == way and not plan.probe
+
+
+def test_failover_probe_backoff_and_recovery() -> None:
+    p = policy()
+    assert p.decide(0.0, "cam").way == Way.REMOTE
+    v = p.failed(0.1, kind="connect", detail="cannot reach", retry_after=None, probe=False)
+    assert [c.mode for c in v.changes] == [Mode.LOCAL]
+    assert v.log is not None and v.log[0] == logging.WARNING and "next probe in 10.0 s" in v.log[1]
+    assert p.counters["fallbacks"] == 1
+    # until the probe is due, frames go local with the outage as their reason
+    plan = p.decide(5.0, "cam")
+    assert plan.way == Way.LOCAL and plan.reason is not None and "cannot reach" in plan.reason
+    # due: exactly one probe at a time
+    probe = p.decide(10.1, "cam")
+    assert probe.way == Way.REMOTE and probe.probe
+    assert p.decide(10.2, "cam").way == Way.LOCAL  # another frame meanwhile: local
+    # the probe fails: the interval doubles, capped at probe_max_s
+    table = [(10.3, 20.0), (30.4, 40.0), (70.5, 40.0)]
+    for now, interval in table:
+        v = p.failed(now, kind="timeout", detail="timed out", retry_after=None, probe=True)
+        assert p.probe_interval == interval and p.next_probe_at == pytest.approx(now + interval)
+        assert v.log is not None and v.log[0] == logging.INFO and v.changes == ()
+        assert p.decide(p.next_probe_at, "cam").probe
+    # the probe answers: back to serverless, interval reset
+    v = p.succeeded(200.0, probe=True, endpoint="http://x")
+    assert [c.mode for c in v.changes] == [Mode.SERVERLESS] and p.probe_interval == 10.0
+    assert p.decide(200.1, "cam").way == Way.REMOTE
+    assert p.counters["probes"] == 4 and p.counters["probes_ok"] == 1
+
+
+def test_retry_after_delays_the_next_probe() -> None:
+    p = policy()
+    p.decide(0.0, "cam")
+    p.failed(0.0, kind="rate_limited", detail="429", retry_after=30.0, probe=False)
+    assert p.next_probe_at == 30.0
+    assert p.next_probe_in(12.0) == 18.0
+
+
+def test_auth_error_holds_until_a_probe_answers() -> None:
+    p = policy()
+    p.decide(0.0, "cam")
+    v = p.failed(0.0, kind="auth", detail="403", retry_after=None, probe=False)
+    assert p.mode == Mode.AUTH_ERROR and v.log is not None and v.log[0] == logging.ERROR
+    assert p.decide(10.0, "cam").probe
+    p.failed(10.0, kind="timeout", detail="timed out", retry_after=None, probe=True)
+    assert p.mode == Mode.AUTH_ERROR  # a weaker failure doesn't hide the key problem
+    assert p.decide(30.0, "cam").probe
+    p.succeeded(30.0, probe=True, endpoint="e")
+    assert p.mode == Mode.SERVERLESS
+
+
+def test_late_failure_after_the_switch_changes_nothing_but_auth() -> None:
+    p = policy()
+    p.decide(0.0, "cam")
+    p.decide(0.0, "cam")  # two calls in flight
+    p.failed(1.0, kind="connect", detail="a", retry_after=None, probe=False)
+    v = p.failed(1.1, kind="connect", detail="b", retry_after=None, probe=False)
+    assert v.changes == () and v.log is None and p.counters["fallbacks"] == 1
+    v = p.failed(1.2, kind="auth", detail="403", retry_after=None, probe=False)
+    assert [c.mode for c in v.changes] == [Mode.AUTH_ERROR]
+
+
+def test_hosted_only_fails_frames_while_down() -> None:
+    p = policy("serverless", local=False)
+    p.decide(0.0, "cam")
+    p.failed(0.0, kind="connect", detail="x", retry_after=None, probe=False)
+    assert p.mode == Mode.UNAVAILABLE
+    plan = p.decide(1.0, "cam")
+    assert plan.way == Way.FAIL and plan.kind == "unavailable"
+    assert not p.may_retry(1.0, "cam")  # the outage is declared: no more retries
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "per_day", "calls", "now", "capped"),
+    [
+        (0, 0, [0.0] * 100, 1.0, None),
+        (3, 0, [0.0, 1.0, 2.0], 3.0, "capped_minute"),
+        (3, 0, [0.0, 1.0, 2.0], 60.0, None),  # the first call left the window
+        (0, 2, [0.0, 100.0], 3600.0, "capped_day"),
+        (0, 2, [0.0, 100.0], 86400.0, None),  # a new day
+    ],
+)
+def test_call_budget(per_minute: int, per_day: int, calls: list[float], now: float, capped: str | None) -> None:
+    b = CallBudget(per_minute, per_day)
+    for t in calls:
+        b.spend(t)
+    got = b.capped(now)
+    assert (got[0] if got else None) == capped
+    assert b.stats(now)["remote_calls"] == len(calls)
+
+
+def test_caps_send_frames_local_in_auto_and_skip_them_hosted_only() -> None:
+    auto = policy(max_calls_per_minute=1)
+    assert auto.decide(0.0, "cam").way == Way.REMOTE
+    plan = auto.decide(1.0, "cam")
+    assert plan.way == Way.LOCAL and plan.reason is not None and "max_calls_per_minute" in plan.reason
+    assert auto.decide(1.0, "other").way == Way.REMOTE  # budgets are per camera
+    hosted = policy("serverless", local=False, max_calls_per_minute=1)
+    assert hosted.admit(0.0, "cam", None)
+    hosted.decide(0.0, "cam")
+    assert not hosted.admit(1.0, "cam", None)
+    assert hosted.counters["capped_minute"] == 1 and hosted.camera_stats(1.0)["cam"]["capped_minute"] == 1
+
+
+def test_change_gate() -> None:
+    still = np.full((48, 64, 3), 100, np.uint8)
+    moved = still.copy()
+    moved[:, :32] = 200
+    gate = ChangeGate(5.0)
+    assert gate.enabled and not ChangeGate(0.0).enabled
+    assert not gate.unchanged(thumbnail(still))  # nothing to compare with yet
+    gate.admitted(thumbnail(still))
+    assert gate.unchanged(thumbnail(still + 1))
+    assert not gate.unchanged(thumbnail(moved))
+    assert not gate.unchanged(thumbnail(np.full((10, 64, 3), 100, np.uint8)))  # another size: compare nothing
+    p = policy(change_gate=5.0)
+    assert p.admit(0.0, "cam", thumbnail(still))
+    assert not p.admit(0.1, "cam", thumbnail(still))
+    assert p.counters["gated"] == 1 and p.counters["admitted"] == 1
