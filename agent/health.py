@@ -1,15 +1,79 @@
-"""Measurements the daemon keeps while it runs, and the health message made from them.
+"""The health message, built from what the stages measure, and systemd's one-line status made from it.
 
-The stages feed the accumulators of :mod:`agent.measures`; :func:`status_line` turns a health document into
-systemd's one-line ``STATUS=``.
+The stages feed the accumulators of :mod:`agent.measures`; :func:`report` reads them (through each stage's
+``status()``/``stats()``) into the retained health document; :func:`status_line` turns that document into
+systemd's ``STATUS=`` line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
-__all__ = ["status_line"]
+from agent import __version__
+from agent.config import Settings
+from agent.outbox import OutboxStats
+from agent.publisher import PublisherStats
+from agent.results import iso_utc
+from agent.router import Router
+from agent.worker import CameraWorker
+
+__all__ = ["report", "status_line"]
+
+
+def report(
+    *,
+    state: str,
+    settings: Settings,
+    uptime_s: float,
+    workers: Sequence[CameraWorker],
+    router: Router,
+    outbox: OutboxStats,
+    mqtt: PublisherStats,
+) -> dict[str, Any]:
+    """The retained health document: ``state`` is the daemon's (``running`` becomes ``degraded`` when
+    something is wrong), ``problems`` says what."""
+    routing = router.stats()
+    per_camera = routing["cameras"]
+    cameras: dict[str, Any] = {}
+    for w in workers:
+        cam = asdict(w.camera.status())
+        cam.pop("name", None)
+        counted = per_camera.get(w.name, {})
+        cam["fps_processed"] = w.processed.rate()
+        cam["frames_processed"] = w.processed.total
+        cam["frames_gated"] = counted.get("gated", 0)
+        cam["frames_failed"] = counted.get("frames_failed", 0) + int(w.crashed)
+        cameras[w.name] = cam
+    problems = [f"camera {n} {c['state']}" for n, c in cameras.items() if c["state"] != "streaming"]
+    if outbox.degraded:
+        problems.append("outbox in memory only")
+    if not mqtt.connected:
+        problems.append("broker disconnected")
+    mode = routing["mode"]
+    if mode == "auth_error":
+        problems.append("serverless API key rejected")
+    elif mode == "unavailable":
+        problems.append("serverless API unavailable and no local model")
+    return {
+        "state": state if state != "running" or not problems else "degraded",
+        "problems": problems,
+        "mode": mode,
+        "device_id": settings.device_id,
+        "model_id": settings.model_id,
+        "version": __version__,
+        "uptime_s": round(uptime_s, 1),
+        "timestamp": iso_utc(time.time()),
+        "cameras": cameras,
+        "inference": {
+            "latency": {k: v.summary() for k, v in router.latency.items()},
+            "router": routing,
+        },
+        "outbox": asdict(outbox),
+        "mqtt": asdict(mqtt),
+    }
 
 
 def status_line(health: Mapping[str, Any]) -> str:
