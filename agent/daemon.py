@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from agent import __version__
@@ -25,12 +26,21 @@ from agent.model import limit_helper_threads, onnx_providers
 from agent.pipeline import Pipeline, StartupError, build, load_local_model
 from agent.sdnotify import Notifier
 
-__all__ = ["DRAIN_TIMEOUT_S", "Agent", "StartupError", "load_local_model", "onnx_providers"]
+__all__ = ["DRAIN_TIMEOUT_S", "Agent", "AgentState", "StartupError", "load_local_model", "onnx_providers"]
 
 log = logging.getLogger("agent.daemon")
 
 DRAIN_TIMEOUT_S = 10.0
 _POLL_S = 0.5
+
+
+class AgentState(StrEnum):
+    """The daemon's own state, as the health topic shows it (``running`` shows as ``degraded`` while the
+    health report lists problems)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
 
 
 class Agent:
@@ -46,7 +56,7 @@ class Agent:
         self._pipeline: Pipeline | None = None
         self._threads: list[threading.Thread] = []
         self._health_now = threading.Event()
-        self._state = "starting"
+        self._state = AgentState.STARTING
 
     # ------------------------------------------------------------------ life cycle
 
@@ -75,7 +85,7 @@ class Agent:
         pipeline.start()
         self._spawn(self._health_loop, "health")
         self._spawn(self._watchdog_loop, "watchdog")
-        self._state = "running"
+        self._state = AgentState.RUNNING
         log.info(
             "seg-agent %s started: device %s, %d camera(s), mode %s, broker %s:%d",
             __version__,
@@ -93,7 +103,7 @@ class Agent:
         self._threads.append(thread)
 
     def _shutdown(self, pipeline: Pipeline) -> None:
-        self._state = "stopping"
+        self._state = AgentState.STOPPING
         self.stopping.set()
         self.notifier.stopping()
         log.info("stopping: finishing in-flight frames")

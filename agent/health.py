@@ -58,7 +58,7 @@ def report(
     elif mode == "unavailable":
         problems.append("serverless API unavailable and no local model")
     return {
-        "state": state if state != "running" or not problems else "degraded",
+        "state": str(state) if state != "running" or not problems else "degraded",
         "problems": problems,
         "mode": mode,
         "device_id": settings.device_id,
