@@ -89,6 +89,7 @@ class Mosquitto:
         tls: TlsFiles | None = None,
         users: dict[str, str] | None = None,
         persistence: bool = False,
+        acl_file: Path | None = None,
     ) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed")
@@ -99,6 +100,7 @@ class Mosquitto:
         self.tls = tls
         self.users = dict(users or {})
         self.persistence = persistence
+        self.acl_file = acl_file
         self.log_path = self.workdir / "mosquitto.log"
         self.config_path = self.workdir / "mosquitto.conf"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -117,6 +119,8 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines.append("allow_anonymous true")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         if self.persistence:
             store = self.workdir / "store"
             store.mkdir(exist_ok=True)
