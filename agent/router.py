@@ -49,9 +49,10 @@ from numpy.typing import NDArray
 
 from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
+from agent.logs import redact
 from agent.postprocess import Detections
 from agent.results import detections_to_api
-from agent.serverless import ServerlessClient, ServerlessError, redact
+from agent.serverless import ServerlessClient, ServerlessError
 
 __all__ = [
     "MAX_RETRY_WAIT_S",
@@ -363,7 +364,7 @@ class Router:
             result: dict[str, Any] = {
                 "mode": self._mode,
                 "configured_mode": self._configured,
-                "reason": self._redact(self._reason),
+                "reason": redact(self._reason, self._key),
                 "mode_for_s": round(now - self._mode_since, 1),
                 "probe": {
                     "interval_s": self._probe_interval,
@@ -458,16 +459,13 @@ class Router:
         cam.day_count += 1
 
     def _set_mode(self, mode: Mode, reason: str) -> None:
-        reason = self._redact(reason)
+        reason = redact(reason, self._key)
         self._reason = reason
         if mode == self._mode:
             return
         self._mode = mode
         self._mode_since = self._clock()
         self._events.append((mode, reason))
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._key)
 
     # ------------------------------------------------------------------ remote
 
@@ -578,7 +576,7 @@ class Router:
         """Account for a failed call, switch mode if due; returns the reason for this frame."""
         now = self._clock()
         self._failed[error.kind] += 1
-        detail = self._redact(str(error))
+        detail = redact(str(error), self._key)
         retry_after = error.retry_after or 0.0
         if error.kind == "auth":
             mode: Mode = "auth_error"
@@ -664,7 +662,7 @@ class Router:
             error = f"local model failed: {type(exc).__name__}: {exc}"
         if error is not None:
             self._count_frame_failed(camera)
-            raise FrameFailed("local", self._redact(error), latency_ms=_ms_since(t0))
+            raise FrameFailed("local", redact(error, self._key), latency_ms=_ms_since(t0))
         latency = _ms_since(t0)
         with self._lock:
             self._counters["local_ok"] += 1
@@ -673,7 +671,7 @@ class Router:
             api=api,
             source="local",
             latency_ms=latency,
-            fallback_reason=self._redact(reason) if reason else None,
+            fallback_reason=redact(reason, self._key) if reason else None,
         )
 
     # ------------------------------------------------------------------ bookkeeping
