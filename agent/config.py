@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
 
@@ -268,7 +268,7 @@ def _camera(c: Reader) -> CameraSettings:
 
 def _inference(s: Reader) -> InferenceSettings:
     settings = InferenceSettings(
-        mode=s.choice("mode", ("auto", "serverless", "local")),  # type: ignore[arg-type]
+        mode=s.choice("mode", get_args(Mode)),  # type: ignore[arg-type]
         confidence=s.number_in("confidence", 0.0, 100.0),
         overlap=s.number_in("overlap", 0.0, 100.0),
         max_detections=s.int_in("max_detections", 1, 10000),
@@ -389,9 +389,9 @@ def _outbox(o: Reader) -> OutboxSettings:
     settings = OutboxSettings(
         max_messages=o.int_in("max_messages", 1, 10**9),
         max_age_s=o.number_in("max_age_s", 0.0, 10**9),
-        drop_policy=o.choice("drop_policy", ("drop_oldest", "drop_newest")),  # type: ignore[arg-type]
+        drop_policy=o.choice("drop_policy", get_args(DropPolicy)),  # type: ignore[arg-type]
         commit_interval_s=o.number_in("commit_interval_s", 0.0, 60.0),
-        synchronous=o.choice("synchronous", ("off", "normal", "full")),  # type: ignore[arg-type]
+        synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
     )
     o.finish()
     return settings
