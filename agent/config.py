@@ -4,19 +4,21 @@ Every error names the key path (``cameras[0].fps``) and the reason, and is raise
 :class:`ConfigError` so the command line can print it and exit with status 2. Relative paths
 resolve against the directory of the configuration file. ``${VAR}`` and ``${VAR:-default}`` in
 string values are replaced from the environment; secrets are wrapped in :class:`Secret` so they
-never print.
+never print. Each default is written once, as the dataclass field's default; the parsers below read every
+section through an :class:`agent.config_reader.Reader` that fills its dataclass, so a key left out takes
+that value.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, get_args
 
-import yaml
+from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
 
 __all__ = [
     "CameraSettings",
@@ -38,42 +40,6 @@ __all__ = [
 Mode = Literal["auto", "serverless", "local"]
 DropPolicy = Literal["drop_oldest", "drop_newest"]
 Synchronous = Literal["off", "normal", "full"]
-
-
-class ConfigError(Exception):
-    """A configuration that can't be used; ``str()`` is ``"key.path: reason"``."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}" if path else reason)
-
-
-class Secret:
-    """A string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "***" if self._value else ""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,28 +163,19 @@ class Settings:
 
 
 # --------------------------------------------------------------------------- loading
+# Each section's reader fills its dataclass: a key left out takes the field's default written above.
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "coreml", "dml", "rocm", "xnnpack", "acl", "armnn")
+_TLS_PORT = 8883  # mqtt.port's default when mqtt.tls is set
 
 
 def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
     """Read, substitute and validate a configuration file."""
     config_path = Path(path)
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("", f"cannot read configuration file {config_path}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError("", f"{config_path}: {problem}{where}") from None
+    raw = read_yaml(config_path)
     return parse_settings(raw, base_dir=config_path.resolve().parent, env=env, config_path=config_path)
 
 
@@ -233,24 +190,24 @@ def parse_settings(
     env = os.environ if env is None else env
     if raw is None:
         raw = {}
-    doc = _Reader(_expect_mapping(raw, ""), "", env, base_dir)
+    doc = Reader(expect_mapping(raw, ""), "", env, base_dir, Settings)
 
     device_id = doc.text("device_id", required=True)
     if not _NAME_RE.match(device_id):
         raise ConfigError("device_id", "use letters, digits, '.', '_' or '-' only (it is part of MQTT topics)")
 
-    cameras = tuple(_camera(c) for c in doc.list_of_mappings("cameras", required=True, min_len=1))
+    cameras = tuple(_camera(c) for c in doc.list_of_mappings("cameras", CameraSettings, required=True, min_len=1))
     names = [c.name for c in cameras]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"cameras[{i}].name", f"duplicate camera name {name!r}")
 
-    inference = _inference(doc.section("inference"))
-    mqtt = _mqtt(doc.section("mqtt"), device_id)
+    inference = _inference(doc.section("inference", InferenceSettings))
+    mqtt = _mqtt(doc.section("mqtt", MqttSettings), device_id)
     state_dir = doc.path("state_dir", required=True)
-    outbox = _outbox(doc.section("outbox"))
-    health = HealthSettings(interval_s=doc.section("health").number_in("interval_s", 10.0, 1.0, 86400.0))
-    log_level = doc.choice("log_level", _LOG_LEVELS, "info")
+    outbox = _outbox(doc.section("outbox", OutboxSettings))
+    health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
+    log_level = doc.choice("log_level", _LOG_LEVELS)
     doc.finish()
     assert state_dir is not None
     return Settings(
@@ -266,7 +223,7 @@ def parse_settings(
     )
 
 
-def _camera(c: _Reader) -> CameraSettings:
+def _camera(c: Reader) -> CameraSettings:
     name = c.text("name", required=True)
     if not _NAME_RE.match(name):
         raise ConfigError(c.key("name"), "use letters, digits, '.', '_' or '-' only")
@@ -284,32 +241,24 @@ def _camera(c: _Reader) -> CameraSettings:
             if not resolved.exists():
                 raise ConfigError(c.key("source"), f"file not found: {resolved}")
             source = str(resolved)
-        elif source.split("://", 1)[0].lower() not in (
-            "rtsp",
-            "rtsps",
-            "http",
-            "https",
-            "rtmp",
-            "udp",
-            "tcp",
-        ):
+        elif source.split("://", 1)[0].lower() not in _SCHEMES:
             raise ConfigError(c.key("source"), "URL scheme must be rtsp, http(s), rtmp, udp or tcp")
     if isinstance(source, int) and source < 0:
         raise ConfigError(c.key("source"), "device index must be >= 0")
-    rmin = c.number_in("reconnect_min_s", 1.0, 0.05, 3600.0)
-    rmax = c.number_in("reconnect_max_s", 30.0, 0.05, 86400.0)
+    rmin = c.number_in("reconnect_min_s", 0.05, 3600.0)
+    rmax = c.number_in("reconnect_max_s", 0.05, 86400.0)
     if rmax < rmin:
         raise ConfigError(c.key("reconnect_max_s"), "must be >= reconnect_min_s")
     settings = CameraSettings(
         name=name,
         source=source,
-        fps=c.number_in("fps", 5.0, 0.0, 240.0),
-        loop=c.flag("loop", False),
-        realtime=c.flag("realtime", True),
-        width=c.int_in("width", 0, 0, 16384),
-        height=c.int_in("height", 0, 0, 16384),
-        stall_timeout_s=c.number_in("stall_timeout_s", 10.0, 0.5, 3600.0),
-        open_timeout_s=c.number_in("open_timeout_s", 10.0, 0.5, 600.0),
+        fps=c.number_in("fps", 0.0, 240.0),
+        loop=c.flag("loop"),
+        realtime=c.flag("realtime"),
+        width=c.int_in("width", 0, 16384),
+        height=c.int_in("height", 0, 16384),
+        stall_timeout_s=c.number_in("stall_timeout_s", 0.5, 3600.0),
+        open_timeout_s=c.number_in("open_timeout_s", 0.5, 600.0),
         reconnect_min_s=rmin,
         reconnect_max_s=rmax,
     )
@@ -317,39 +266,61 @@ def _camera(c: _Reader) -> CameraSettings:
     return settings
 
 
-def _inference(s: _Reader) -> InferenceSettings:
-    mode = s.choice("mode", ("auto", "serverless", "local"), "auto")
-    confidence = s.number_in("confidence", 40.0, 0.0, 100.0)
-    overlap = s.number_in("overlap", 30.0, 0.0, 100.0)
-    max_detections = s.int_in("max_detections", 300, 1, 10000)
+def _inference(s: Reader) -> InferenceSettings:
+    settings = InferenceSettings(
+        mode=s.choice("mode", get_args(Mode)),  # type: ignore[arg-type]
+        confidence=s.number_in("confidence", 0.0, 100.0),
+        overlap=s.number_in("overlap", 0.0, 100.0),
+        max_detections=s.int_in("max_detections", 1, 10000),
+        serverless=_serverless(s.section("serverless", ServerlessSettings)),
+        local=_local(s.section("local", LocalSettings)),
+    )
+    s.finish()
 
-    r = s.section("serverless")
+    mode = settings.mode
+    if mode in ("auto", "local") and settings.local.model is None:
+        raise ConfigError(s.key("local.model"), f"required in mode {mode!r} (the local ONNX model)")
+    if mode in ("auto", "serverless"):
+        if not settings.serverless.model_id:
+            raise ConfigError(s.key("serverless.model_id"), f"required in mode {mode!r}")
+        if not settings.serverless.api_key:
+            unset = s.section("serverless").unset_env("api_key")
+            raise ConfigError(
+                s.key("serverless.api_key"),
+                f"required in mode {mode!r}{unset}; use mode: local to run without the hosted API",
+            )
+    return settings
+
+
+def _serverless(r: Reader) -> ServerlessSettings:
     api_key = r.secret("api_key")
-    model_id = r.text("model_id", default="")
+    model_id = r.text("model_id")
     if model_id and not re.match(r"^[A-Za-z0-9_.-]+/[0-9]+$", model_id):
         raise ConfigError(r.key("model_id"), "expected 'project/version', for example 'your-model/42'")
-    api_url = r.text("api_url", default="https://serverless.roboflow.com").rstrip("/")
+    api_url = r.text("api_url").rstrip("/")
     if not re.match(r"^https?://[^/\s]+", api_url):
         raise ConfigError(r.key("api_url"), "expected an http:// or https:// URL")
-    probe = r.number_in("probe_interval_s", 10.0, 0.1, 3600.0)
-    serverless = ServerlessSettings(
+    probe = r.number_in("probe_interval_s", 0.1, 3600.0)
+    settings = ServerlessSettings(
         api_url=api_url,
         model_id=model_id,
         api_key=api_key,
-        connect_timeout_s=r.number_in("connect_timeout_s", 3.0, 0.1, 120.0),
-        timeout_s=r.number_in("timeout_s", 5.0, 0.1, 300.0),
-        max_in_flight=r.int_in("max_in_flight", 2, 1, 64),
-        upload_max_side=r.int_in("upload_max_side", 0, 0, 16384),
-        jpeg_quality=r.int_in("jpeg_quality", 85, 10, 100),
+        connect_timeout_s=r.number_in("connect_timeout_s", 0.1, 120.0),
+        timeout_s=r.number_in("timeout_s", 0.1, 300.0),
+        max_in_flight=r.int_in("max_in_flight", 1, 64),
+        upload_max_side=r.int_in("upload_max_side", 0, 16384),
+        jpeg_quality=r.int_in("jpeg_quality", 10, 100),
         probe_interval_s=probe,
-        probe_max_s=max(probe, r.number_in("probe_max_s", 120.0, 0.1, 86400.0)),
-        max_calls_per_minute=r.int_in("max_calls_per_minute", 0, 0, 10**6),
-        max_calls_per_day=r.int_in("max_calls_per_day", 0, 0, 10**9),
-        change_gate=r.number_in("change_gate", 0.0, 0.0, 255.0),
+        probe_max_s=max(probe, r.number_in("probe_max_s", 0.1, 86400.0)),
+        max_calls_per_minute=r.int_in("max_calls_per_minute", 0, 10**6),
+        max_calls_per_day=r.int_in("max_calls_per_day", 0, 10**9),
+        change_gate=r.number_in("change_gate", 0.0, 255.0),
     )
     r.finish()
+    return settings
 
-    lo = s.section("local")
+
+def _local(lo: Reader) -> LocalSettings:
     model = lo.path("model")
     if model is not None and not (model.is_file() or model.is_dir()):  # a .onnx file or a Roboflow package
         raise ConfigError(lo.key("model"), f"model file not found: {model}")
@@ -358,279 +329,72 @@ def _inference(s: _Reader) -> InferenceSettings:
     classes = lo.path("classes")
     if classes is not None and not classes.is_file():
         raise ConfigError(lo.key("classes"), f"file not found: {classes}")
-    providers = tuple(lo.list_of_str("providers", ["cpu"]))
+    providers = tuple(lo.list_of_str("providers"))
     for i, p in enumerate(providers):
         if p.lower() not in _PROVIDERS:
             raise ConfigError(f"{lo.key('providers')}[{i}]", f"unknown provider {p!r}; one of {', '.join(_PROVIDERS)}")
     class_map = lo.str_mapping("class_map")
-    local = LocalSettings(
+    settings = LocalSettings(
         model=model,
         classes=classes,
-        threads=lo.int_in("threads", 0, 0, 256),
-        sessions=lo.int_in("sessions", 1, 1, 16),
+        threads=lo.int_in("threads", 0, 256),
+        sessions=lo.int_in("sessions", 1, 16),
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
     )
     lo.finish()
-    s.finish()
-
-    if mode in ("auto", "local") and model is None:
-        raise ConfigError(s.key("local.model"), f"required in mode {mode!r} (the local ONNX model)")
-    if mode in ("auto", "serverless"):
-        if not model_id:
-            raise ConfigError(s.key("serverless.model_id"), f"required in mode {mode!r}")
-        if not api_key:
-            raise ConfigError(
-                s.key("serverless.api_key"),
-                f"required in mode {mode!r}{r.unset_env('api_key')}; use mode: local to run without the hosted API",
-            )
-    return InferenceSettings(
-        mode=mode,  # type: ignore[arg-type]
-        confidence=confidence,
-        overlap=overlap,
-        max_detections=max_detections,
-        serverless=serverless,
-        local=local,
-    )
+    return settings
 
 
-def _mqtt(m: _Reader, device_id: str) -> MqttSettings:
-    host = m.text("host", default="127.0.0.1")
-    topic_prefix = m.text("topic_prefix", default="seg-agent").strip("/")
+def _mqtt(m: Reader, device_id: str) -> MqttSettings:
+    host = m.text("host")
+    topic_prefix = m.text("topic_prefix").strip("/")
     if not topic_prefix or any(ch in topic_prefix for ch in "#+\0"):
         raise ConfigError(m.key("topic_prefix"), "must be non-empty and contain no '#', '+' or NUL")
-    tls: TlsSettings | None = None
-    if m.has("tls"):
-        t = m.section("tls")
-        paths = {}
-        for key in ("ca_certs", "certfile", "keyfile"):
-            p = t.path(key)
-            if p is not None and not p.is_file():
-                raise ConfigError(t.key(key), f"file not found: {p}")
-            paths[key] = p
-        if (paths["certfile"] is None) != (paths["keyfile"] is None):
-            raise ConfigError(t.key("certfile"), "certfile and keyfile go together")
-        tls = TlsSettings(insecure=t.flag("insecure", False), **paths)
-        t.finish()
-    rmin = m.number_in("reconnect_min_s", 1.0, 0.05, 3600.0)
+    tls = _tls(m.section("tls", TlsSettings)) if m.has("tls") else None
+    rmin = m.number_in("reconnect_min_s", 0.05, 3600.0)
     settings = MqttSettings(
         host=host,
-        port=m.int_in("port", 8883 if tls else 1883, 1, 65535),
+        port=m.int_in("port", 1, 65535, default=_TLS_PORT if tls else None),
         topic_prefix=topic_prefix,
-        qos=m.int_in("qos", 1, 0, 2),
-        client_id=m.text("client_id", default="") or f"seg-agent-{device_id}",
-        username=m.text("username", default=""),
+        qos=m.int_in("qos", 0, 2),
+        client_id=m.text("client_id") or f"seg-agent-{device_id}",
+        username=m.text("username"),
         password=m.secret("password"),
-        keepalive_s=m.int_in("keepalive_s", 30, 5, 3600),
+        keepalive_s=m.int_in("keepalive_s", 5, 3600),
         reconnect_min_s=rmin,
-        reconnect_max_s=max(rmin, m.number_in("reconnect_max_s", 60.0, 0.05, 86400.0)),
-        max_in_flight=m.int_in("max_in_flight", 100, 1, 65535),
+        reconnect_max_s=max(rmin, m.number_in("reconnect_max_s", 0.05, 86400.0)),
+        max_in_flight=m.int_in("max_in_flight", 1, 65535),
         tls=tls,
     )
     m.finish()
     return settings
 
 
-def _outbox(o: _Reader) -> OutboxSettings:
-    settings = OutboxSettings(
-        max_messages=o.int_in("max_messages", 100_000, 1, 10**9),
-        max_age_s=o.number_in("max_age_s", 7 * 24 * 3600.0, 0.0, 10**9),
-        drop_policy=o.choice("drop_policy", ("drop_oldest", "drop_newest"), "drop_oldest"),  # type: ignore[arg-type]
-        commit_interval_s=o.number_in("commit_interval_s", 0.5, 0.0, 60.0),
-        synchronous=o.choice("synchronous", ("off", "normal", "full"), "normal"),  # type: ignore[arg-type]
-    )
-    o.finish()
+def _tls(t: Reader) -> TlsSettings:
+    paths = {}
+    for key in ("ca_certs", "certfile", "keyfile"):
+        p = t.path(key)
+        if p is not None and not p.is_file():
+            raise ConfigError(t.key(key), f"file not found: {p}")
+        paths[key] = p
+    if (paths["certfile"] is None) != (paths["keyfile"] is None):
+        raise ConfigError(t.key("certfile"), "certfile and keyfile go together")
+    settings = TlsSettings(insecure=t.flag("insecure"), **paths)
+    t.finish()
     return settings
 
 
-# --------------------------------------------------------------------------- reader
-
-_T = TypeVar("_T")
-_MISSING = object()
-
-
-def _expect_mapping(value: object, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(path, f"expected a mapping, got {_type_name(value)}")
-    for k in value:
-        if not isinstance(k, str):
-            raise ConfigError(path, f"keys must be strings, got {k!r}")
-    return value
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a mapping",
-    }.get(type(value), type(value).__name__)
-
-
-class _Reader:
-    """Reads keys from one mapping, remembering which were used, so leftovers are errors."""
-
-    def __init__(self, data: dict[str, Any], path: str, env: Mapping[str, str], base_dir: Path) -> None:
-        self._data = data
-        self._path = path
-        self._env = env
-        self._base_dir = base_dir
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self._path}.{name}" if self._path else name
-
-    def has(self, name: str) -> bool:
-        return name in self._data
-
-    def resolve(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else (self._base_dir / path).resolve()
-
-    def value(self, name: str, *, required: bool = False) -> Any:
-        self._used.add(name)
-        if name not in self._data or self._data[name] is None:
-            if required:
-                raise ConfigError(self.key(name), "required key is missing")
-            return _MISSING
-        value = self._data[name]
-        return self._substitute(value, self.key(name)) if isinstance(value, str) else value
-
-    def _substitute(self, value: str, path: str) -> str:
-        def repl(m: re.Match[str]) -> str:
-            var, default = m.group(1), m.group(2)
-            if var in self._env:
-                return self._env[var]
-            return default if default is not None else ""
-
-        return _ENV_RE.sub(repl, value)
-
-    def _typed(self, name: str, check: Callable[[Any], bool], what: str, default: Any, required: bool) -> Any:
-        value = self.value(name, required=required)
-        if value is _MISSING:
-            return default
-        if not check(value):
-            raise ConfigError(self.key(name), f"expected {what}, got {_type_name(value)} {value!r}")
-        return value
-
-    def text(self, name: str, *, default: str | None = None, required: bool = False) -> str:
-        value = self.value(name, required=required)
-        if value is _MISSING:
-            return default if default is not None else ""
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(self.key(name), f"expected a string, got {_type_name(value)}")
-        text = str(value)
-        if required and not text.strip():
-            raise ConfigError(self.key(name), "must not be empty")
-        return text
-
-    def secret(self, name: str) -> Secret:
-        return Secret(self.text(name, default=""))
-
-    def unset_env(self, name: str) -> str:
-        """Names the environment variables a key refers to that are not set (for error messages)."""
-        raw = self._data.get(name)
-        if not isinstance(raw, str):
-            return ""
-        missing = [m.group(1) for m in _ENV_RE.finditer(raw) if m.group(1) not in self._env]
-        return f" (environment variable {', '.join(missing)} is not set)" if missing else ""
-
-    def flag(self, name: str, default: bool) -> bool:
-        result: bool = self._typed(name, lambda v: isinstance(v, bool), "true or false", default, False)
-        return result
-
-    def number_in(self, name: str, default: float, lo: float, hi: float) -> float:
-        value = self.value(name)
-        if value is _MISSING:
-            return default
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(self.key(name), f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(self.key(name), f"expected a number, got {_type_name(value)}")
-        if not lo <= value <= hi:
-            raise ConfigError(self.key(name), f"{value} is out of range [{lo:g}, {hi:g}]")
-        return float(value)
-
-    def int_in(self, name: str, default: int, lo: int, hi: int) -> int:
-        value = self.value(name)
-        if value is _MISSING:
-            return default
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.key(name), f"expected an integer, got {_type_name(value)} {value!r}")
-        if not lo <= value <= hi:
-            raise ConfigError(self.key(name), f"{value} is out of range [{lo}, {hi}]")
-        return value
-
-    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
-        value = self.text(name, default=default)
-        if value not in options:
-            raise ConfigError(self.key(name), f"{value!r} is not one of {', '.join(options)}")
-        return value
-
-    def path(self, name: str, *, required: bool = False) -> Path | None:
-        text = self.text(name, default="", required=required)
-        return self.resolve(text) if text else None
-
-    def list_of_str(self, name: str, default: list[str]) -> list[str]:
-        value = self.value(name)
-        if value is _MISSING:
-            return default
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(self.key(name), "expected a list of strings")
-        return value
-
-    def str_mapping(self, name: str) -> dict[str, str]:
-        value = self.value(name)
-        if value is _MISSING:
-            return {}
-        mapping = _expect_mapping(value, self.key(name))
-        out: dict[str, str] = {}
-        for k, v in mapping.items():
-            if not isinstance(v, str):
-                raise ConfigError(f"{self.key(name)}.{k}", f"expected a string, got {_type_name(v)}")
-            out[k] = v
-        return out
-
-    def section(self, name: str) -> _Reader:
-        value = self.value(name)
-        data = {} if value is _MISSING else _expect_mapping(value, self.key(name))
-        return _Reader(data, self.key(name), self._env, self._base_dir)
-
-    def list_of_mappings(self, name: str, *, required: bool = False, min_len: int = 0) -> list[_Reader]:
-        value = self.value(name, required=required)
-        if value is _MISSING:
-            value = []
-        if not isinstance(value, list):
-            raise ConfigError(self.key(name), f"expected a list, got {_type_name(value)}")
-        if len(value) < min_len:
-            raise ConfigError(self.key(name), f"needs at least {min_len} entr{'y' if min_len == 1 else 'ies'}")
-        return [
-            _Reader(
-                _expect_mapping(v, f"{self.key(name)}[{i}]"),
-                f"{self.key(name)}[{i}]",
-                self._env,
-                self._base_dir,
-            )
-            for i, v in enumerate(value)
-        ]
-
-    def finish(self) -> None:
-        unknown = sorted(set(self._data) - self._used)
-        if unknown:
-            known = sorted(self._used)
-            hint = f" (known keys here: {', '.join(known)})" if known else ""
-            raise ConfigError(self.key(unknown[0]), f"unknown key{hint}")
+def _outbox(o: Reader) -> OutboxSettings:
+    settings = OutboxSettings(
+        max_messages=o.int_in("max_messages", 1, 10**9),
+        max_age_s=o.number_in("max_age_s", 0.0, 10**9),
+        drop_policy=o.choice("drop_policy", get_args(DropPolicy)),  # type: ignore[arg-type]
+        commit_interval_s=o.number_in("commit_interval_s", 0.0, 60.0),
+        synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
+    )
+    o.finish()
+    return settings
 
 
 # --------------------------------------------------------------------------- printing

@@ -5,10 +5,13 @@
 and start with a ``<N>`` syslog priority that journald turns into the entry's priority; elsewhere they read
 ``2026-11-27T12:00:00.123Z INFO agent.capture: message`` (UTC).
 
-Redaction: :func:`add_secret` registers a string (the API key, the MQTT password) that is then replaced by
-``***`` wherever it appears in a log record: the message, its arguments, exception text and stack. Values of
-``api_key=``/``token=``/``password=`` query parameters and the password in ``scheme://user:pass@host`` URLs
-are always redacted, registered or not. Nothing happens at import time.
+Redaction: :func:`redact` is the one place that hides credentials, in log records and in any text that may
+reach a log, an exception or a status message. :func:`add_secret` registers a string (the API key, the MQTT
+password) that is then replaced by ``***`` wherever it appears in a log record: the message, its arguments,
+exception text and stack; :func:`redact` also takes strings to hide just this once. Values of
+``api_key=``/``token=``/``password=`` query parameters, the password in ``scheme://user:pass@host`` URLs and
+``Authorization:`` header values are always redacted, registered or not. :func:`redact_loggers` puts the
+redacting filter on named loggers, for handlers that aren't ours. Nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ import re
 import sys
 import threading
 import time
-import urllib.parse
+from functools import lru_cache
 from typing import TextIO
+from urllib.parse import quote, quote_plus
 
 __all__ = [
     "RedactingFilter",
     "add_secret",
     "clear_secrets",
     "redact",
+    "redact_loggers",
     "reset_logging",
     "setup_logging",
     "stream_is_journal",
@@ -45,41 +50,49 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s/@:]*):([^\s/]*)@")
 _AUTH_HEADER_RE = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic|token)\s+)[^\s'\",}]+")
 
 _secrets_lock = threading.Lock()
-_secrets: set[str] = set()
-_secrets_re: re.Pattern[str] | None = None
+_secrets: frozenset[str] = frozenset()  # replaced whole, never changed in place: read without the lock
+
+
+def _forms(secret: str) -> set[str]:
+    """``secret`` as it may appear in text: plain and URL-encoded (``/`` kept or escaped, space as ``+``)."""
+    if not secret.strip():
+        return set()
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+
+
+@lru_cache(maxsize=16)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    # Longest first, so that a secret containing another is hidden whole.
+    return re.compile("|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True)))
 
 
 def add_secret(secret: str) -> None:
-    """Registers a string to hide in every log record from now on (empty strings are ignored).
+    """Registers a string to hide in every log record from now on (empty or blank strings are ignored).
 
     Its URL-encoded forms are registered too, since keys and passwords travel in URLs.
     """
-    global _secrets_re
-    if not secret or not secret.strip():
-        return
-    variants = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret, safe="")}
+    global _secrets
+    forms = _forms(secret)
     with _secrets_lock:
-        if variants <= _secrets:
-            return
-        _secrets.update(variants)
-        # Longest first, so that a secret containing another is hidden whole.
-        alternatives = sorted(_secrets, key=len, reverse=True)
-        _secrets_re = re.compile("|".join(re.escape(s) for s in alternatives))
+        if forms and not forms <= _secrets:
+            _secrets = _secrets | forms
 
 
 def clear_secrets() -> None:
     """Forgets every registered secret (for tests)."""
-    global _secrets_re
+    global _secrets
     with _secrets_lock:
-        _secrets.clear()
-        _secrets_re = None
+        _secrets = frozenset()
 
 
-def redact(text: str) -> str:
-    """``text`` with registered secrets, credential parameters and URL passwords replaced by ``***``."""
-    pattern = _secrets_re
-    if pattern is not None:
-        text = pattern.sub(REDACTED, text)
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with credential parameters, URL passwords, authorization headers, the registered secrets and
+    ``secrets`` (plain or URL-encoded; hidden this once, not registered) replaced by ``***``."""
+    hidden = _secrets
+    if secrets:
+        hidden = hidden.union(*(_forms(s) for s in secrets))
+    if hidden:
+        text = _pattern(hidden).sub(REDACTED, text)
     if "=" in text:
         text = _PARAM_RE.sub(r"\1" + REDACTED, text)
     if "://" in text:
@@ -114,6 +127,20 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
+
+
+_LOGGER_FILTER = RedactingFilter()
+
+
+def redact_loggers(*names: str) -> None:
+    """Puts the redacting filter on the loggers ``names`` (idempotent), so that handlers that aren't ours
+    (pytest's caplog, an embedding application) see their records redacted too. A logger's filters see
+    only the records made by that very logger, not its children's: name each one."""
+    with _secrets_lock:
+        for name in names:
+            logger = logging.getLogger(name)
+            if _LOGGER_FILTER not in logger.filters:
+                logger.addFilter(_LOGGER_FILTER)
 
 
 # sd-daemon(3) priorities: <2> crit, <3> err, <4> warning, <5> notice, <6> info, <7> debug.

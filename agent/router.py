@@ -52,11 +52,12 @@ from numpy.typing import NDArray
 
 from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
+from agent.logs import redact
 from agent.measures import LatencyWindow
 from agent.postprocess import Detections
 from agent.results import detections_to_api
 from agent.routing import COUNTER_NAMES, Mode, Plan, RoutePolicy, Verdict, Way, thumbnail
-from agent.serverless import ServerlessClient, ServerlessError, redact
+from agent.serverless import ServerlessClient, ServerlessError
 
 __all__ = [
     "MAX_RETRY_WAIT_S",
@@ -254,7 +255,7 @@ class Router:
             result: dict[str, Any] = {
                 "mode": str(p.mode),
                 "configured_mode": p.configured,
-                "reason": self._redact(p.reason),
+                "reason": redact(p.reason, self._key),
                 "mode_for_s": round(now - p.mode_since, 1),
                 "probe": {
                     "interval_s": p.probe_interval,
@@ -285,15 +286,12 @@ class Router:
 
     # ------------------------------------------------------------------ remote
 
-    def _redact(self, text: str) -> str:
-        return redact(text, self._key)
-
     def _apply(self, verdict: Verdict) -> str:
         """Queue the verdict's mode changes and write its log line; returns the frame's reason. Under the lock."""
-        self._events.extend((str(c.mode), self._redact(c.reason)) for c in verdict.changes)
+        self._events.extend((str(c.mode), redact(c.reason, self._key)) for c in verdict.changes)
         if verdict.log is not None:
             log.log(verdict.log[0], "%s", verdict.log[1])
-        return self._redact(verdict.reason)
+        return redact(verdict.reason, self._key)
 
     def _call(
         self, image: NDArray[np.uint8], frame_hw: tuple[int, int], jpeg: bytes | None
@@ -329,7 +327,7 @@ class Router:
             self.latency["serverless"].add(latency)
             return Outcome(api=api, source="serverless", latency_ms=latency, fallback_reason=None)
         assert error is not None
-        detail = self._redact(str(error))
+        detail = redact(str(error), self._key)
         with self._lock:
             verdict = self._policy.failed(
                 self._clock(), kind=error.kind, detail=detail, retry_after=error.retry_after, probe=plan.probe
@@ -430,7 +428,7 @@ class Router:
             error = f"local model failed: {type(exc).__name__}: {exc}"
         if error is not None:
             self._count_frame_failed(camera)
-            raise FrameFailed("local", self._redact(error), latency_ms=_ms_since(t0))
+            raise FrameFailed("local", redact(error, self._key), latency_ms=_ms_since(t0))
         latency = _ms_since(t0)
         with self._lock:
             self._policy.counters["local_ok"] += 1
@@ -439,7 +437,7 @@ class Router:
             api=api,
             source="local",
             latency_ms=latency,
-            fallback_reason=self._redact(reason) if reason else None,
+            fallback_reason=redact(reason, self._key) if reason else None,
         )
 
     # ------------------------------------------------------------------ bookkeeping

@@ -6,8 +6,8 @@ holds ``max_in_flight`` connections, so N worker threads may call :meth:`Serverl
 
 Every failure becomes a :class:`ServerlessError` with a ``kind`` the router acts on. The API key travels in
 the URL, so nothing that could carry the URL is let out unredacted: exception texts are built from
-:func:`redact`\\ ed strings and raised without the original exception attached (no ``__cause__`` or
-``__context__`` that a traceback would print), and a logging filter redacts the records of the
+:func:`agent.logs.redact`\\ ed strings and raised without the original exception attached (no ``__cause__``
+or ``__context__`` that a traceback would print), and a logging filter redacts the records of the
 ``urllib3``/``requests`` loggers (urllib3 logs the full request line at DEBUG).
 """
 
@@ -21,7 +21,6 @@ import math
 import threading
 import time
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
 
 import cv2
 import numpy as np
@@ -38,8 +37,6 @@ __all__ = [
     "ErrorKind",
     "ServerlessClient",
     "ServerlessError",
-    "install_log_redaction",
-    "redact",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,17 +45,7 @@ ErrorKind = Literal["connect", "timeout", "tls", "http", "auth", "rate_limited",
 
 # Retry-After is honoured up to this long (a server asking for more is treated as asking for this much).
 MAX_RETRY_AFTER_S = 3600.0
-_MASK = "***"
 _USER_AGENT = "seg-agent/0.1"
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` with ``secret`` (plain or URL-encoded) and every credential :func:`agent.logs.redact` knows masked."""
-    if secret:
-        for form in {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}:
-            if form:
-                text = text.replace(form, _MASK)
-    return logs.redact(text)
 
 
 class ServerlessError(Exception):
@@ -82,7 +69,7 @@ class ServerlessError(Exception):
         self.kind: ErrorKind = kind
         self.status = status
         self.retry_after = retry_after
-        self.message = redact(message, secret)
+        self.message = logs.redact(message, secret)
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -92,24 +79,9 @@ class ServerlessError(Exception):
         return f"ServerlessError({self.kind!r}, {self.message!r}, status={self.status!r})"
 
 
-# --------------------------------------------------------------------------- log redaction
-
 # urllib3 logs the full request line (with ``api_key=``) at DEBUG. Handlers set up by agent.logs redact every
-# record, but a filter on these loggers also covers handlers that aren't ours (pytest's caplog, an embedding
-# application): a logger's filters only see records made by that very logger, so each one is named.
-_FILTERED_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response", "requests")
-_FILTER = logs.RedactingFilter()
-_filter_lock = threading.Lock()
-
-
-def install_log_redaction(secret: str = "") -> None:
-    """Register ``secret`` with :mod:`agent.logs` and filter the HTTP libraries' loggers. Idempotent."""
-    logs.add_secret(secret)
-    with _filter_lock:
-        for name in _FILTERED_LOGGERS:
-            logger = logging.getLogger(name)
-            if _FILTER not in logger.filters:
-                logger.addFilter(_FILTER)
+# record; a filter on each of these loggers also covers handlers that aren't ours.
+_HTTP_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response", "requests")
 
 
 # --------------------------------------------------------------------------- client
@@ -186,7 +158,8 @@ class ServerlessClient:
         self._requests = 0
         self._bytes_sent = 0
         self._closed = False
-        install_log_redaction(self._key)
+        logs.add_secret(self._key)
+        logs.redact_loggers(*_HTTP_LOGGERS)
 
     @property
     def model_id(self) -> str:
@@ -196,9 +169,6 @@ class ServerlessClient:
     def endpoint(self) -> str:
         """The route without the query (safe to print)."""
         return self._url
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._key)
 
     def upload_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """The size ``(h, w)`` a frame of ``frame_hw`` is uploaded at (``upload_max_side``)."""

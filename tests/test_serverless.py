@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from agent.config import Secret, ServerlessSettings
-from agent.serverless import ServerlessClient, ServerlessError, redact
+from agent.logs import redact
+from agent.serverless import ServerlessClient, ServerlessError
 from tests.fake_roboflow import CLASS_NAMES, FakeRoboflow, draw_scene, find_blobs
 
 KEY = "rf_SeCrEt-Key+42/xyz"
