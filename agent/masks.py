@@ -234,7 +234,7 @@ class _LetterboxPlans(_Plans):
             table_y, table_x = self._tables
             weights_y = table_y[y0:y1, gy0:gy1]
             weights_x = table_x[x0:x1, gx0:gx1]
-            # NumPy's BLAS: single-threaded in the agent (model.limit_helper_threads), else its idle workers spin.
+            # NumPy's BLAS: single-threaded in the agent (runtime.limit_helper_threads), else its idle workers spin.
             return np.greater((weights_y @ probs) @ weights_x.T, _MASK_THRESHOLD).view(np.uint8)
         else:
             tx, ty = self.origin[row]

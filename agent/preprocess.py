@@ -16,8 +16,9 @@ drift from the hosted ones. :class:`Preprocessing` says how; :func:`prepare` doe
 ``auto-orient`` rotates by a JPEG's EXIF orientation; frames from a camera carry none (and the agent's own
 uploads carry none), so it never changes a frame and is only recorded.
 
-The returned :class:`Placement` maps model-input pixels back to frame pixels, per axis:
-``input = (frame - offset) * scale + pad``.
+The returned :class:`~agent.placement.Placement` maps model-input pixels back to frame pixels, per axis:
+``input = (frame - offset) * scale + pad``. :func:`letterbox` is the Ultralytics path's own step: the same
+letterbox as :func:`prepare` with the default :class:`Preprocessing`, written straight into the tensor.
 """
 
 from __future__ import annotations
