@@ -1,17 +1,16 @@
 """The local model: an instance-segmentation ONNX model run with ONNX Runtime.
 
 ``OnnxModel(path).detect(frame_bgr, confidence=0.4, overlap=0.3)`` prepares the frame as the model's format
-wants (:mod:`agent.preprocess`), runs the session and decodes the outputs (:mod:`agent.postprocess` for
-Ultralytics YOLOv8/YOLO11, :mod:`agent.decoders` for the others). ``path`` is a ``.onnx`` file or a Roboflow
+wants (:mod:`agent.preprocess`), runs the session and decodes the outputs (:mod:`agent.decoders`, whose
+``decode_yolov8_seg`` is the Ultralytics letterbox path). ``path`` is a ``.onnx`` file or a Roboflow
 package directory (:mod:`agent.package`); the format is recognised from the files and the graph
-(:mod:`agent.formats`). Loading fails with :class:`ModelError`, whose message names the file and what was
-found in it.
+(:mod:`agent.formats`); the session is opened by :mod:`agent.runtime`. Loading fails with
+:class:`ModelError`, whose message names the file and what was found in it.
 """
 
 from __future__ import annotations
 
 import ast
-import ctypes
 import logging
 import os
 import queue
@@ -23,14 +22,30 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
-from agent.decoders import decode_end2end_seg, decode_rfdetr_seg, decode_yolov5_seg, decode_yolov8_placed
+from agent.decoders import (
+    decode_end2end_seg,
+    decode_rfdetr_seg,
+    decode_yolov5_seg,
+    decode_yolov8_placed,
+    decode_yolov8_seg,
+)
+from agent.detections import Detections
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
-from agent.postprocess import Detections, decode_yolov8_seg, letterbox, letterbox_content_hw
-from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, prepare
+from agent.placement import letterbox_content_hw
+from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, prepare
+from agent.runtime import (
+    DEFAULT_PROVIDERS,
+    PROVIDER_NAMES,
+    ModelError,
+    first_line,
+    limit_helper_threads,
+    onnx_providers,
+    open_session,
+    session_options,
+)
 
 __all__ = [
     "DEFAULT_IMGSZ",
@@ -55,10 +70,6 @@ _NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
 }
-
-
-class ModelError(Exception):
-    """The model file can't be used: missing, not ONNX, or a layout this agent doesn't decode."""
 
 
 def _describe(args: Sequence[Any]) -> str:
@@ -116,157 +127,6 @@ def _imgsz_from_metadata(metadata: Mapping[str, str]) -> tuple[int, int] | None:
     return None
 
 
-_BLAS_THREAD_SETTERS = (
-    "openblas_set_num_threads",  # OpenBLAS (OpenCV's wheels bundle one)
-    "scipy_openblas_set_num_threads64_",  # NumPy's wheels: OpenBLAS with prefixed 64-bit-int symbols
-    "scipy_openblas_set_num_threads",
-    "openblas_set_num_threads64_",
-)
-
-
-def limit_helper_threads() -> list[str]:
-    """One thread for OpenCV's pool and for every OpenBLAS loaded in this process; returns the libraries capped.
-
-    The cores are ONNX Runtime's. OpenCV's pool made mask decoding slower, not faster, beside it (benchmarks:
-    23.6 -> 17.6 ms at 640x480 with 150 instances on one thread). OpenBLAS (NumPy's and OpenCV's own copy) runs
-    a matmul of a few hundred thousand multiply-adds on every core and its workers then busy-wait for the next
-    call: a mask resampled by matmuls every frame kept a second core spinning (process CPU 1.27 s per second of
-    a loop of 1080p demo decodes, 0.28 with one thread). Linux: the libraries are found in /proc/self/maps;
-    elsewhere only OpenCV's pool is set.
-    """
-    cv2.setNumThreads(1)
-    capped: list[str] = []
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            paths = sorted({line.split(None, 5)[-1].strip() for line in maps if "openblas" in line.lower()})
-    except OSError:
-        return capped
-    for path in paths:
-        if not path.startswith("/") or "openblas" not in os.path.basename(path).lower():
-            continue
-        try:
-            library = ctypes.CDLL(path)  # already loaded: dlopen hands back the same library
-        except OSError:
-            continue
-        for name in _BLAS_THREAD_SETTERS:
-            setter = getattr(library, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(1))
-                capped.append(os.path.basename(path))
-                break
-    return capped
-
-
-def _session_options(threads: int) -> ort.SessionOptions:
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = let ONNX Runtime choose), got {threads}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # The pool threads spin while a run is in progress (spinning off made YOLOv8n-seg with 2 threads 15-20 %
-    # slower) but stop as soon as it returns: by default they go on spinning ~60 ms after every run, a core's
-    # worth of CPU that at a few frames per second rivals the model itself (benchmarks/NOTES.md).
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return options
-
-
-_CPU = "CPUExecutionProvider"
-_CUDA = "CUDAExecutionProvider"
-_TENSORRT = "TensorrtExecutionProvider"
-
-PROVIDER_NAMES = {
-    "cpu": _CPU,
-    "cuda": _CUDA,
-    "tensorrt": _TENSORRT,
-    "openvino": "OpenVINOExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "xnnpack": "XnnpackExecutionProvider",
-    "acl": "ACLExecutionProvider",
-    "armnn": "ArmNNExecutionProvider",
-}
-"""Configuration names (``inference.local.providers``) -> ONNX Runtime execution providers."""
-
-
-def onnx_providers(names: Sequence[str] | str) -> list[str]:
-    """Provider names as ONNX Runtime's, in order, without repeats: config names (``cpu``, ``cuda``,
-    ``tensorrt``, ...) are mapped, ONNX Runtime's own names pass through. TensorRT brings CUDA right after
-    it unless CUDA is listed (for the nodes TensorRT can't run, as ONNX Runtime advises); CPU is always
-    last, the fallback."""
-    if isinstance(names, str):
-        names = [names]
-    providers: list[str] = []
-    for name in names:
-        provider = PROVIDER_NAMES.get(name.lower(), name)
-        if provider not in providers:
-            providers.append(provider)
-    if _TENSORRT in providers and _CUDA not in providers:
-        providers.insert(providers.index(_TENSORRT) + 1, _CUDA)
-    return [p for p in providers if p != _CPU] + [_CPU]
-
-
-def _with_options(providers: Sequence[str], trt_cache_dir: Path | None) -> list[str | tuple[str, dict[str, str]]]:
-    """TensorRT keeps its built engines in ``trt_cache_dir`` (minutes saved at every start on a Jetson)."""
-    out: list[str | tuple[str, dict[str, str]]] = []
-    for provider in providers:
-        if provider == _TENSORRT and trt_cache_dir is not None:
-            try:
-                trt_cache_dir.mkdir(parents=True, exist_ok=True)
-                options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir)}
-                out.append((provider, options))
-                continue
-            except OSError as exc:
-                log.warning(
-                    "TensorRT engine cache %s unusable (%s): engines are rebuilt at every start", trt_cache_dir, exc
-                )
-        out.append(provider)
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _open_session(
-    weights: Path, options: ort.SessionOptions, requested: Sequence[str] | str, trt_cache_dir: Path | None
-) -> ort.InferenceSession:
-    """A session on the requested providers that this ONNX Runtime has, else on CPU; one log line says
-    what was requested, what is available and what is used. ``ModelError`` when the file can't be loaded."""
-    wanted = onnx_providers(requested)
-    available = list(ort.get_available_providers())
-    usable = [p for p in wanted if p in available] or [_CPU]
-    note = ""
-    try:
-        session = ort.InferenceSession(
-            str(weights), sess_options=options, providers=_with_options(usable, trt_cache_dir)
-        )
-    except Exception as exc:  # onnxruntime raises its own untyped exceptions
-        if usable == [_CPU]:
-            raise ModelError(f"{weights}: not a loadable ONNX model: {_first_line(exc)}") from exc
-        note = f"; {', '.join(usable[:-1])} failed: {_first_line(exc)}"
-        try:
-            session = ort.InferenceSession(str(weights), sess_options=options, providers=[_CPU])
-        except Exception as exc2:
-            raise ModelError(f"{weights}: not a loadable ONNX model: {_first_line(exc2)}") from exc2
-    used = list(session.get_providers())
-    missing = [p for p in wanted if p not in used]
-    log.log(
-        logging.WARNING if missing else logging.INFO,
-        "%s: ONNX Runtime providers requested %s; available here %s; using %s%s",
-        weights.name,
-        ", ".join(wanted),
-        ", ".join(available),
-        ", ".join(used),
-        note or (f" ({', '.join(missing)} not in this onnxruntime build)" if missing else ""),
-    )
-    return session
-
-
 class OnnxModel:
     """A loaded instance-segmentation model, any format in :data:`agent.formats.FORMAT_NAMES`, from a ``.onnx``
     file or a Roboflow package directory. ``detect`` may be called from several threads."""
@@ -285,11 +145,11 @@ class OnnxModel:
         path: str | os.PathLike[str],
         *,
         threads: int = 0,
-        providers: Sequence[str] = (_CPU,),
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
         trt_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
-        options = _session_options(threads)
+        options = session_options(threads)
         self.package = None
         if self.path.is_dir():
             try:
@@ -304,7 +164,7 @@ class OnnxModel:
         else:
             raise ModelError(f"{self.path}: no such model file")
         cache = Path(trt_cache_dir) if trt_cache_dir is not None else None
-        self._session = _open_session(self.weights, options, providers, cache)
+        self._session = open_session(self.weights, options, providers, cache)
         self.providers = list(self._session.get_providers())
         self._lock = threading.Lock()
         metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -381,7 +241,7 @@ class OnnxModel:
             self.preprocessing = replace(base, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         else:
             self.preprocessing = package_pre or Preprocessing()
-        # Ultralytics' YOLOv8 path (letterbox + postprocess.decode_yolov8_seg) when nothing else is asked for.
+        # Ultralytics' YOLOv8 path (letterbox + decoders.decode_yolov8_seg) when nothing else is asked for.
         self._ultralytics_path = kind == "yolov8" and self.preprocessing == Preprocessing()
         # Roboflow's server scores YOLOv5-seg by objectness alone; Ultralytics multiplies by the class score.
         self._yolov5_score: Literal["product", "objectness"] = "objectness" if package is not None else "product"
@@ -426,7 +286,7 @@ class OnnxModel:
         try:
             outputs = self._session.run(names, {self._input_name: dummy})
         except Exception as exc:
-            raise self._layout_error(f"a test run at input size {self.input_hw} failed: {_first_line(exc)}") from exc
+            raise self._layout_error(f"a test run at input size {self.input_hw} failed: {first_line(exc)}") from exc
         return [tuple(int(d) for d in np.shape(o)) for o in outputs]
 
     # ------------------------------------------------------------------------------------------------

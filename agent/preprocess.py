@@ -16,8 +16,9 @@ drift from the hosted ones. :class:`Preprocessing` says how; :func:`prepare` doe
 ``auto-orient`` rotates by a JPEG's EXIF orientation; frames from a camera carry none (and the agent's own
 uploads carry none), so it never changes a frame and is only recorded.
 
-The returned :class:`Placement` maps model-input pixels back to frame pixels, per axis:
-``input = (frame - offset) * scale + pad``.
+The returned :class:`~agent.placement.Placement` maps model-input pixels back to frame pixels, per axis:
+``input = (frame - offset) * scale + pad``. :func:`letterbox` is the Ultralytics path's own step: the same
+letterbox as :func:`prepare` with the default :class:`Preprocessing`, written straight into the tensor.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.postprocess import LETTERBOX_FILL, letterbox_params
+from agent.placement import LETTERBOX_FILL, LetterboxParams, Placement, check_hw, letterbox_params, letterbox_placement
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -45,11 +46,10 @@ __all__ = [
     "apply_contrast",
     "crop_bounds",
     "fit",
-    "input_to_frame_xy",
+    "letterbox",
     "letterbox_ultralytics",
     "parse_roboflow_preprocessing",
     "prepare",
-    "sample_positions",
     "stretch",
     "to_grayscale",
     "to_tensor",
@@ -107,25 +107,6 @@ class Preprocessing:
         if self.mean is not None:
             parts.append("mean/std normalised")
         return ", ".join(parts)
-
-
-class Placement(NamedTuple):
-    """Where the frame went in the model input, per axis: ``input = (frame - offset) * scale + pad``.
-
-    ``offset`` is the static crop's top-left and ``crop_w x crop_h`` its size, in frame pixels; the image
-    content covers ``[pad, pad + content)`` of the input on each axis, the rest is padding.
-    """
-
-    scale_x: float
-    scale_y: float
-    pad_x: int
-    pad_y: int
-    offset_x: int
-    offset_y: int
-    crop_w: int
-    crop_h: int
-    content_w: int
-    content_h: int
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -273,22 +254,60 @@ def fit(image_bgr: NDArray[np.uint8], dst_hw: tuple[int, int], fill: int) -> tup
     return canvas, Placement(new_w / src_w, new_h / src_h, left, top, 0, 0, src_w, src_h, new_w, new_h)
 
 
+def letterbox(
+    image_bgr: NDArray[Any], dst_hw: tuple[int, int], *, frame_hw: tuple[int, int] | None = None
+) -> tuple[NDArray[np.float32], LetterboxParams]:
+    """The model input for a BGR frame: ``(1, 3, H, W)`` float32 RGB in 0..1, letterboxed with grey 114.
+
+    One ``cv2.resize`` (linear), skipped when the frame already has the right size. Anything but an HxWx3
+    uint8 array raises ``ValueError``.
+
+    ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode of it (a JPEG decoded at 1/2,
+    1/4 or 1/8). The params are then the true frame's, so everything mapped back lands in its pixels, and
+    the image is resized into the same content rectangle.
+    """
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+    image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+    src_hw = image_hw if frame_hw is None else check_hw("frame_hw", frame_hw)
+    dst_hw = check_hw("dst_hw", dst_hw)
+    params = letterbox_params(src_hw, dst_hw)
+    placement = letterbox_placement(params, src_hw, dst_hw)
+    new_h, new_w = placement.content_h, placement.content_w
+    if (new_h, new_w) == image_hw:
+        resized = image_bgr
+    else:
+        resized = np.asarray(cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
+    # Written straight into the tensor: the padding as its constant, then each colour plane (split from BGR
+    # by OpenCV, RGB order) converted and scaled in one pass: no uint8 canvas, no strided HWC -> CHW copy.
+    scale = np.float32(1.0 / 255.0)
+    tensor = np.empty((1, 3, dst_hw[0], dst_hw[1]), dtype=np.float32)
+    planes = tensor[0]
+    top, left, bottom, right = params.pad_y, params.pad_x, params.pad_y + new_h, params.pad_x + new_w
+    fill = np.float32(LETTERBOX_FILL) * scale  # the value a uint8 114 becomes, to the bit
+    planes[:, :top] = fill
+    planes[:, bottom:] = fill
+    planes[:, top:bottom, :left] = fill
+    planes[:, top:bottom, right:] = fill
+    for channel, plane in enumerate(reversed(cv2.split(resized))):
+        np.multiply(plane, scale, out=planes[channel, top:bottom, left:right])
+    return tensor, params
+
+
 def letterbox_ultralytics(
     image_bgr: NDArray[np.uint8], dst_hw: tuple[int, int], fill: int = LETTERBOX_FILL
 ) -> tuple[NDArray[np.uint8], Placement]:
     """Ultralytics' letterbox (``round()`` sizes, centred): the canvas and its placement.
 
-    The same numbers as :func:`agent.postprocess.letterbox_params`; the placement's scale is the one
-    ratio Ultralytics scales boxes back with.
+    The same numbers as :func:`letterbox` (which writes the tensor straight away); the placement's scale is
+    the one ratio Ultralytics scales boxes back with.
     """
-    src_h, src_w = image_bgr.shape[:2]
-    params = letterbox_params((src_h, src_w), dst_hw)
-    new_h = min(dst_hw[0], max(1, round(src_h * params.scale)))
-    new_w = min(dst_hw[1], max(1, round(src_w * params.scale)))
+    src_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+    placement = letterbox_placement(letterbox_params(src_hw, dst_hw), src_hw, dst_hw)
+    new_w, new_h, left, top = placement.content_w, placement.content_h, placement.pad_x, placement.pad_y
     resized = _resize(image_bgr, new_w, new_h)
     canvas = np.full((dst_hw[0], dst_hw[1], 3), fill, dtype=np.uint8)
-    canvas[params.pad_y : params.pad_y + new_h, params.pad_x : params.pad_x + new_w] = resized
-    placement = Placement(params.scale, params.scale, params.pad_x, params.pad_y, 0, 0, src_w, src_h, new_w, new_h)
+    canvas[top : top + new_h, left : left + new_w] = resized
     return canvas, placement
 
 
@@ -326,33 +345,3 @@ def prepare(
     else:
         canvas, placement = letterbox_ultralytics(image, input_hw, spec.fill)
     return to_tensor(canvas, spec.mean, spec.std), placement._replace(offset_x=x0, offset_y=y0)
-
-
-def input_to_frame_xy(
-    xs: NDArray[np.floating[Any]], ys: NDArray[np.floating[Any]], placement: Placement
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Model-input coordinates back to frame coordinates (no clipping)."""
-    p = placement
-    fx = (np.asarray(xs, dtype=np.float64) - p.pad_x) / p.scale_x + p.offset_x
-    fy = (np.asarray(ys, dtype=np.float64) - p.pad_y) / p.scale_y + p.offset_y
-    return fx, fy
-
-
-def sample_positions(
-    start: int, stop: int, axis: Literal["x", "y"], placement: Placement, grid: int, size: int
-) -> NDArray[np.float32]:
-    """Where the centres of frame pixels ``start..stop-1`` fall on a ``grid``-cell map over an input axis.
-
-    A map of ``grid`` cells covers the model input's ``size`` pixels (prototypes at 1/4, mask logits at 1/4).
-    Centres are clamped to the content's outermost pixel centres, so pixels at the frame's edge take the
-    nearest content value and never read the padding. Cell ``i``'s centre is at ``i``.
-    """
-    p = placement
-    if axis == "x":
-        scale, pad, offset, content = p.scale_x, p.pad_x, p.offset_x, p.content_w
-    else:
-        scale, pad, offset, content = p.scale_y, p.pad_y, p.offset_y, p.content_h
-    centres = (np.arange(start, stop, dtype=np.float64) + 0.5 - offset) * scale + pad
-    lo, hi = pad + 0.5, pad + content - 0.5
-    np.clip(centres, lo, max(lo, hi), out=centres)
-    return (centres * (grid / size) - 0.5).astype(np.float32)

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import postprocess
+from agent import masks, nms
+from agent.polygons import _covered_pixels
 from agent.postprocess import (
     LETTERBOX_FILL,
     Detections,
     LetterboxParams,
-    _covered_pixels,
     box_iou_xyxy,
     box_pixel_bounds,
     decode_yolov8_seg,
@@ -416,7 +416,7 @@ def test_nms_xyxy_per_kept_box_fallback_gives_the_same_result(
     scores = np.round(rng.uniform(0, 1, n), 2).astype(np.float32)
     class_id = rng.integers(0, num_classes, n)
     swept = nms_xyxy(boxes_xyxy, scores, class_id, 0.45, max_keep=max_keep)
-    monkeypatch.setattr(postprocess, "_NMS_PAIR_LIMIT", 0)
+    monkeypatch.setattr(nms, "_NMS_PAIR_LIMIT", 0)
     looped = nms_xyxy(boxes_xyxy, scores, class_id, 0.45, max_keep=max_keep)
     expected = _nms_loops(boxes_xyxy.astype(np.float64), scores, class_id, 0.45)[:max_keep]
     assert swept.tolist() == looped.tolist() == expected
@@ -666,9 +666,9 @@ def test_mask_in_box_resize_matmul_and_warp_sample_alike(
         boxes.append(np.array([x1, y1, x1 + rng.uniform(1, w / 2), y1 + rng.uniform(1, h / 2)]))
     cases = [(rng.normal(0, 1, 8).astype(np.float32), box) for box in boxes]
     resized = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
-    monkeypatch.setattr(postprocess, "_whole_reciprocal", lambda step: 0)
+    monkeypatch.setattr(masks, "_whole_reciprocal", lambda step: 0)
     multiplied = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
-    monkeypatch.setattr(postprocess, "_SEPARABLE_MAX_CELLS", 0)
+    monkeypatch.setattr(masks, "_SEPARABLE_MAX_CELLS", 0)
     warped = [mask_in_box(c, protos, b, params, input_hw, frame_hw) for c, b in cases]
     for (a, offset_a), (m, offset_m), (b, offset_b) in zip(resized, multiplied, warped, strict=True):
         assert offset_a == offset_m == offset_b and a.shape == m.shape == b.shape
@@ -686,7 +686,7 @@ def test_axis_weights_interpolate_each_pixel_centre(frame_len: int, input_len: i
     scale = input_len / frame_len / 1.25  # content 80 % of the input: padding on both sides
     content = round(frame_len * scale)
     pad = (input_len - content) // 2
-    weights = postprocess._axis_weights(frame_len, scale, pad, content, proto_len, input_len)
+    weights = masks._axis_weights(frame_len, scale, pad, content, proto_len, input_len)
     assert weights.shape == (frame_len, proto_len) and not weights.flags.writeable
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)
     for u in range(frame_len):

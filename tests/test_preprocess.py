@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.decoders import boxes_to_frame, decode_yolov8_placed, logit_mask
+from agent.decoders import decode_yolov8_placed
+from agent.masks import logit_mask
+from agent.placement import boxes_to_frame
 from agent.postprocess import decode_yolov8_seg, letterbox
 from agent.preprocess import (
     IMAGENET_MEAN,
