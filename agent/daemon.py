@@ -258,6 +258,7 @@ class Agent:
                 exc.strerror or exc,
             )
         self.outbox = Outbox(s.state_dir / "outbox.sqlite3", s.outbox)
+        self.outbox.start()
         self.router = Router(
             s.inference,
             local=local,
@@ -312,7 +313,7 @@ class Agent:
         depth = self.outbox.stats().depth
         if depth:
             log.warning("stopped with %d result(s) not yet delivered; they stay in the outbox", depth)
-        self.outbox.close()
+        self.outbox.stop()
         self.router.close()
         for thread in self._threads:
             thread.join(timeout=2.0)
