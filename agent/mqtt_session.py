@@ -1,7 +1,7 @@
 """One paho-mqtt client (2.x, MQTT v3.1.1) and what the publisher knows of its connection.
 
-:class:`MqttSession` builds the client (credentials, TLS, the last will), runs paho's callbacks on paho's
-network thread, and keeps the per-connection state that the delivery guarantees of :mod:`agent.publisher`
+:class:`MqttSession` connects a client from :func:`agent.mqtt_client.new_client`, runs paho's callbacks on
+paho's network thread, and keeps the per-connection state that the delivery guarantees of :mod:`agent.publisher`
 rest on:
 
 * the gate: results are published only between ``on_connect`` and the next ``on_pre_connect`` or
@@ -19,31 +19,27 @@ broker's last will, when the agent dies.
 from __future__ import annotations
 
 import logging
-import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttSettings, TlsSettings
+from agent.config import MqttSettings
+from agent.mqtt_client import OFFLINE, ONLINE, describe_error, new_client, stop_network_thread
 from agent.outbox import Outbox
 
-__all__ = ["OFFLINE", "ONLINE", "MqttSession", "PublisherStats", "Sent", "Window"]
+__all__ = ["MqttSession", "PublisherStats", "Sent", "Window"]
 
 log = logging.getLogger("agent.publisher")
-_paho_log = logging.getLogger("agent.publisher.paho")
 
-ONLINE = b"online"
-OFFLINE = b"offline"
 _OFFLINE_WAIT_S = 2.0  # say_offline(): longest wait for the broker to acknowledge "offline"
-_LOOP_STOP_WAIT_S = 6.0  # disconnect(): longest wait for paho's thread (a connect attempt times out in 5 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,63 +110,6 @@ class _Mids:
         self._early.clear()
 
 
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "connection failed"
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _new_client(settings: MqttSettings, client_id: str, status_topic: str) -> mqtt.Client:
-    """A configured client, not connected; raises OSError or ValueError for unusable TLS settings."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=True,
-        protocol=MQTTProtocolVersion.MQTTv311,
-    )
-    client.suppress_exceptions = True  # an exception in a callback must not kill the network thread
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password.reveal() or None)
-    if settings.tls is not None:
-        _configure_tls(client, settings.tls)
-    client.will_set(status_topic, OFFLINE, qos=1, retain=True)
-    client.max_inflight_messages_set(settings.max_in_flight)
-    client.max_queued_messages_set(0)
-    # paho annotates these as int but computes with floats; sub-second delays need floats.
-    client.reconnect_delay_set(cast(int, settings.reconnect_min_s), cast(int, settings.reconnect_max_s))
-    return client
-
-
-def _log_paho(client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
-    # paho reports routine reconnect noise at ERROR ("Client is not connected"); we log connection
-    # events ourselves, so only an exception inside a callback (a bug) stays an error.
-    if level == mqtt.MQTT_LOG_ERR and buf.startswith("Caught exception"):
-        log.error("paho: %s", buf)
-    else:
-        _paho_log.debug("%s", buf)
-
-
-def _stop_network_thread(client: mqtt.Client) -> None:
-    stopper = threading.Thread(target=client.loop_stop, name="mqtt-loop-stop", daemon=True)
-    stopper.start()
-    stopper.join(_LOOP_STOP_WAIT_S)
-    if stopper.is_alive():
-        log.warning("paho's network thread did not stop in %gs; leaving it behind", _LOOP_STOP_WAIT_S)
-
-
-def _configure_tls(client: mqtt.Client, tls: TlsSettings) -> None:
-    client.tls_set(
-        ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
-        certfile=str(tls.certfile) if tls.certfile else None,
-        keyfile=str(tls.keyfile) if tls.keyfile else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-    )
-    if tls.insecure:
-        client.tls_insecure_set(True)  # the chain is still verified; only the host name is not
-
-
 class MqttSession:
     """The paho client, its callbacks and the state of its connection (see the module docstring)."""
 
@@ -209,14 +148,13 @@ class MqttSession:
         """Starts paho's network thread connecting in the background; False if the TLS settings are unusable."""
         s = self._settings
         try:
-            client = _new_client(s, self._client_id, self._status_topic)
+            client = new_client(s, self._client_id, self._status_topic)
         except (OSError, ValueError) as exc:
-            message = f"TLS settings for broker {self.where} are unusable: {_describe(exc)}"
+            message = f"TLS settings for broker {self.where} are unusable: {describe_error(exc)}"
             with self._lock:
                 self._last_error = message
             log.error("%s; not connecting, results are kept in the outbox", message)
             return False
-        client.on_log = _log_paho
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -327,7 +265,7 @@ class MqttSession:
         client = self._client
         assert client is not None
         client.disconnect()
-        _stop_network_thread(client)
+        stop_network_thread(client)
         with self._lock:
             self._connected = False
 
@@ -397,7 +335,7 @@ class MqttSession:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` block: the exception is still being handled.
-        message = f"broker {self.where} unreachable: {_describe(sys.exception())}"
+        message = f"broker {self.where} unreachable: {describe_error(sys.exception())}"
         if self._first_report_of(message):
             log.warning("%s; retrying, results are kept in the outbox", message)
 

@@ -42,7 +42,8 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from agent.config import MqttSettings
-from agent.mqtt_session import OFFLINE, ONLINE, MqttSession, PublisherStats, Sent, Window
+from agent.mqtt_client import OFFLINE, ONLINE
+from agent.mqtt_session import MqttSession, PublisherStats, Sent, Window
 from agent.outbox import Outbox, OutboxEntry
 
 __all__ = ["OFFLINE", "ONLINE", "Publisher", "PublisherStats", "mark_replayed"]
