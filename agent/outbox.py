@@ -37,6 +37,7 @@ from pathlib import Path
 
 from agent.config import OutboxSettings
 from agent.outbox_disk import DiskMirror, Held
+from agent.outbox_store import IndexRow
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxError", "OutboxStats"]
 
@@ -263,7 +264,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ bounds (hold _lock)
 
-    def _restore(self, path: Path | None, index: list[tuple[int, str, float]]) -> None:
+    def _restore(self, path: Path | None, index: list[IndexRow]) -> None:
         """Holds what an earlier run left (marked replayed), within this run's bounds."""
         with self._lock:
             for seq, topic, created in index:

@@ -25,6 +25,7 @@ from agent.config import OutboxSettings
 from agent.outbox_store import (
     SEQ_BLOCK,
     STORE_ERRORS,
+    IndexRow,
     OutboxStore,
     Row,
     describe,
@@ -156,7 +157,7 @@ class DiskMirror:
         """Memory only because the disk failed (read with the shared lock held)."""
         return self.state in (DiskState.UNUSABLE, DiskState.FAILED)
 
-    def open(self) -> list[tuple[int, str, float]]:
+    def open(self) -> list[IndexRow]:
         """Opens the file before any other thread uses the outbox; returns ``(seq, topic, created)`` of what an
         earlier run left, oldest first. A path that cannot be used means memory only for this run."""
         if self._path is None:

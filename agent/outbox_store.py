@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SEQ_BLOCK", "STORE_ERRORS", "OpenedFile", "OutboxStore", "Row", "describe", "open_outbox_file"]
+__all__ = ["SEQ_BLOCK", "STORE_ERRORS", "IndexRow", "OpenedFile", "OutboxStore", "Row", "describe", "open_outbox_file"]
 
 log = logging.getLogger("agent.outbox")
 
