@@ -134,6 +134,7 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
+        self.outbox.start()
         self.publisher.start()
         for worker in self.workers:
             worker.camera.start()
@@ -155,7 +156,7 @@ class Pipeline:
         depth = self.outbox.stats().depth
         if depth:
             log.warning("stopped with %d result(s) not yet delivered; they stay in the outbox", depth)
-        self.outbox.close()
+        self.outbox.stop()
         self.router.close()
 
 

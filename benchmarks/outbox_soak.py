@@ -101,6 +101,7 @@ def child(conn: Connection, state_dir: str, port: int, opts: dict[str, Any]) -> 
 
     db = Path(state_dir) / "outbox.sqlite3"
     outbox = Outbox(db, OutboxSettings(commit_interval_s=opts["commit_interval"]))
+    outbox.start()
     settings = MqttSettings(
         port=port, client_id="seg-agent-soak", keepalive_s=5, reconnect_min_s=0.1, reconnect_max_s=0.5
     )

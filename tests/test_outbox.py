@@ -96,6 +96,7 @@ def test_memory_only_outbox(tmp_path: Path) -> None:
 
 def test_wait_returns_on_put_timeout_and_wake() -> None:
     box = Outbox(None, settings())
+    box.start()
     t0 = time.monotonic()
     assert box.wait(0, 0.1) is False
     assert time.monotonic() - t0 >= 0.09
@@ -116,6 +117,7 @@ def test_wait_returns_on_put_timeout_and_wake() -> None:
 
 def test_ack_before_commit_never_touches_the_disk(db: Path) -> None:
     box = Outbox(db, settings(commit_interval_s=0.3))
+    box.start()
     for _ in range(50):
         seq = box.put("t", b'{"x":1}')
         box.ack(seq)
@@ -129,6 +131,7 @@ def test_ack_before_commit_never_touches_the_disk(db: Path) -> None:
 
 def test_commits_are_batched(db: Path) -> None:
     box = Outbox(db, settings(commit_interval_s=0.3))
+    box.start()
     seqs = [box.put("t", b'{"n":%d}' % i) for i in range(20)]
     assert rows(db) == []  # nothing written yet
     assert wait_for(lambda: rows(db) == seqs, 2.0)
@@ -211,6 +214,7 @@ from pathlib import Path
 from agent.config import OutboxSettings
 from agent.outbox import Outbox
 box = Outbox(Path(sys.argv[1]), OutboxSettings(commit_interval_s=30.0))
+box.start()
 seqs = [box.put("t", b'{"k":%d}' % i) for i in range(5)]
 box.flush()
 box.put("t", b'{"k":"unflushed"}')
@@ -325,6 +329,7 @@ def test_disk_full_at_run_time_keeps_everything_and_recovers(tmpfs: Tmpfs) -> No
     mnt = tmpfs.mount("size=2m")
     db = mnt / "outbox.sqlite3"
     box = Outbox(db, settings(commit_interval_s=0.05), retry_interval_s=0.2)
+    box.start()
     early = [box.put("t", b'{"early":%d}' % i) for i in range(5)]
     assert wait_for(lambda: rows(db) == early)  # committed, payloads now only on disk
     filler = mnt / "filler"

@@ -64,6 +64,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 @pytest.fixture
 def outbox() -> Iterator[Outbox]:
     box = Outbox(None, OutboxSettings())
+    box.start()
     yield box
     box.close()
 
@@ -140,6 +141,7 @@ def test_a_healthy_broker_means_no_disk_writes(
     broker: Mosquitto, make_subscriber: MakeSubscriber, make_publisher: Callable[..., Publisher], tmp_path: Path
 ) -> None:
     box = Outbox(tmp_path / "outbox.sqlite3", OutboxSettings(commit_interval_s=1.0))
+    box.start()
     try:
         sub = make_subscriber(broker.port, TOPIC)
         pub = make_publisher(mqtt_settings(broker.port), box)
@@ -238,7 +240,9 @@ from agent.config import MqttSettings, OutboxSettings
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 settings = MqttSettings(port=int(sys.argv[1]), client_id="seg-agent-child", keepalive_s=5, reconnect_min_s=0.05)
-pub = Publisher(settings, Outbox(None, OutboxSettings()), status_topic=sys.argv[2])
+outbox = Outbox(None, OutboxSettings())
+outbox.start()
+pub = Publisher(settings, outbox, status_topic=sys.argv[2])
 pub.start()
 deadline = time.monotonic() + 10
 while not pub.stats().connected and time.monotonic() < deadline:
@@ -381,6 +385,7 @@ def test_results_from_an_earlier_run_go_first_marked_replayed(
         for i in range(3):
             earlier.put(TOPIC, message(i))
     box = Outbox(path, OutboxSettings())
+    box.start()
     try:
         sub = make_subscriber(broker.port, TOPIC)
         pub = make_publisher(mqtt_settings(broker.port), box)
