@@ -162,7 +162,10 @@ def test_broker_outage_of_30_s_loses_nothing_and_repeats_nothing(
     ids = [m["frame_id"] for m in msgs]
     assert ids == list(range(1, last + 1)), "every frame id, in order, none twice"
     during = [m for m in msgs if down_wall + 0.5 < capture_time(m) < up_wall - 0.5]
-    assert len(during) >= OUTAGE_S * 5 / 3, f"only {len(during)} frames processed during the outage"
+    # a third of what the agent processed at its own pace before the outage (5 fps, or less on a loaded machine)
+    before = [capture_time(m) for m in msgs if capture_time(m) < down_wall]
+    rate = min(5.0, (len(before) - 1) / (before[-1] - before[0]))
+    assert len(during) >= OUTAGE_S * rate / 3, f"only {len(during)} frames processed during the outage ({rate:.1f}/s)"
     assert all(m.get("replayed") is True for m in during), "results held during the outage are marked replayed"
     assert not any(m.get("replayed") for m in msgs if capture_time(m) < down_wall - 1.0)
     assert "replayed" not in msgs[-1]
@@ -196,7 +199,8 @@ def test_agent_killed_during_outage_delivers_every_committed_result_after_restar
 
     agent2 = run_agent(config)  # the broker is still away
     assert wait_for(lambda: "from an earlier run will be sent first" in agent2.log, 30, agent2), agent2.log
-    time.sleep(3.0)  # the new run processes frames into the outbox meanwhile
+    # the new run processes frames into the outbox meanwhile: wait until one is on disk
+    assert wait_for(lambda: max(committed_frame_ids(db), default=0) > max(committed), 30, agent2), agent2.log
     up_wall = time.time()
     broker.start()
     assert sub.wait_until(lambda: live_after(sub, up_wall + 1.0), 60), agent2.log[-4000:]

@@ -536,7 +536,9 @@ def test_session_pool_runs_frames_side_by_side_with_the_same_results() -> None:
 
     def run(self: OnnxModel, tensor: np.ndarray) -> tuple[np.ndarray, ...]:
         used.append(id(self))
-        time.sleep(0.05)  # long enough for the other thread to need the other session
+        deadline = time.monotonic() + 5.0  # until another thread needed the other session (ends at once then)
+        while len(used) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
         return original(self, tensor)
 
     results: list[Detections] = []

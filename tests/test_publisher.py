@@ -276,7 +276,7 @@ def test_broker_restart_loses_nothing_and_sends_nothing_twice(
         for i in range(20, 50):  # during the outage: publishing goes on
             outbox.put(TOPIC, message(i))
             time.sleep(0.03)
-        assert not pub.stats().connected and outbox.stats().depth == 30
+        assert wait_for(lambda: not pub.stats().connected) and outbox.stats().depth == 30
         broker.start()
         assert wait_for(connected(pub, 2))
     for i in range(50, 60):  # after: live again
@@ -305,7 +305,8 @@ def test_unreachable_broker_at_start_then_started(
         pub = make_publisher(mqtt_settings(broker.port))  # must not raise
         for i in range(10):
             outbox.put(TOPIC, message(i))
-        time.sleep(0.8)  # several attempts with backoff
+        # several attempts with backoff: the first warns, each later one logs "(still)" at DEBUG
+        assert wait_for(lambda: sum("unreachable" in r.getMessage() for r in caplog.records) >= 4, 10.0)
         st = pub.stats()
         assert not st.connected and st.last_error and "unreachable" in st.last_error
         broker.start()
@@ -416,7 +417,8 @@ def test_wrong_password_is_reported_and_retried_without_crashing(
         )
         outbox.put(TOPIC, message(0))
         assert wait_for(lambda: "not authorized" in (pub.stats().last_error or "").lower())
-        time.sleep(0.5)  # it keeps trying
+        # it keeps trying: the first attempt is an ERROR, each later one logs "(still)" at DEBUG
+        assert wait_for(lambda: sum("Not authorized" in r.getMessage() for r in caplog.records) >= 3, 10.0)
         st = pub.stats()
         assert not st.connected and st.published == 0
         pub.stop(timeout=0.5)
