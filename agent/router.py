@@ -47,8 +47,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
+from agent.jpeg import decode_jpeg, reduction_factor
 from agent.postprocess import Detections
 from agent.results import detections_to_api
 from agent.serverless import ServerlessClient, ServerlessError, redact

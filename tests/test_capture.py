@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import Camera, Frame, jpeg_has_exif, jpeg_hw, reduction_factor
+from agent.capture import Camera, Frame
 from agent.config import CameraSettings
+from agent.jpeg import jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
 
 try:  # tests/ as a package, or as a plain directory that pytest puts on sys.path
@@ -297,9 +298,9 @@ def test_mjpeg_packets_that_imdecode_cannot_read_fall_back_to_ffmpeg_decoding(
     video: Path, cameras: Callable[..., Camera], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A source whose packets are not standalone JPEGs is reopened once and decoded by FFmpeg from then on."""
-    import agent.capture
+    import agent.jpeg
 
-    monkeypatch.setattr(agent.capture.cv2, "imdecode", lambda *args, **kw: None)
+    monkeypatch.setattr(agent.jpeg.cv2, "imdecode", lambda *args, **kw: None)
     cam = cameras(settings(str(video), fps=5.0, realtime=False), cls=FormatRecordingCamera)
     frames = read_all(cam)
     assert [index_of(f) for f in frames] == list(range(0, 60, 6))  # nothing lost, nothing twice

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.capture import reduction_factor
 from agent.config import InferenceSettings, LocalSettings, Secret, ServerlessSettings
+from agent.jpeg import reduction_factor
 from agent.model import OnnxModel
 from agent.postprocess import Detections
 from agent.results import encode
