@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -22,6 +23,8 @@ from agent.capture import Camera, Frame
 from agent.config import CameraSettings
 from agent.jpeg import jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
+from agent.sampling import FileTimeline, LiveSampler
+from agent.sources import VideoSource
 
 try:  # tests/ as a package, or as a plain directory that pytest puts on sys.path
     from tests.streams import MjpegServer, decode_marks, free_port, write_video
@@ -119,6 +122,114 @@ def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.capture")
 
 
+# --------------------------------------------------------------------------- sampling (pure, injected clock)
+
+
+def live_taken(fps: float, times: list[float], failed: frozenset[int] = frozenset()) -> list[int]:
+    """Which grabs (at these clock readings) a live sampler decodes; decodes in ``failed`` fail."""
+    sampler = LiveSampler(fps, times[0])
+    taken = []
+    for i, now in enumerate(times):
+        if sampler.due(now):
+            taken.append(i)
+            if i not in failed:
+                sampler.taken(now)
+    return taken
+
+
+THIRTY_FPS = [i / 30 for i in range(61)]
+
+
+@pytest.mark.parametrize(
+    ("fps", "times", "failed", "expected"),
+    [
+        (0.0, THIRTY_FPS[:10], frozenset(), list(range(10))),  # fps 0: every frame
+        (5.0, THIRTY_FPS, frozenset(), list(range(0, 61, 6))),
+        (60.0, THIRTY_FPS[:10], frozenset(), list(range(10))),  # faster than the source: every frame, once
+        (7.5, THIRTY_FPS[:17], frozenset(), [0, 4, 8, 12, 16]),
+        (5.0, [0.0, 0.2, 1.5, 1.6, 1.7, 1.9], frozenset(), [0, 1, 2, 4, 5]),  # behind: no burst to catch up
+        (5.0, [0.0, 0.1, 0.19, 0.2, 0.3, 0.4], frozenset(), [0, 2, 5]),  # 10 % early counts as on time
+        (5.0, THIRTY_FPS[:13], frozenset({6}), [0, 6, 7, 12]),  # a failed decode: the next frame is still due
+    ],
+    ids=["every-frame", "fps-5", "fps-above-source", "fps-7.5", "behind", "early", "failed-decode"],
+)
+def test_live_sampler(fps: float, times: list[float], failed: frozenset[int], expected: list[int]) -> None:
+    assert live_taken(fps, times, failed) == expected
+
+
+def file_targets(
+    tl: FileTimeline, n: int, length: int = 10_000, now: Callable[[int], float] = lambda k: 0.0
+) -> list[int]:
+    """The first ``n`` sampled in-file indices of a file of ``length`` frames (looping), read at ``now(k)``."""
+    out: list[int] = []
+    while len(out) < n:
+        target = tl.target(now(len(out)))
+        if target >= length:  # end of the pass: every frame of it was read
+            tl.wrapped(length)
+            continue
+        out.append(target)
+        tl.sampled()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file_fps", "fps", "length", "expected"),
+    [
+        (30.0, 0.0, 10_000, list(range(12))),  # fps 0: every frame
+        (30.0, 5.0, 10_000, list(range(0, 72, 6))),
+        (30.0, 60.0, 10_000, list(range(12))),  # faster than the file: every frame, nothing twice
+        (30.0, 30.0, 10_000, list(range(12))),
+        (30.0, 7.0, 10_000, [math.ceil(k * 30 / 7 - 1e-6) for k in range(12)]),  # 0, 5, 9, 13, 18, ...
+        (25.0, 10.0, 10_000, [0, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28]),
+        (30.0, 5.0, 60, [(6 * k) % 60 for k in range(25)]),  # loop wrap on a multiple of the step
+        (30.0, 5.0, 64, [(6 * k) % 64 for k in range(25)]),  # ... and off it: 54, 60, 2, 8, ...
+        (30.0, 0.0, 5, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]),
+    ],
+)
+def test_file_timeline_batch(file_fps: float, fps: float, length: int, expected: list[int]) -> None:
+    assert file_targets(FileTimeline(file_fps, fps, realtime=False), len(expected), length) == expected
+
+
+def test_file_timeline_resumes_where_it_was() -> None:
+    """A reopened file goes on from the sample number and pass it had reached."""
+    tl = FileTimeline(30.0, 5.0, realtime=False, k=12, base=64)  # a 64-frame file, in its second pass
+    assert file_targets(tl, 3, length=64) == [8, 14, 20]  # sample 12 is frame 72 of the whole timeline
+
+
+@pytest.mark.parametrize(
+    ("fps", "reads", "expected", "due"),
+    [
+        # reading on time: one sample per 1/5 s of file time, each due at its frame's time
+        (5.0, [100.0, 100.19, 100.39, 100.59], [0, 6, 12, 18], [100.0, 100.2, 100.4, 100.6]),
+        # fps 0 plays every frame at the file's pace
+        (0.0, [100.0, 100.01, 100.05, 100.07], [0, 1, 2, 3], [100.0, 100 + 1 / 30, 100 + 2 / 30, 100.1]),
+        # falling behind: the newest due sample, not the backlog
+        (5.0, [100.0, 101.03, 101.05, 101.21], [0, 30, 36, 42], [100.0, 101.0, 101.2, 101.4]),
+        # fps above the file's: the file's own rate
+        (60.0, [100.0, 100.5, 100.51], [0, 15, 16], [100.0, 100.5, 100 + 16 / 30]),
+    ],
+    ids=["on-time", "every-frame", "behind", "fps-above-file"],
+)
+def test_file_timeline_realtime(fps: float, reads: list[float], expected: list[int], due: list[float]) -> None:
+    tl = FileTimeline(30.0, fps, realtime=True, now=100.0)
+    targets, dues = [], []
+    for now in reads:
+        target = tl.target(now)
+        targets.append(target)
+        dues.append(tl.due_at(target))
+        tl.sampled()
+    assert targets == expected
+    assert dues == pytest.approx(due)
+
+
+def test_file_timeline_realtime_wraps_and_resumes() -> None:
+    tl = FileTimeline(30.0, 5.0, realtime=True, now=50.0)
+    assert file_targets(tl, 12, length=60, now=lambda k: 50.0 + k / 5) == [(6 * k) % 60 for k in range(12)]
+    assert tl.due_at(tl.target(50.0)) == pytest.approx(52.4)  # the second pass keeps the file's clock
+    resumed = FileTimeline(30.0, 5.0, realtime=True, k=4, now=50.0)  # reopened: sample 4 is due at once
+    assert resumed.target(50.0) == 24 and resumed.due_at(24) == pytest.approx(50.0)
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -199,20 +310,41 @@ def test_file_realtime_plays_at_the_files_pace(video: Path, cameras: Callable[..
     assert span > 0.6 * (indices[-1] - indices[0]) / 30.0
 
 
-class GrabTimingCamera(Camera):
+class HookedSource(VideoSource):
+    """A capture's own source that calls ``seen(kind, source)`` before each grab ("g") and retrieve ("r")."""
+
+    def __init__(self, *args: Any, seen: Callable[[str, VideoSource], None]) -> None:
+        super().__init__(*args)
+        self._seen = seen
+
+    def grab(self) -> bool:
+        self._seen("g", self)
+        return super().grab()
+
+    def retrieve(self) -> Any:
+        self._seen("r", self)
+        return super().retrieve()
+
+
+class HookedCamera(Camera):
+    """A camera whose sources report each grab and retrieve to :meth:`seen`."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, source=functools.partial(HookedSource, seen=self.seen), **kw)
+
+    def seen(self, kind: str, source: VideoSource) -> None:
+        pass
+
+
+class GrabTimingCamera(HookedCamera):
     """Records the clock at every grab ("g") and every decode of a sampled frame ("r")."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.events: list[tuple[str, float]] = []
 
-    def _grab(self, cap: Any) -> bool:
-        self.events.append(("g", time.monotonic()))
-        return super()._grab(cap)
-
-    def _retrieve(self, cap: Any) -> Any:
-        self.events.append(("r", time.monotonic()))
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        self.events.append((kind, time.monotonic()))
 
 
 @pytest.mark.timeout(20)
@@ -231,16 +363,15 @@ def test_file_realtime_reads_skipped_frames_just_before_the_sample(video: Path, 
     assert sum(gap > 0.1 for gap in quiet_after) >= len(quiet_after) - 1, [round(g * 1000) for g in quiet_after]
 
 
-class CountingCamera(Camera):
-    """Counts decodes: the only place a Camera decodes is ``_retrieve``."""
+class CountingCamera(HookedCamera):
+    """Counts decodes: the only place a Camera decodes is its source's ``retrieve``."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.decoded = 0
 
-    def _retrieve(self, cap: Any) -> Any:
-        self.decoded += 1
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        self.decoded += kind == "r"
 
 
 @pytest.mark.timeout(20)
@@ -261,18 +392,17 @@ def test_skipped_frames_are_grabbed_but_never_decoded(
     assert decoded >= 2
 
 
-class FormatRecordingCamera(Camera):
+class FormatRecordingCamera(HookedCamera):
     """Records, per decode, whether the capture was reading raw packets (CAP_PROP_FORMAT == -1)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.raw: list[bool] = []
 
-    def _retrieve(self, cap: Any) -> Any:
-        import cv2
-
-        self.raw.append(cap.get(cv2.CAP_PROP_FORMAT) == -1)
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        if kind == "r":
+            assert source.cap is not None
+            self.raw.append(source.cap.get(cv2.CAP_PROP_FORMAT) == -1)
 
 
 @pytest.mark.timeout(20)
@@ -690,7 +820,7 @@ def test_stop_returns_while_a_native_read_hangs_and_the_thread_cleans_up(
     assert wait_for(lambda: server.open_connections == 0, 3.0)  # and its capture was released
 
 
-class HangingCamera(Camera):
+class HangingCamera(HookedCamera):
     """The first capture's 4th grab blocks for 4 s and ignores every timeout, like a wedged driver."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -698,12 +828,13 @@ class HangingCamera(Camera):
         self.grabs = 0
         self.hung: threading.Thread | None = None
 
-    def _grab(self, cap: Any) -> bool:
+    def seen(self, kind: str, source: VideoSource) -> None:
+        if kind != "g":
+            return
         self.grabs += 1
         if self.grabs == 4:
             self.hung = threading.current_thread()
             time.sleep(4.0)
-        return super()._grab(cap)
 
 
 @pytest.mark.timeout(30)
