@@ -13,13 +13,15 @@ and exits as soon as the native call returns) and opens a new capture.
 
 Sampling (``settings.fps``; 0 = every frame) only decodes what it hands out: skipped frames are grabbed,
 never retrieved, and MJPEG sources are read as raw packets so that a skipped frame costs a packet read, not
-a decode (see :mod:`agent.sources`). Such packets may also be decoded at a reduced size: given ``needed_hw``
-(what the consumer needs of a frame of a given size, e.g. a model's letterbox content), a 1920x1080 JPEG for
-a 416x416 model is decoded at 1/4 (480x270) by libjpeg's DCT scaling, several times cheaper than a full
-decode; the :class:`Frame` keeps the true size in ``frame_hw``. Live sources are sampled by the wall clock;
-files by their own timeline (frame index / file fps). With ``realtime: true`` a file plays at its native pace
-with the same newest-frame semantics as a camera; with ``realtime: false`` every sampled frame is handed out
-exactly once, in order (back-pressure: the attempt waits for the consumer).
+a decode (see :mod:`agent.sources`). Such packets may also be decoded at a reduced size: given a
+:class:`DecodePolicy` (what the consumer needs of a frame of a given size, e.g. a model's letterbox
+content), a 1920x1080 JPEG for a 416x416 model is decoded at 1/4 (480x270) by libjpeg's DCT scaling,
+several times cheaper than a full decode; the :class:`Frame` keeps the true size in ``frame_hw``. A frame
+that goes to the hosted API as the camera's own JPEG is not decoded at all (``Frame.pixels`` decodes it if
+it is needed after all). Live sources are sampled by the wall clock; files by their own timeline (frame
+index / file fps). With ``realtime: true`` a file plays at its native pace with the same newest-frame
+semantics as a camera; with ``realtime: false`` every sampled frame is handed out exactly once, in order
+(back-pressure: the attempt waits for the consumer).
 
 States (:class:`CameraState`, ``CameraStatus.state``, one log line on ``agent.capture`` per change):
 ``starting`` until the first frame; ``streaming``; ``stalled`` when the source timed out (no frame
@@ -41,10 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-import numpy as np
-from numpy.typing import NDArray
-
 from agent.config import CameraSettings
+from agent.frames import DecodePolicy, Frame
 from agent.jpeg import decode_jpeg, jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
 from agent.measures import Rate
@@ -55,6 +55,7 @@ __all__ = [
     "Camera",
     "CameraState",
     "CameraStatus",
+    "DecodePolicy",
     "Frame",
     "decode_jpeg",
     "jpeg_has_exif",
@@ -74,23 +75,6 @@ class CameraState(StrEnum):
     RECONNECTING = "reconnecting"
     ENDED = "ended"
     STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    camera: str  # camera name
-    seq: int  # 1, 2, ... per Camera object: sampled frames handed out (not the published frame_id)
-    timestamp: float  # capture time, epoch seconds (time.time() when grabbed)
-    # HxWx3 BGR; smaller than frame_hw when decoded at a reduced size; empty (0x0x3) when the frame was left
-    # undecoded for a consumer that can take its JPEG (see Camera's decode_needed): decode ``jpeg`` then
-    image: NDArray[np.uint8]
-    source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
-    frame_hw: tuple[int, int] = (0, 0)  # the frame's true (height, width); (0, 0): the image's own
-    jpeg: bytes | None = None  # the camera's own JPEG of this frame, when kept (see Camera), without Exif
-
-    def __post_init__(self) -> None:
-        if self.frame_hw == (0, 0):
-            object.__setattr__(self, "frame_hw", (int(self.image.shape[0]), int(self.image.shape[1])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,24 +100,16 @@ class Camera:
         settings: CameraSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
-        needed_hw: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
-        keep_jpeg: bool = False,
-        decode_needed: Callable[[tuple[int, int]], bool] | None = None,
+        decode: DecodePolicy | None = None,
         source: SourceFactory = VideoSource,
     ) -> None:
-        """``needed_hw(frame_hw)``: the smallest image of such a frame the consumer can use (None: full
-        frames). MJPEG packets are then decoded at the largest reduction that still covers it.
-        ``keep_jpeg``: frames that came as standalone JPEGs without Exif carry those bytes (``Frame.jpeg``),
-        so an upload can send them as they are instead of encoding the frame again.
-        ``decode_needed(frame_hw)``: with ``keep_jpeg``, asked for each such frame; False hands it out
-        undecoded (``Frame.image`` empty, ``Frame.jpeg`` set), for a consumer that decodes the JPEG only if it
-        needs the pixels after all. The first frame after each opening is always decoded: that is what shows
-        the source's packets are standalone JPEGs.
+        """``decode``: how frames that come as JPEGs are decoded (default: whole frames, no JPEG kept): at the
+        largest reduction that covers what the consumer needs, with or without their JPEG, on this camera's
+        thread or left for the consumer (``Frame.pixels``). The first frame after each opening is always
+        decoded: that is what shows the source's packets are standalone JPEGs.
         ``source(settings, decoder)``: makes the source of one opening (the hook for other backends, tests)."""
         self._settings = settings
-        self._decoder = PacketDecoder(
-            settings.name, needed_hw=needed_hw, keep_jpeg=keep_jpeg, decode_needed=decode_needed
-        )
+        self._decoder = PacketDecoder(settings.name, decode or DecodePolicy())
         self._new_source = source
         self._clock = clock
         self._name = settings.name
@@ -198,8 +174,7 @@ class Camera:
         if ended:
             self._set_state(CameraState.ENDED)
         pic = sampled.picture
-        image = pic.image if pic.image is not None else np.empty((0, 0, 3), dtype=np.uint8)
-        return Frame(self._name, seq, sampled.timestamp, image, sampled.source_pos, pic.frame_hw, pic.jpeg)
+        return Frame(self._name, seq, sampled.timestamp, pic.image, sampled.source_pos, pic.frame_hw, pic.jpeg)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop and join the threads (at most ``timeout`` seconds in all).

@@ -22,8 +22,9 @@ from dataclasses import asdict
 from typing import Any
 
 from agent import __version__
-from agent.capture import Camera, Frame
+from agent.capture import Camera
 from agent.config import Settings
+from agent.frames import DecodePolicy, Frame
 from agent.health import status_line
 from agent.measures import LatencyWindow, Rate
 from agent.model import ModelError, OnnxModel, SessionPool, limit_helper_threads, onnx_providers
@@ -143,7 +144,7 @@ class _CameraWorker:
                         break
                     continue
                 agent.first_frame.set()
-                if not agent.router.admit(self.name, frame.image):
+                if not agent.router.admit(frame):
                     self.gated += 1
                     continue
                 self._frame_id += 1
@@ -165,10 +166,10 @@ class _CameraWorker:
 
     def _infer(self, frame: Frame) -> Future[Outcome]:
         if self._pool is not None:
-            return self._pool.submit(self._agent.router.infer, self.name, frame.image, frame.frame_hw, frame.jpeg)
+            return self._pool.submit(self._agent.router.infer, frame)
         future: Future[Outcome] = Future()
         try:
-            future.set_result(self._agent.router.infer(self.name, frame.image, frame.frame_hw, frame.jpeg))
+            future.set_result(self._agent.router.infer(frame))
         except Exception as exc:  # handed to _complete exactly as the pool would hand it
             future.set_exception(exc)
         return future
@@ -267,13 +268,14 @@ class Agent:
         )
         self.publisher = Publisher(s.mqtt, self.outbox, status_topic=self.topic_status)
         self.publisher.start()
+        decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
+            model_hw=None if local is None else local.needed_hw,
+            upload_hw=None if remote is None else remote.upload_hw,
+            change_gate=s.inference.serverless.change_gate > 0,
+            hosted=lambda: self.router.mode == "serverless",
+        )
         for cam_settings in s.cameras:
-            camera = Camera(
-                cam_settings,
-                needed_hw=self.router.needed_hw,
-                keep_jpeg=remote is not None,
-                decode_needed=self.router.decode_needed,
-            )
+            camera = Camera(cam_settings, decode=decode)
             camera.start()
             in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
             worker = _CameraWorker(self, camera, in_flight)

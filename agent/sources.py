@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import CameraSettings
+from agent.frames import DecodePolicy
 from agent.jpeg import as_bgr, decode_jpeg, jpeg_header, reduction_factor
 
 __all__ = ["PacketDecoder", "Picture", "Source", "SourceFactory", "VideoSource"]
@@ -72,43 +73,27 @@ class Source(Protocol):
 
 
 class PacketDecoder:
-    """A camera's way of decoding its JPEG packets; lives across openings (one per :class:`Camera`)."""
+    """A camera's way of decoding its JPEG packets (its :class:`DecodePolicy`); lives across openings."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        needed_hw: Callable[[HW], HW] | None = None,
-        keep_jpeg: bool = False,
-        decode_needed: Callable[[HW], bool] | None = None,
-    ) -> None:
+    def __init__(self, name: str, policy: DecodePolicy) -> None:
         self.name = name
+        self.policy = policy
         self.raw_packets = True  # False once a source's packets proved not to be standalone JPEGs
-        self._needed_hw = needed_hw
-        self._keep_jpeg = keep_jpeg
-        self._decode_needed = decode_needed
         self._reduction: tuple[HW, int] = ((0, 0), 1)  # last frame size seen and its factor
 
     def decode(self, packet: NDArray[Any] | None, *, proven: bool) -> Picture | None:
         """The picture of one raw packet. ``proven``: a packet of this opening was decoded on its own already
         (until then every packet is decoded). Raises when packets can't be decoded on their own."""
         full_hw: HW | None = None
-        exif = False
-        if packet is not None and (self._needed_hw is not None or self._keep_jpeg):
+        keep = False
+        if packet is not None:
             full_hw, exif = jpeg_header(packet)  # size and Exif in one walk of the header
-        if (
-            packet is not None
-            and proven
-            and self._keep_jpeg
-            and self._decode_needed is not None
-            and full_hw is not None
-            and not exif
-            and not self._decode_needed(full_hw)
-        ):
+            keep = self.policy.keep_jpeg and not exif
+        if packet is not None and proven and keep and full_hw is not None and not self.policy.decode_ahead(full_hw):
             return Picture(None, full_hw, packet.tobytes())
         decoded = None
         if packet is not None:
-            factor = self._factor_for(full_hw) if self._needed_hw is not None and full_hw is not None else 1
+            factor = self._factor_for(full_hw) if full_hw is not None else 1
             decoded = decode_jpeg(packet, factor)
             if factor == 1:
                 full_hw = None  # the image is the whole frame
@@ -120,7 +105,7 @@ class PacketDecoder:
         image = as_bgr(decoded)
         if image is None:
             return None
-        jpeg = packet.tobytes() if self._keep_jpeg and packet is not None and not exif else None
+        jpeg = packet.tobytes() if keep and packet is not None else None
         return Picture(image, full_hw or (int(image.shape[0]), int(image.shape[1])), jpeg)
 
     def _factor_for(self, full_hw: HW) -> int:
@@ -128,8 +113,7 @@ class PacketDecoder:
         known_hw, factor = self._reduction
         if full_hw == known_hw:
             return factor
-        assert self._needed_hw is not None
-        factor = reduction_factor(full_hw, self._needed_hw(full_hw))
+        factor = reduction_factor(full_hw, self.policy.decode_hw(full_hw))
         self._reduction = (full_hw, factor)
         if factor > 1:
             h, w = full_hw

@@ -21,6 +21,7 @@ import pytest
 
 from agent.capture import Camera, Frame
 from agent.config import CameraSettings
+from agent.frames import DecodePolicy
 from agent.jpeg import jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
 from agent.sampling import FileTimeline, LiveSampler
@@ -634,7 +635,7 @@ def test_mjpeg_file_is_decoded_at_the_reduced_size_the_consumer_needs(
         assert need is not None
         return need
 
-    kw: dict[str, Any] = {} if need is None else {"needed_hw": needed_hw}
+    kw: dict[str, Any] = {} if need is None else {"decode": DecodePolicy(model_hw=needed_hw)}
     cam = cameras(settings(str(video_720p), fps=0.0, realtime=False), cls=FormatRecordingCamera, **kw)
     frames = read_all(cam)
     assert [f.source_pos for f in frames] == list(range(12))
@@ -673,7 +674,8 @@ def test_reduced_decode_is_the_same_picture_as_a_resized_full_decode(
         writer.write(textured_frame(i))
     writer.release()
     full = read_all(cameras(settings(str(path), fps=0.0, realtime=False)))
-    reduced = read_all(cameras(settings(str(path), fps=0.0, realtime=False), needed_hw=lambda hw: (180, 320)))
+    quarter = DecodePolicy(model_hw=lambda hw: (180, 320))
+    reduced = read_all(cameras(settings(str(path), fps=0.0, realtime=False), decode=quarter))
     assert [f.source_pos for f in full] == [f.source_pos for f in reduced] == list(range(6))
 
     def mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -692,7 +694,7 @@ def test_reduced_decode_is_the_same_picture_as_a_resized_full_decode(
 @pytest.mark.timeout(20)
 def test_mjpeg_stream_is_decoded_at_a_reduced_size(cameras: Callable[..., Camera]) -> None:
     with MjpegServer(width=640, height=480, tag=3) as srv:
-        cam = cameras(settings(srv.url(), fps=0.0), needed_hw=lambda hw: (hw[0] // 4, hw[1] // 4))
+        cam = cameras(settings(srv.url(), fps=0.0), decode=DecodePolicy(model_hw=lambda hw: (hw[0] // 4, hw[1] // 4)))
         frames = [f for _ in range(3) if (f := cam.read(5.0)) is not None]
         assert len(frames) == 3
         assert all(f.image.shape == (120, 160, 3) and f.frame_hw == (480, 640) for f in frames)
@@ -705,6 +707,125 @@ def test_frame_hw_defaults_to_the_image_size() -> None:
     image = np.zeros((90, 160, 3), np.uint8)
     assert Frame("cam", 1, 0.0, image, 0).frame_hw == (90, 160)
     assert Frame("cam", 1, 0.0, image, 0, (720, 1280)).frame_hw == (720, 1280)
+
+
+def test_frame_pixels_decode_lazily_at_the_size_asked_and_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.frames
+
+    calls: list[int] = []
+    real = agent.frames.decode_jpeg
+
+    def counting(data: np.ndarray, factor: int = 1) -> np.ndarray | None:
+        calls.append(factor)
+        return real(data, factor)
+
+    monkeypatch.setattr(agent.frames, "decode_jpeg", counting)
+    jpeg = jpeg_bytes(720, 1280)
+    frame = Frame("cam", 1, 0.0, None, 0, jpeg=jpeg)
+    assert frame.frame_hw == (720, 1280) and frame.decoded is None and not calls  # the size from the header
+    assert frame.pixels((180, 320)).shape == (180, 320, 3)  # 1/4
+    assert frame.pixels((100, 100)) is frame.decoded  # covered by what is decoded: no decode
+    assert calls == [4]
+    assert frame.pixels((360, 640)).shape == (360, 640, 3)  # more is asked: 1/2, kept as the larger
+    assert frame.pixels((180, 320)).shape == (360, 640, 3) and calls == [4, 2]
+    assert frame.pixels().shape == (360, 640, 3)  # None: as decoded so far
+    assert frame.pixels((2000, 2000)).shape == (720, 1280, 3)  # more than the frame has: all of it, once
+    assert frame.pixels((2000, 2000)).shape == (720, 1280, 3) and calls == [4, 2, 1]
+    fresh = Frame("cam", 2, 0.0, None, 0, (720, 1280), jpeg)
+    assert fresh.image.shape == (720, 1280, 3)  # nothing decoded yet: the whole frame
+
+    reduced = np.zeros((90, 160, 3), np.uint8)
+    plain = Frame("cam", 3, 0.0, reduced, 0, (720, 1280))  # no JPEG: the pixels there are
+    assert plain.pixels((720, 1280)) is reduced and plain.image is reduced
+
+    broken = Frame("cam", 4, 0.0, None, 0, (720, 1280), b"\xff\xd8 not a picture")
+    with pytest.raises(ValueError, match="could not be decoded"):
+        broken.pixels((180, 320))
+    with pytest.raises(ValueError):
+        Frame("cam", 5, 0.0, None, 0)
+
+
+def test_frame_pixels_decode_once_for_threads_that_ask_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker and its inference pool may ask one frame at once: one decode, one array for all."""
+    import agent.frames
+
+    calls: list[int] = []
+    real = agent.frames.decode_jpeg
+
+    def slow(data: np.ndarray, factor: int = 1) -> np.ndarray | None:
+        calls.append(factor)
+        time.sleep(0.05)
+        return real(data, factor)
+
+    monkeypatch.setattr(agent.frames, "decode_jpeg", slow)
+    frame = Frame("cam", 1, 0.0, None, 0, jpeg=jpeg_bytes(480, 640))
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(frame.pixels((240, 320)))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+    assert calls == [2] and len(got) == 4 and all(g is got[0] for g in got)
+
+
+def _same(hw: tuple[int, int]) -> tuple[int, int]:
+    return hw
+
+
+def _quarter(hw: tuple[int, int]) -> tuple[int, int]:
+    return -(-hw[0] // 4), -(-hw[1] // 4)
+
+
+def _max_640(hw: tuple[int, int]) -> tuple[int, int]:
+    scale = min(1.0, 640 / max(hw))
+    return round(hw[0] * scale), round(hw[1] * scale)
+
+
+def _strip(hw: tuple[int, int]) -> tuple[int, int]:
+    return hw[0] // 2, hw[1] // 8
+
+
+HD = (1080, 1920)
+
+
+@pytest.mark.parametrize(
+    ("policy", "frame_hw", "decode_hw", "keep", "ahead"),
+    [
+        (DecodePolicy(), (1080, 1920), (1080, 1920), False, True),  # the default: whole frames, on the capture
+        (DecodePolicy(model_hw=_quarter), (1080, 1920), (270, 480), False, True),  # local only
+        (
+            DecodePolicy(model_hw=_quarter, upload_hw=_same, hosted=lambda: True),
+            (1080, 1920),
+            (1080, 1920),
+            True,
+            False,
+        ),
+        (
+            DecodePolicy(model_hw=_quarter, upload_hw=_same, hosted=lambda: False),
+            (1080, 1920),
+            (1080, 1920),
+            True,
+            True,
+        ),
+        (DecodePolicy(upload_hw=_max_640, hosted=lambda: True), (1080, 1920), (360, 640), True, True),  # a resize
+        (DecodePolicy(upload_hw=_max_640, hosted=lambda: True), (480, 640), (480, 640), True, False),  # ... not here
+        (DecodePolicy(upload_hw=_same, change_gate=True, hosted=lambda: True), (480, 640), (480, 640), True, True),
+        (
+            DecodePolicy(model_hw=lambda hw: (hw[0] // 2, hw[1] // 8), upload_hw=_max_640),
+            (1080, 1920),
+            (540, 640),
+            True,
+            True,
+        ),
+    ],
+    ids=["default", "local", "hosted", "fallen-back", "upload-resize", "upload-as-is", "gate", "per-axis"],
+)
+def test_decode_policy(
+    policy: DecodePolicy, frame_hw: tuple[int, int], decode_hw: tuple[int, int], keep: bool, ahead: bool
+) -> None:
+    assert policy.decode_hw(frame_hw) == decode_hw
+    assert policy.keep_jpeg is keep
+    assert policy.decode_ahead(frame_hw) is ahead
 
 
 # --------------------------------------------------------------------------- live streams
@@ -981,7 +1102,8 @@ def test_jpeg_has_exif() -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("keep", [True, False])
 def test_kept_jpeg_is_the_frame_as_the_camera_sent_it(video: Path, cameras: Callable[..., Camera], keep: bool) -> None:
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=keep)
+    uploads = DecodePolicy(upload_hw=lambda hw: hw)  # frames go up at full size: their JPEGs are kept
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=uploads if keep else DecodePolicy())
     frames = read_all(cam)
     assert len(frames) == 20
     for frame in frames:
@@ -997,7 +1119,8 @@ def test_kept_jpeg_is_the_frame_as_the_camera_sent_it(video: Path, cameras: Call
 def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
     video_720p: Path, cameras: Callable[..., Camera]
 ) -> None:
-    cam = cameras(settings(str(video_720p), realtime=False), keep_jpeg=True, needed_hw=lambda hw: (180, 320))
+    uploads = DecodePolicy(upload_hw=lambda hw: (180, 320))  # uploads downscaled to 320x180
+    cam = cameras(settings(str(video_720p), realtime=False), decode=uploads)
     frames = read_all(cam)
     assert frames and all(f.image.shape[:2] == (180, 320) for f in frames)
     assert all(f.jpeg is not None and jpeg_hw(f.jpeg) == (720, 1280) == f.frame_hw for f in frames)
@@ -1005,20 +1128,22 @@ def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
 
 @pytest.mark.timeout(20)
 def test_frames_go_out_undecoded_when_the_consumer_needs_no_pixels(video: Path, cameras: Callable[..., Camera]) -> None:
-    """decode_needed False: after the opening's first frame (decoded: it shows the packets stand alone), frames
-    carry only their JPEG and true size; the JPEG is the very frame, and nothing is lost or reordered."""
+    """Frames that go to the hosted API as they came: after the opening's first frame (decoded: it shows the
+    packets stand alone), frames carry only their JPEG and true size; the JPEG is the very frame, and nothing is
+    lost or reordered."""
     asked: list[tuple[int, int]] = []
 
-    def decode_needed(frame_hw: tuple[int, int]) -> bool:
+    def upload_hw(frame_hw: tuple[int, int]) -> tuple[int, int]:
         asked.append(frame_hw)
-        return False
+        return frame_hw
 
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=decode_needed)
+    hosted = DecodePolicy(upload_hw=upload_hw, hosted=lambda: True)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=hosted)
     frames = read_all(cam)
     reference = read_all(cameras(settings(str(video), fps=10.0, realtime=False)))
     assert len(frames) == len(reference) == 20
     assert frames[0].image.shape == (240, 320, 3)
-    assert all(f.image.shape == (0, 0, 3) and f.frame_hw == (240, 320) for f in frames[1:])
+    assert all(f.decoded is None and f.frame_hw == (240, 320) for f in frames[1:])
     assert asked and set(asked) == {(240, 320)}
     for frame, ref in zip(frames, reference, strict=True):
         assert frame.jpeg is not None and frame.source_pos == ref.source_pos
@@ -1028,10 +1153,12 @@ def test_frames_go_out_undecoded_when_the_consumer_needs_no_pixels(video: Path, 
 
 @pytest.mark.timeout(20)
 def test_frames_are_decoded_when_the_consumer_says_so(video: Path, cameras: Callable[..., Camera]) -> None:
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=lambda hw: True)
+    local_now = DecodePolicy(upload_hw=lambda hw: hw, hosted=lambda: False)  # frames go local (for now)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=local_now)
     frames = read_all(cam)
     assert len(frames) == 20 and all(f.image.shape == (240, 320, 3) and f.jpeg is not None for f in frames)
-    # Without keep_jpeg there is nothing to hand out undecoded: decode_needed is not even asked.
-    asked: list[tuple[int, int]] = []
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode_needed=lambda hw: asked.append(hw) or False)
+    # Without the hosted API no JPEG is kept: nothing to hand out undecoded, the mode is not even asked.
+    asked: list[str] = []
+    no_uploads = DecodePolicy(hosted=lambda: asked.append("hosted?") or True)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=no_uploads)
     assert all(f.image.shape == (240, 320, 3) and f.jpeg is None for f in read_all(cam)) and not asked
