@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.capture import Camera, Frame
+from agent.capture import Camera
 from agent.config import Settings
+from agent.frames import DecodePolicy, Frame
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -197,19 +198,20 @@ def build(
     pipeline = Pipeline(s, topics, outbox, router, publisher)
     sink = Sink(s, outbox, topics)
     in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
+    decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
+        model_hw=None if local is None else local.needed_hw,
+        upload_hw=None if remote is None else remote.upload_hw,
+        change_gate=s.inference.serverless.change_gate > 0,
+        hosted=lambda: router.mode == "serverless",
+    )
     for cam_settings in s.cameras:
-        camera = Camera(
-            cam_settings,
-            needed_hw=router.needed_hw,
-            keep_jpeg=remote is not None,
-            decode_needed=router.decode_needed,
-        )
+        camera = Camera(cam_settings, decode=decode)
         worker = CameraWorker(
             camera,
             FrameIds(cam_settings.name, outbox),
             in_flight=in_flight,
-            admit=lambda frame: router.admit(frame.camera, frame.image),
-            infer=lambda frame: router.infer(frame.camera, frame.image, frame.frame_hw, frame.jpeg),
+            admit=router.admit,
+            infer=router.infer,
             deliver=sink.deliver,
             deliver_failure=sink.deliver_failure,
             stopping=stopping,

@@ -50,13 +50,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.capture import decode_jpeg, reduction_factor
 from agent.config import InferenceSettings
+from agent.frames import Frame
 from agent.logs import redact
 from agent.measures import LatencyWindow
 from agent.postprocess import Detections
 from agent.results import detections_to_api
-from agent.routing import COUNTER_NAMES, Mode, Plan, RoutePolicy, Verdict, Way, thumbnail
+from agent.routing import COUNTER_NAMES, Plan, RoutePolicy, Verdict, Way, thumbnail
 from agent.serverless import ServerlessClient, ServerlessError
 
 __all__ = [
@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_WAIT_S = 5.0
 """In ``serverless`` mode a failed frame is retried only if the wait before the retry is at most this."""
+
+_NO_PIXELS = np.empty((0, 0, 3), dtype=np.uint8)  # for the client when it sends the camera's JPEG as it is
 
 
 class Detector(Protocol):
@@ -181,52 +183,20 @@ class Router:
         with self._lock:
             return str(self._policy.mode)
 
-    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
-        """The smallest image of a ``frame_hw`` frame that every way this router may take can use: the
-        local model's letterbox content, the serverless upload size. A capture may decode frames down to it."""
-        needs: list[tuple[int, int]] = []
-        if self._local is not None:
-            needs.append(self._local.needed_hw(frame_hw))
-        if self._policy.use_remote and self._remote is not None:
-            needs.append(self._remote.upload_hw(frame_hw))
-        if not needs:
-            return frame_hw
-        return max(n[0] for n in needs), max(n[1] for n in needs)
-
-    def decode_needed(self, frame_hw: tuple[int, int]) -> bool:
-        """Whether a capture must decode a ``frame_hw`` frame that came as a JPEG before :meth:`infer`.
-
-        False only while frames go to the hosted API as the camera's own JPEG (no change gate, no resizing
-        for the upload): its pixels are then never looked at, and :meth:`infer` decodes the JPEG itself if
-        the frame goes to the local model after all (a failed call, a switch to local).
-        """
-        if self._s.change_gate > 0 or not self._policy.use_remote or self._remote is None:
-            return True
-        with self._lock:
-            hosted = self._policy.mode == Mode.SERVERLESS
-        return not hosted or self._remote.upload_hw(frame_hw) != tuple(frame_hw)
-
-    def admit(self, camera: str, image_bgr: NDArray[np.uint8]) -> bool:
+    def admit(self, frame: Frame) -> bool:
         """Change gate (and, in ``serverless`` mode, the call caps): ``False`` = skip this frame.
 
         Called by the camera's worker in frame order, before :meth:`infer`. Skips are counted.
         """
-        thumb = thumbnail(image_bgr) if self._s.change_gate > 0 else None
+        thumb = thumbnail(frame.pixels()) if self._s.change_gate > 0 else None
         with self._lock:
-            return self._policy.admit(self._clock(), camera, thumb)
+            return self._policy.admit(self._clock(), frame.camera, thumb)
 
-    def infer(
-        self,
-        camera: str,
-        image_bgr: NDArray[np.uint8],
-        frame_hw: tuple[int, int] | None = None,
-        jpeg: bytes | None = None,
-    ) -> Outcome:
+    def infer(self, frame: Frame) -> Outcome:
         """One frame's result. Blocking and thread-safe.
 
-        ``frame_hw``: the frame's true size when ``image_bgr`` was decoded at a reduced size (see
-        :meth:`needed_hw`); results are in the true frame's pixels either way. ``jpeg``: the camera's own JPEG
-        of the frame, uploaded as it is when no resizing is needed.
+        The frame's pixels are asked for at the size the way it takes needs (``Frame.pixels``; results are in
+        the true frame's pixels either way); a frame that goes up as the camera's own JPEG is not decoded.
 
         In ``auto`` and ``local`` mode network trouble never raises: the frame is run locally. Raises
         :class:`FrameFailed` when there is no way to a result (``serverless`` mode while the API fails; the
@@ -235,15 +205,13 @@ class Router:
         t0 = time.perf_counter()
         try:
             with self._lock:
-                plan = self._policy.decide(self._clock(), camera)
-            if frame_hw is None:
-                frame_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
+                plan = self._policy.decide(self._clock(), frame.camera)
             if plan.way == Way.LOCAL:
-                return self._run_local(camera, image_bgr, frame_hw, plan.reason, t0, jpeg)
+                return self._run_local(frame, plan.reason, t0)
             if plan.way == Way.FAIL:
-                self._count_frame_failed(camera)
+                self._count_frame_failed(frame.camera)
                 raise FrameFailed(plan.kind, plan.reason or plan.kind, latency_ms=_ms_since(t0))
-            return self._run_remote(camera, image_bgr, frame_hw, jpeg, plan, t0)
+            return self._run_remote(frame, plan, t0)
         finally:
             self._flush_events()
 
@@ -293,30 +261,25 @@ class Router:
             log.log(verdict.log[0], "%s", verdict.log[1])
         return redact(verdict.reason, self._key)
 
-    def _call(
-        self, image: NDArray[np.uint8], frame_hw: tuple[int, int], jpeg: bytes | None
-    ) -> tuple[dict[str, Any] | None, ServerlessError | None]:
+    def _call(self, frame: Frame) -> tuple[dict[str, Any] | None, ServerlessError | None]:
         assert self._remote is not None
         try:
-            return self._remote.infer(image, frame_hw=frame_hw, jpeg=jpeg), None
+            hw = frame.frame_hw
+            upload_hw = self._remote.upload_hw(hw)
+            # the camera's own JPEG goes up as it is when no resizing is needed: then no pixels are read
+            image = _NO_PIXELS if frame.jpeg is not None and upload_hw == hw else frame.pixels(upload_hw)
+            return self._remote.infer(image, frame_hw=hw, jpeg=frame.jpeg), None
         except ServerlessError as exc:
             return None, exc
         except Exception as exc:  # a bug or an odd frame: treat like an unusable answer
             return None, ServerlessError("bad_response", f"unexpected {type(exc).__name__}: {exc}", secret=self._key)
 
-    def _run_remote(
-        self,
-        camera: str,
-        image: NDArray[np.uint8],
-        frame_hw: tuple[int, int],
-        jpeg: bytes | None,
-        plan: Plan,
-        t0: float,
-    ) -> Outcome:
-        api, error = self._call(image, frame_hw, jpeg)
+    def _run_remote(self, frame: Frame, plan: Plan, t0: float) -> Outcome:
+        camera = frame.camera
+        api, error = self._call(frame)
         attempts = 1
         if error is not None and not plan.probe and not self._policy.fallback and error.kind != "auth":
-            api, error, more = self._retry(camera, image, frame_hw, jpeg, error)
+            api, error, more = self._retry(frame, error)
             attempts += more
         if api is not None:
             with self._lock:
@@ -336,19 +299,13 @@ class Router:
             if self._policy.fallback:
                 self._policy.count(camera, "failed_over")
         if self._policy.fallback:
-            return self._run_local(camera, image, frame_hw, reason, t0, jpeg)
+            return self._run_local(frame, reason, t0)
         self._count_frame_failed(camera)
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
 
-    def _retry(
-        self,
-        camera: str,
-        image: NDArray[np.uint8],
-        frame_hw: tuple[int, int],
-        jpeg: bytes | None,
-        error: ServerlessError,
-    ) -> tuple[dict[str, Any] | None, ServerlessError, int]:
+    def _retry(self, frame: Frame, error: ServerlessError) -> tuple[dict[str, Any] | None, ServerlessError, int]:
         """``serverless`` mode only: bounded retries of one frame before declaring the API unavailable."""
+        camera = frame.camera
         attempts = 0
         for delay in self._retry_delays:
             wait = max(delay, error.retry_after or 0.0)
@@ -359,7 +316,7 @@ class Router:
                 if not self._policy.may_retry(self._clock(), camera):
                     return None, error, attempts
             attempts += 1
-            api, next_error = self._call(image, frame_hw, jpeg)
+            api, next_error = self._call(frame)
             with self._lock:
                 self._policy.remote_failed[error.kind] += 1  # the attempt this one retried
             if api is not None:
@@ -386,29 +343,18 @@ class Router:
 
     # ------------------------------------------------------------------ local
 
-    def _run_local(
-        self,
-        camera: str,
-        image: NDArray[np.uint8],
-        frame_hw: tuple[int, int],
-        reason: str | None,
-        t0: float,
-        jpeg: bytes | None,
-    ) -> Outcome:
+    def _run_local(self, frame: Frame, reason: str | None, t0: float) -> Outcome:
         if self._local is None:  # only reachable through a programming error
             raise FrameFailed("local", "no local model", latency_ms=_ms_since(t0))
+        camera, frame_hw = frame.camera, frame.frame_hw
         h, w = frame_hw
         s = self._settings
         error: str | None = None
-        if image.size == 0:  # left undecoded by the capture (decode_needed): its JPEG is decoded now
-            decoded = None
-            if jpeg is not None:
-                data = np.frombuffer(jpeg, dtype=np.uint8)
-                decoded = decode_jpeg(data, reduction_factor(frame_hw, self._local.needed_hw(frame_hw)))
-            if decoded is None:
-                self._count_frame_failed(camera)
-                raise FrameFailed("local", "the frame's JPEG could not be decoded", latency_ms=_ms_since(t0))
-            image = decoded
+        try:  # decoded now (at the reduction the model needs) if the capture left the frame as its JPEG
+            image = frame.pixels(self._local.needed_hw(frame_hw))
+        except ValueError:
+            self._count_frame_failed(camera)
+            raise FrameFailed("local", "the frame's JPEG could not be decoded", latency_ms=_ms_since(t0)) from None
         try:
             with self._local_lock:
                 t1 = time.perf_counter()

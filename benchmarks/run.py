@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
-from agent.capture import decode_jpeg, reduction_factor  # noqa: E402
+from agent.jpeg import decode_jpeg, reduction_factor  # noqa: E402
 from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params  # noqa: E402
 from agent.results import detections_to_api, encode, to_message  # noqa: E402

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.capture import decode_jpeg, reduction_factor
+from agent.jpeg import decode_jpeg, reduction_factor
 from agent.model import OnnxModel, limit_helper_threads
 
 

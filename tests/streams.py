@@ -1,7 +1,7 @@
 """Test sources for the capture tests: a loopback MJPEG-over-HTTP server and generated video files.
 
 Every frame carries numbers drawn as big black/white blocks (robust to JPEG compression), so a test
-can tell which frame, and which server, a :class:`agent.capture.Frame` came from:
+can tell which frame, and which server, a :class:`agent.frames.Frame` came from:
 :func:`decode_marks` reads them back.
 
 Nothing here mocks OpenCV: the server speaks real HTTP (``multipart/x-mixed-replace``, the format IP

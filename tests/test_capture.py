@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -18,9 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import Camera, Frame, jpeg_has_exif, jpeg_hw, reduction_factor
+from agent.capture import Camera, Frame
 from agent.config import CameraSettings
+from agent.frames import DecodePolicy
+from agent.jpeg import jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
+from agent.sampling import FileTimeline, LiveSampler
+from agent.sources import VideoSource
 
 try:  # tests/ as a package, or as a plain directory that pytest puts on sys.path
     from tests.streams import MjpegServer, decode_marks, free_port, write_video
@@ -118,6 +123,114 @@ def _debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.capture")
 
 
+# --------------------------------------------------------------------------- sampling (pure, injected clock)
+
+
+def live_taken(fps: float, times: list[float], failed: frozenset[int] = frozenset()) -> list[int]:
+    """Which grabs (at these clock readings) a live sampler decodes; decodes in ``failed`` fail."""
+    sampler = LiveSampler(fps, times[0])
+    taken = []
+    for i, now in enumerate(times):
+        if sampler.due(now):
+            taken.append(i)
+            if i not in failed:
+                sampler.taken(now)
+    return taken
+
+
+THIRTY_FPS = [i / 30 for i in range(61)]
+
+
+@pytest.mark.parametrize(
+    ("fps", "times", "failed", "expected"),
+    [
+        (0.0, THIRTY_FPS[:10], frozenset(), list(range(10))),  # fps 0: every frame
+        (5.0, THIRTY_FPS, frozenset(), list(range(0, 61, 6))),
+        (60.0, THIRTY_FPS[:10], frozenset(), list(range(10))),  # faster than the source: every frame, once
+        (7.5, THIRTY_FPS[:17], frozenset(), [0, 4, 8, 12, 16]),
+        (5.0, [0.0, 0.2, 1.5, 1.6, 1.7, 1.9], frozenset(), [0, 1, 2, 4, 5]),  # behind: no burst to catch up
+        (5.0, [0.0, 0.1, 0.19, 0.2, 0.3, 0.4], frozenset(), [0, 2, 5]),  # 10 % early counts as on time
+        (5.0, THIRTY_FPS[:13], frozenset({6}), [0, 6, 7, 12]),  # a failed decode: the next frame is still due
+    ],
+    ids=["every-frame", "fps-5", "fps-above-source", "fps-7.5", "behind", "early", "failed-decode"],
+)
+def test_live_sampler(fps: float, times: list[float], failed: frozenset[int], expected: list[int]) -> None:
+    assert live_taken(fps, times, failed) == expected
+
+
+def file_targets(
+    tl: FileTimeline, n: int, length: int = 10_000, now: Callable[[int], float] = lambda k: 0.0
+) -> list[int]:
+    """The first ``n`` sampled in-file indices of a file of ``length`` frames (looping), read at ``now(k)``."""
+    out: list[int] = []
+    while len(out) < n:
+        target = tl.target(now(len(out)))
+        if target >= length:  # end of the pass: every frame of it was read
+            tl.wrapped(length)
+            continue
+        out.append(target)
+        tl.sampled()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("file_fps", "fps", "length", "expected"),
+    [
+        (30.0, 0.0, 10_000, list(range(12))),  # fps 0: every frame
+        (30.0, 5.0, 10_000, list(range(0, 72, 6))),
+        (30.0, 60.0, 10_000, list(range(12))),  # faster than the file: every frame, nothing twice
+        (30.0, 30.0, 10_000, list(range(12))),
+        (30.0, 7.0, 10_000, [math.ceil(k * 30 / 7 - 1e-6) for k in range(12)]),  # 0, 5, 9, 13, 18, ...
+        (25.0, 10.0, 10_000, [0, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28]),
+        (30.0, 5.0, 60, [(6 * k) % 60 for k in range(25)]),  # loop wrap on a multiple of the step
+        (30.0, 5.0, 64, [(6 * k) % 64 for k in range(25)]),  # ... and off it: 54, 60, 2, 8, ...
+        (30.0, 0.0, 5, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]),
+    ],
+)
+def test_file_timeline_batch(file_fps: float, fps: float, length: int, expected: list[int]) -> None:
+    assert file_targets(FileTimeline(file_fps, fps, realtime=False), len(expected), length) == expected
+
+
+def test_file_timeline_resumes_where_it_was() -> None:
+    """A reopened file goes on from the sample number and pass it had reached."""
+    tl = FileTimeline(30.0, 5.0, realtime=False, k=12, base=64)  # a 64-frame file, in its second pass
+    assert file_targets(tl, 3, length=64) == [8, 14, 20]  # sample 12 is frame 72 of the whole timeline
+
+
+@pytest.mark.parametrize(
+    ("fps", "reads", "expected", "due"),
+    [
+        # reading on time: one sample per 1/5 s of file time, each due at its frame's time
+        (5.0, [100.0, 100.19, 100.39, 100.59], [0, 6, 12, 18], [100.0, 100.2, 100.4, 100.6]),
+        # fps 0 plays every frame at the file's pace
+        (0.0, [100.0, 100.01, 100.05, 100.07], [0, 1, 2, 3], [100.0, 100 + 1 / 30, 100 + 2 / 30, 100.1]),
+        # falling behind: the newest due sample, not the backlog
+        (5.0, [100.0, 101.03, 101.05, 101.21], [0, 30, 36, 42], [100.0, 101.0, 101.2, 101.4]),
+        # fps above the file's: the file's own rate
+        (60.0, [100.0, 100.5, 100.51], [0, 15, 16], [100.0, 100.5, 100 + 16 / 30]),
+    ],
+    ids=["on-time", "every-frame", "behind", "fps-above-file"],
+)
+def test_file_timeline_realtime(fps: float, reads: list[float], expected: list[int], due: list[float]) -> None:
+    tl = FileTimeline(30.0, fps, realtime=True, now=100.0)
+    targets, dues = [], []
+    for now in reads:
+        target = tl.target(now)
+        targets.append(target)
+        dues.append(tl.due_at(target))
+        tl.sampled()
+    assert targets == expected
+    assert dues == pytest.approx(due)
+
+
+def test_file_timeline_realtime_wraps_and_resumes() -> None:
+    tl = FileTimeline(30.0, 5.0, realtime=True, now=50.0)
+    assert file_targets(tl, 12, length=60, now=lambda k: 50.0 + k / 5) == [(6 * k) % 60 for k in range(12)]
+    assert tl.due_at(tl.target(50.0)) == pytest.approx(52.4)  # the second pass keeps the file's clock
+    resumed = FileTimeline(30.0, 5.0, realtime=True, k=4, now=50.0)  # reopened: sample 4 is due at once
+    assert resumed.target(50.0) == 24 and resumed.due_at(24) == pytest.approx(50.0)
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -198,20 +311,41 @@ def test_file_realtime_plays_at_the_files_pace(video: Path, cameras: Callable[..
     assert span > 0.6 * (indices[-1] - indices[0]) / 30.0
 
 
-class GrabTimingCamera(Camera):
+class HookedSource(VideoSource):
+    """A capture's own source that calls ``seen(kind, source)`` before each grab ("g") and retrieve ("r")."""
+
+    def __init__(self, *args: Any, seen: Callable[[str, VideoSource], None]) -> None:
+        super().__init__(*args)
+        self._seen = seen
+
+    def grab(self) -> bool:
+        self._seen("g", self)
+        return super().grab()
+
+    def retrieve(self) -> Any:
+        self._seen("r", self)
+        return super().retrieve()
+
+
+class HookedCamera(Camera):
+    """A camera whose sources report each grab and retrieve to :meth:`seen`."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, source=functools.partial(HookedSource, seen=self.seen), **kw)
+
+    def seen(self, kind: str, source: VideoSource) -> None:
+        pass
+
+
+class GrabTimingCamera(HookedCamera):
     """Records the clock at every grab ("g") and every decode of a sampled frame ("r")."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.events: list[tuple[str, float]] = []
 
-    def _grab(self, cap: Any) -> bool:
-        self.events.append(("g", time.monotonic()))
-        return super()._grab(cap)
-
-    def _retrieve(self, cap: Any) -> Any:
-        self.events.append(("r", time.monotonic()))
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        self.events.append((kind, time.monotonic()))
 
 
 @pytest.mark.timeout(20)
@@ -231,16 +365,15 @@ def test_file_realtime_reads_skipped_frames_just_before_the_sample(video: Path, 
     assert sum(gap > 0.05 for gap in quiet_after) >= len(quiet_after) - 1, [round(g * 1000) for g in quiet_after]
 
 
-class CountingCamera(Camera):
-    """Counts decodes: the only place a Camera decodes is ``_retrieve``."""
+class CountingCamera(HookedCamera):
+    """Counts decodes: the only place a Camera decodes is its source's ``retrieve``."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.decoded = 0
 
-    def _retrieve(self, cap: Any) -> Any:
-        self.decoded += 1
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        self.decoded += kind == "r"
 
 
 @pytest.mark.timeout(20)
@@ -261,18 +394,17 @@ def test_skipped_frames_are_grabbed_but_never_decoded(
     assert decoded >= 2
 
 
-class FormatRecordingCamera(Camera):
+class FormatRecordingCamera(HookedCamera):
     """Records, per decode, whether the capture was reading raw packets (CAP_PROP_FORMAT == -1)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.raw: list[bool] = []
 
-    def _retrieve(self, cap: Any) -> Any:
-        import cv2
-
-        self.raw.append(cap.get(cv2.CAP_PROP_FORMAT) == -1)
-        return super()._retrieve(cap)
+    def seen(self, kind: str, source: VideoSource) -> None:
+        if kind == "r":
+            assert source.cap is not None
+            self.raw.append(source.cap.get(cv2.CAP_PROP_FORMAT) == -1)
 
 
 @pytest.mark.timeout(20)
@@ -298,9 +430,9 @@ def test_mjpeg_packets_that_imdecode_cannot_read_fall_back_to_ffmpeg_decoding(
     video: Path, cameras: Callable[..., Camera], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A source whose packets are not standalone JPEGs is reopened once and decoded by FFmpeg from then on."""
-    import agent.capture
+    import agent.jpeg
 
-    monkeypatch.setattr(agent.capture.cv2, "imdecode", lambda *args, **kw: None)
+    monkeypatch.setattr(agent.jpeg.cv2, "imdecode", lambda *args, **kw: None)
     cam = cameras(settings(str(video), fps=5.0, realtime=False), cls=FormatRecordingCamera)
     frames = read_all(cam)
     assert [index_of(f) for f in frames] == list(range(0, 60, 6))  # nothing lost, nothing twice
@@ -504,7 +636,7 @@ def test_mjpeg_file_is_decoded_at_the_reduced_size_the_consumer_needs(
         assert need is not None
         return need
 
-    kw: dict[str, Any] = {} if need is None else {"needed_hw": needed_hw}
+    kw: dict[str, Any] = {} if need is None else {"decode": DecodePolicy(model_hw=needed_hw)}
     cam = cameras(settings(str(video_720p), fps=0.0, realtime=False), cls=FormatRecordingCamera, **kw)
     frames = read_all(cam)
     assert [f.source_pos for f in frames] == list(range(12))
@@ -543,7 +675,8 @@ def test_reduced_decode_is_the_same_picture_as_a_resized_full_decode(
         writer.write(textured_frame(i))
     writer.release()
     full = read_all(cameras(settings(str(path), fps=0.0, realtime=False)))
-    reduced = read_all(cameras(settings(str(path), fps=0.0, realtime=False), needed_hw=lambda hw: (180, 320)))
+    quarter = DecodePolicy(model_hw=lambda hw: (180, 320))
+    reduced = read_all(cameras(settings(str(path), fps=0.0, realtime=False), decode=quarter))
     assert [f.source_pos for f in full] == [f.source_pos for f in reduced] == list(range(6))
 
     def mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -562,7 +695,7 @@ def test_reduced_decode_is_the_same_picture_as_a_resized_full_decode(
 @pytest.mark.timeout(20)
 def test_mjpeg_stream_is_decoded_at_a_reduced_size(cameras: Callable[..., Camera]) -> None:
     with MjpegServer(width=640, height=480, tag=3) as srv:
-        cam = cameras(settings(srv.url(), fps=0.0), needed_hw=lambda hw: (hw[0] // 4, hw[1] // 4))
+        cam = cameras(settings(srv.url(), fps=0.0), decode=DecodePolicy(model_hw=lambda hw: (hw[0] // 4, hw[1] // 4)))
         frames = [f for _ in range(3) if (f := cam.read(5.0)) is not None]
         assert len(frames) == 3
         assert all(f.image.shape == (120, 160, 3) and f.frame_hw == (480, 640) for f in frames)
@@ -575,6 +708,125 @@ def test_frame_hw_defaults_to_the_image_size() -> None:
     image = np.zeros((90, 160, 3), np.uint8)
     assert Frame("cam", 1, 0.0, image, 0).frame_hw == (90, 160)
     assert Frame("cam", 1, 0.0, image, 0, (720, 1280)).frame_hw == (720, 1280)
+
+
+def test_frame_pixels_decode_lazily_at_the_size_asked_and_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.frames
+
+    calls: list[int] = []
+    real = agent.frames.decode_jpeg
+
+    def counting(data: np.ndarray, factor: int = 1) -> np.ndarray | None:
+        calls.append(factor)
+        return real(data, factor)
+
+    monkeypatch.setattr(agent.frames, "decode_jpeg", counting)
+    jpeg = jpeg_bytes(720, 1280)
+    frame = Frame("cam", 1, 0.0, None, 0, jpeg=jpeg)
+    assert frame.frame_hw == (720, 1280) and frame.decoded is None and not calls  # the size from the header
+    assert frame.pixels((180, 320)).shape == (180, 320, 3)  # 1/4
+    assert frame.pixels((100, 100)) is frame.decoded  # covered by what is decoded: no decode
+    assert calls == [4]
+    assert frame.pixels((360, 640)).shape == (360, 640, 3)  # more is asked: 1/2, kept as the larger
+    assert frame.pixels((180, 320)).shape == (360, 640, 3) and calls == [4, 2]
+    assert frame.pixels().shape == (360, 640, 3)  # None: as decoded so far
+    assert frame.pixels((2000, 2000)).shape == (720, 1280, 3)  # more than the frame has: all of it, once
+    assert frame.pixels((2000, 2000)).shape == (720, 1280, 3) and calls == [4, 2, 1]
+    fresh = Frame("cam", 2, 0.0, None, 0, (720, 1280), jpeg)
+    assert fresh.image.shape == (720, 1280, 3)  # nothing decoded yet: the whole frame
+
+    reduced = np.zeros((90, 160, 3), np.uint8)
+    plain = Frame("cam", 3, 0.0, reduced, 0, (720, 1280))  # no JPEG: the pixels there are
+    assert plain.pixels((720, 1280)) is reduced and plain.image is reduced
+
+    broken = Frame("cam", 4, 0.0, None, 0, (720, 1280), b"\xff\xd8 not a picture")
+    with pytest.raises(ValueError, match="could not be decoded"):
+        broken.pixels((180, 320))
+    with pytest.raises(ValueError):
+        Frame("cam", 5, 0.0, None, 0)
+
+
+def test_frame_pixels_decode_once_for_threads_that_ask_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker and its inference pool may ask one frame at once: one decode, one array for all."""
+    import agent.frames
+
+    calls: list[int] = []
+    real = agent.frames.decode_jpeg
+
+    def slow(data: np.ndarray, factor: int = 1) -> np.ndarray | None:
+        calls.append(factor)
+        time.sleep(0.05)
+        return real(data, factor)
+
+    monkeypatch.setattr(agent.frames, "decode_jpeg", slow)
+    frame = Frame("cam", 1, 0.0, None, 0, jpeg=jpeg_bytes(480, 640))
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(frame.pixels((240, 320)))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5.0)
+    assert calls == [2] and len(got) == 4 and all(g is got[0] for g in got)
+
+
+def _same(hw: tuple[int, int]) -> tuple[int, int]:
+    return hw
+
+
+def _quarter(hw: tuple[int, int]) -> tuple[int, int]:
+    return -(-hw[0] // 4), -(-hw[1] // 4)
+
+
+def _max_640(hw: tuple[int, int]) -> tuple[int, int]:
+    scale = min(1.0, 640 / max(hw))
+    return round(hw[0] * scale), round(hw[1] * scale)
+
+
+def _strip(hw: tuple[int, int]) -> tuple[int, int]:
+    return hw[0] // 2, hw[1] // 8
+
+
+HD = (1080, 1920)
+
+
+@pytest.mark.parametrize(
+    ("policy", "frame_hw", "decode_hw", "keep", "ahead"),
+    [
+        (DecodePolicy(), (1080, 1920), (1080, 1920), False, True),  # the default: whole frames, on the capture
+        (DecodePolicy(model_hw=_quarter), (1080, 1920), (270, 480), False, True),  # local only
+        (
+            DecodePolicy(model_hw=_quarter, upload_hw=_same, hosted=lambda: True),
+            (1080, 1920),
+            (1080, 1920),
+            True,
+            False,
+        ),
+        (
+            DecodePolicy(model_hw=_quarter, upload_hw=_same, hosted=lambda: False),
+            (1080, 1920),
+            (1080, 1920),
+            True,
+            True,
+        ),
+        (DecodePolicy(upload_hw=_max_640, hosted=lambda: True), (1080, 1920), (360, 640), True, True),  # a resize
+        (DecodePolicy(upload_hw=_max_640, hosted=lambda: True), (480, 640), (480, 640), True, False),  # ... not here
+        (DecodePolicy(upload_hw=_same, change_gate=True, hosted=lambda: True), (480, 640), (480, 640), True, True),
+        (
+            DecodePolicy(model_hw=lambda hw: (hw[0] // 2, hw[1] // 8), upload_hw=_max_640),
+            (1080, 1920),
+            (540, 640),
+            True,
+            True,
+        ),
+    ],
+    ids=["default", "local", "hosted", "fallen-back", "upload-resize", "upload-as-is", "gate", "per-axis"],
+)
+def test_decode_policy(
+    policy: DecodePolicy, frame_hw: tuple[int, int], decode_hw: tuple[int, int], keep: bool, ahead: bool
+) -> None:
+    assert policy.decode_hw(frame_hw) == decode_hw
+    assert policy.keep_jpeg is keep
+    assert policy.decode_ahead(frame_hw) is ahead
 
 
 # --------------------------------------------------------------------------- live streams
@@ -696,7 +948,7 @@ def test_stop_returns_while_a_native_read_hangs_and_the_thread_cleans_up(
     assert wait_for(lambda: server.open_connections == 0, 3.0)  # and its capture was released
 
 
-class HangingCamera(Camera):
+class HangingCamera(HookedCamera):
     """The first capture's 4th grab blocks for 6 s and ignores every timeout, like a wedged driver."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -704,12 +956,13 @@ class HangingCamera(Camera):
         self.grabs = 0
         self.hung: threading.Thread | None = None
 
-    def _grab(self, cap: Any) -> bool:
+    def seen(self, kind: str, source: VideoSource) -> None:
+        if kind != "g":
+            return
         self.grabs += 1
         if self.grabs == 4:
             self.hung = threading.current_thread()
             time.sleep(6.0)  # the supervisor gives up after 1 s; 6 s keeps it stuck while the test looks
-        return super()._grab(cap)
 
 
 @pytest.mark.timeout(30)
@@ -856,7 +1109,8 @@ def test_jpeg_has_exif() -> None:
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("keep", [True, False])
 def test_kept_jpeg_is_the_frame_as_the_camera_sent_it(video: Path, cameras: Callable[..., Camera], keep: bool) -> None:
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=keep)
+    uploads = DecodePolicy(upload_hw=lambda hw: hw)  # frames go up at full size: their JPEGs are kept
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=uploads if keep else DecodePolicy())
     frames = read_all(cam)
     assert len(frames) == 20
     for frame in frames:
@@ -872,7 +1126,8 @@ def test_kept_jpeg_is_the_frame_as_the_camera_sent_it(video: Path, cameras: Call
 def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
     video_720p: Path, cameras: Callable[..., Camera]
 ) -> None:
-    cam = cameras(settings(str(video_720p), realtime=False), keep_jpeg=True, needed_hw=lambda hw: (180, 320))
+    uploads = DecodePolicy(upload_hw=lambda hw: (180, 320))  # uploads downscaled to 320x180
+    cam = cameras(settings(str(video_720p), realtime=False), decode=uploads)
     frames = read_all(cam)
     assert frames and all(f.image.shape[:2] == (180, 320) for f in frames)
     assert all(f.jpeg is not None and jpeg_hw(f.jpeg) == (720, 1280) == f.frame_hw for f in frames)
@@ -880,20 +1135,22 @@ def test_kept_jpeg_is_the_full_frame_when_the_image_is_reduced(
 
 @pytest.mark.timeout(20)
 def test_frames_go_out_undecoded_when_the_consumer_needs_no_pixels(video: Path, cameras: Callable[..., Camera]) -> None:
-    """decode_needed False: after the opening's first frame (decoded: it shows the packets stand alone), frames
-    carry only their JPEG and true size; the JPEG is the very frame, and nothing is lost or reordered."""
+    """Frames that go to the hosted API as they came: after the opening's first frame (decoded: it shows the
+    packets stand alone), frames carry only their JPEG and true size; the JPEG is the very frame, and nothing is
+    lost or reordered."""
     asked: list[tuple[int, int]] = []
 
-    def decode_needed(frame_hw: tuple[int, int]) -> bool:
+    def upload_hw(frame_hw: tuple[int, int]) -> tuple[int, int]:
         asked.append(frame_hw)
-        return False
+        return frame_hw
 
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=decode_needed)
+    hosted = DecodePolicy(upload_hw=upload_hw, hosted=lambda: True)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=hosted)
     frames = read_all(cam)
     reference = read_all(cameras(settings(str(video), fps=10.0, realtime=False)))
     assert len(frames) == len(reference) == 20
     assert frames[0].image.shape == (240, 320, 3)
-    assert all(f.image.shape == (0, 0, 3) and f.frame_hw == (240, 320) for f in frames[1:])
+    assert all(f.decoded is None and f.frame_hw == (240, 320) for f in frames[1:])
     assert asked and set(asked) == {(240, 320)}
     for frame, ref in zip(frames, reference, strict=True):
         assert frame.jpeg is not None and frame.source_pos == ref.source_pos
@@ -903,10 +1160,12 @@ def test_frames_go_out_undecoded_when_the_consumer_needs_no_pixels(video: Path, 
 
 @pytest.mark.timeout(20)
 def test_frames_are_decoded_when_the_consumer_says_so(video: Path, cameras: Callable[..., Camera]) -> None:
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), keep_jpeg=True, decode_needed=lambda hw: True)
+    local_now = DecodePolicy(upload_hw=lambda hw: hw, hosted=lambda: False)  # frames go local (for now)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=local_now)
     frames = read_all(cam)
     assert len(frames) == 20 and all(f.image.shape == (240, 320, 3) and f.jpeg is not None for f in frames)
-    # Without keep_jpeg there is nothing to hand out undecoded: decode_needed is not even asked.
-    asked: list[tuple[int, int]] = []
-    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode_needed=lambda hw: asked.append(hw) or False)
+    # Without the hosted API no JPEG is kept: nothing to hand out undecoded, the mode is not even asked.
+    asked: list[str] = []
+    no_uploads = DecodePolicy(hosted=lambda: asked.append("hosted?") or True)
+    cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=no_uploads)
     assert all(f.image.shape == (240, 320, 3) and f.jpeg is None for f in read_all(cam)) and not asked

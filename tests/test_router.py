@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from agent.capture import reduction_factor
 from agent.config import InferenceSettings, LocalSettings, Secret, ServerlessSettings
+from agent.frames import DecodePolicy, Frame
+from agent.jpeg import reduction_factor
 from agent.model import OnnxModel
 from agent.postprocess import Detections
 from agent.results import encode
@@ -149,6 +150,30 @@ def make_router(
     )
 
 
+def frame_of(
+    camera: str,
+    image: NDArray[np.uint8] | None,
+    frame_hw: tuple[int, int] | None = None,
+    jpeg: bytes | None = None,
+) -> Frame:
+    """A frame as a camera hands it out: ``image`` decoded (possibly reduced from ``frame_hw``), or None
+    with its ``jpeg`` only."""
+    return Frame(camera, 1, time.time(), image, 0, frame_hw or (0, 0), jpeg)
+
+
+def decode_policy(router: Router) -> DecodePolicy:
+    """The decode policy the daemon builds from a router's parts (the client only where the router uses it:
+    the daemon makes none in local mode)."""
+    local = router._local
+    remote = router._remote if router._policy.use_remote else None
+    return DecodePolicy(
+        model_hw=None if local is None else local.needed_hw,
+        upload_hw=None if remote is None else remote.upload_hw,
+        change_gate=router._s.change_gate > 0,
+        hosted=lambda: router.mode == "serverless",
+    )
+
+
 def classes(outcome: Outcome) -> list[str]:
     return sorted(p["class"] for p in outcome.api["predictions"])
 
@@ -164,7 +189,7 @@ def assert_no_key(*texts: object) -> None:
 
 def test_serverless_when_healthy(fake: FakeRoboflow) -> None:
     router = make_router(fake)
-    out = router.infer("cam0", draw_scene())
+    out = router.infer(frame_of("cam0", draw_scene()))
     assert out.source == "serverless"
     assert out.fallback_reason is None
     assert out.latency_ms > 0
@@ -178,9 +203,9 @@ def test_serverless_when_healthy(fake: FakeRoboflow) -> None:
 def test_both_sides_give_the_same_schema_and_classes(fake: FakeRoboflow) -> None:
     router = make_router(fake)
     image = draw_scene()
-    remote = router.infer("cam0", image)
+    remote = router.infer(frame_of("cam0", image))
     fake.set_fault("500")
-    local = router.infer("cam0", image)
+    local = router.infer(frame_of("cam0", image))
     assert (remote.source, local.source) == ("serverless", "local")
     assert set(remote.api) == set(local.api) == {"inference_id", "time", "image", "predictions"}
     assert remote.api["image"] == local.api["image"]
@@ -199,16 +224,16 @@ def test_class_map_gives_hosted_names(fake: FakeRoboflow, caplog: pytest.LogCapt
     local = BlobDetector(["r", "g", "b"])
     router = make_router(fake, local=local, class_map={"r": "red", "g": "green", "b": "blue"})
     image = draw_scene()
-    assert classes(router.infer("cam0", image)) == sorted(CLASS_NAMES)
+    assert classes(router.infer(frame_of("cam0", image))) == sorted(CLASS_NAMES)
     fake.set_fault("500")
-    assert classes(router.infer("cam0", image)) == sorted(CLASS_NAMES)
+    assert classes(router.infer(frame_of("cam0", image))) == sorted(CLASS_NAMES)
     assert "unknown_remote_classes" not in router.stats()
     router.close()
 
     unmapped = make_router(fake, local=BlobDetector(["r", "g", "b"]))
     fake.clear_fault()
     with caplog.at_level(logging.WARNING):
-        unmapped.infer("cam0", image)
+        unmapped.infer(frame_of("cam0", image))
     assert "class_map" in caplog.text
     assert unmapped.stats()["unknown_remote_classes"] == sorted(CLASS_NAMES)
     unmapped.close()
@@ -216,7 +241,7 @@ def test_class_map_gives_hosted_names(fake: FakeRoboflow, caplog: pytest.LogCapt
 
 def test_local_mode_never_calls_out(fake: FakeRoboflow) -> None:
     router = make_router(fake, mode="local")
-    out = router.infer("cam0", draw_scene())
+    out = router.infer(frame_of("cam0", draw_scene()))
     assert out.source == "local" and out.fallback_reason is None
     assert classes(out) == sorted(CLASS_NAMES)
     assert router.mode == "local"
@@ -243,7 +268,7 @@ def test_auto_mode_fault_still_gives_a_result(fake: FakeRoboflow, fault: str) ->
         fake.set_fault(fault, slow_s=4.0)
     image = draw_scene()
     t0 = time.perf_counter()
-    out = router.infer("cam0", image)
+    out = router.infer(frame_of("cam0", image))
     # timeout 0.4 s, then local at once (measured <= 0.45 s loaded); waiting for the slow answer would take 4 s
     assert time.perf_counter() - t0 < 3.0
     assert out.source == "local"
@@ -258,7 +283,7 @@ def test_auto_mode_fault_still_gives_a_result(fake: FakeRoboflow, fault: str) ->
     assert_no_key(out.fallback_reason, modes.events, json.dumps(st))
     # the next frame goes straight to the local model, no call
     calls = fake.calls()
-    out2 = router.infer("cam0", image)
+    out2 = router.infer(frame_of("cam0", image))
     assert out2.source == "local" and fake.calls() == calls
     router.close()
 
@@ -266,7 +291,7 @@ def test_auto_mode_fault_still_gives_a_result(fake: FakeRoboflow, fault: str) ->
 def test_slow_answer_within_timeout_is_served_remotely(fake: FakeRoboflow) -> None:
     router = make_router(fake, timeout_s=5.0)
     fake.set_fault("slow", slow_s=2.0)
-    out = router.infer("cam0", draw_scene())
+    out = router.infer(frame_of("cam0", draw_scene()))
     assert out.source == "serverless" and out.latency_ms >= 2000
     assert router.mode == "serverless"
     router.close()
@@ -278,7 +303,7 @@ def test_fault_kinds_are_counted(fake: FakeRoboflow) -> None:
     for fault in ("500", "429", "html", "truncated"):
         fake.set_fault(fault, retry_after=None)
         clock.advance(1.5)
-        assert router.infer("cam0", draw_scene()).source == "local"
+        assert router.infer(frame_of("cam0", draw_scene())).source == "local"
     assert router.stats()["remote_failed"] == {"http": 1, "rate_limited": 1, "bad_response": 2}
     router.close()
 
@@ -292,12 +317,12 @@ def test_probe_backoff_and_return(fake: FakeRoboflow) -> None:
     router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0, probe_max_s=40.0)
     image = draw_scene()
     fake.set_fault("500")
-    assert router.infer("cam0", image).source == "local"
+    assert router.infer(frame_of("cam0", image)).source == "local"
     assert fake.calls() == 1 and router.mode == "local"
 
     def frame_after(dt: float) -> Outcome:
         clock.advance(dt)
-        return router.infer("cam0", image)
+        return router.infer(frame_of("cam0", image))
 
     # backoff 10 -> 20 -> 40 -> 40: no call before each interval has passed, one probe when it has
     for interval in (10.0, 20.0, 40.0, 40.0):
@@ -318,9 +343,9 @@ def test_probe_backoff_and_return(fake: FakeRoboflow) -> None:
     assert modes.modes == ["local", "serverless"]
     assert "again" in modes.events[-1][1]
     # back to normal: every frame remote, and the backoff starts again at probe_interval_s
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     fake.set_fault("500")
-    router.infer("cam0", image)
+    router.infer(frame_of("cam0", image))
     assert router.stats()["probe"]["interval_s"] == 10.0
     st = router.stats()
     assert st["probes_ok"] == 1 and st["fallbacks"] == 2
@@ -332,12 +357,12 @@ def test_return_to_serverless_within_the_probe_interval(fake: FakeRoboflow) -> N
     router = make_router(fake, clock=clock, probe_interval_s=0.3, probe_max_s=2.0)
     image = draw_scene()
     fake.stop()
-    assert router.infer("cam0", image).source == "local"
+    assert router.infer(frame_of("cam0", image)).source == "local"
     fake.start()
     t0 = clock()
     sources = []
     while clock() - t0 < 3.0:
-        out = router.infer("cam0", image)
+        out = router.infer(frame_of("cam0", image))
         sources.append(out.source)
         if out.source == "serverless":
             break
@@ -354,18 +379,18 @@ def test_one_probe_at_a_time(fake: FakeRoboflow) -> None:
     router = make_router(fake, clock=clock, timeout_s=1.0, probe_interval_s=5.0)
     image = draw_scene()
     fake.set_fault("500")
-    router.infer("cam0", image)
+    router.infer(frame_of("cam0", image))
     fake.set_fault("hang")
     clock.advance(6.0)
     probe_out: list[Outcome] = []
-    probe = threading.Thread(target=lambda: probe_out.append(router.infer("cam0", image)))
+    probe = threading.Thread(target=lambda: probe_out.append(router.infer(frame_of("cam0", image))))
     probe.start()
     deadline = time.monotonic() + 10  # returns as soon as the probe's call arrives (~ms)
     while fake.calls() < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert router.stats()["probe"]["in_flight"]
     for _ in range(5):  # meanwhile, frames go local without calls
-        assert router.infer("cam0", image).source == "local"
+        assert router.infer(frame_of("cam0", image)).source == "local"
     assert fake.calls() == 2
     probe.join()
     assert probe_out[0].source == "local" and probe_out[0].latency_ms >= 1000
@@ -380,14 +405,14 @@ def test_retry_after_is_honoured(fake: FakeRoboflow, fault: str) -> None:
     router = make_router(fake, clock=clock, probe_interval_s=1.0, probe_max_s=2.0)
     image = draw_scene()
     fake.set_fault(fault, retry_after="30")
-    assert router.infer("cam0", image).source == "local"
+    assert router.infer(frame_of("cam0", image)).source == "local"
     fake.clear_fault()
     for _ in range(29):
         clock.advance(1.0)
-        assert router.infer("cam0", image).source == "local"
+        assert router.infer(frame_of("cam0", image)).source == "local"
     assert fake.calls() == 1
     clock.advance(1.1)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     assert fake.calls() == 2
     router.close()
 
@@ -399,7 +424,7 @@ def test_403_is_a_configuration_error(fake: FakeRoboflow, caplog: pytest.LogCapt
     image = draw_scene()
     fake.set_fault("403")
     with caplog.at_level(logging.DEBUG):
-        out = router.infer("cam0", image)
+        out = router.infer(frame_of("cam0", image))
     assert out.source == "local" and classes(out) == sorted(CLASS_NAMES)
     assert router.mode == "auth_error"
     st = router.stats()
@@ -410,12 +435,12 @@ def test_403_is_a_configuration_error(fake: FakeRoboflow, caplog: pytest.LogCapt
     # a probe failing for another reason doesn't hide the auth error
     fake.set_fault("500")
     clock.advance(10.1)
-    router.infer("cam0", image)
+    router.infer(frame_of("cam0", image))
     assert router.mode == "auth_error" and fake.calls() == 2
     # key fixed server-side: the next probe brings it back
     fake.clear_fault()
     clock.advance(20.1)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     assert modes.modes == ["auth_error", "serverless"]
     assert_no_key(caplog.text, modes.events, json.dumps(router.stats()))
     router.close()
@@ -431,20 +456,20 @@ def test_per_minute_cap_per_camera(fake: FakeRoboflow) -> None:
     sources = []
     for _ in range(5):
         clock.advance(1.0)
-        sources.append(router.infer("cam0", image))
+        sources.append(router.infer(frame_of("cam0", image)))
     assert [o.source for o in sources] == ["serverless"] * 3 + ["local"] * 2
     assert sources[-1].fallback_reason and "max_calls_per_minute" in sources[-1].fallback_reason
     assert classes(sources[-1]) == sorted(CLASS_NAMES)
-    assert router.infer("cam1", image).source == "serverless"  # another camera has its own budget
+    assert router.infer(frame_of("cam1", image)).source == "serverless"  # another camera has its own budget
     st = router.stats()
     assert st["capped_minute"] == 2 and st["saved"]["remote_calls_capped"] == 2
     assert st["cameras"]["cam0"]["calls_last_minute"] == 3 and st["cameras"]["cam0"]["capped_minute"] == 2
     assert st["mode"] == "serverless"  # a cap is not an outage
     # sliding window: the first call leaves the window 60 s after it was made
     clock.advance(55.5)  # 59.5 s after the first call
-    assert router.infer("cam0", image).source == "local"
+    assert router.infer(frame_of("cam0", image)).source == "local"
     clock.advance(1.0)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     assert fake.calls() == 5
     router.close()
 
@@ -456,12 +481,12 @@ def test_per_day_cap(fake: FakeRoboflow) -> None:
     out = []
     for _ in range(6):
         clock.advance(600.0)
-        out.append(router.infer("cam0", image).source)
+        out.append(router.infer(frame_of("cam0", image)).source)
     assert out == ["serverless"] * 4 + ["local"] * 2
     clock.advance(86400 - 6 * 600 + 600 - 1)  # 1 s short of a day after the first call
-    assert router.infer("cam0", image).source == "local"
+    assert router.infer(frame_of("cam0", image)).source == "local"
     clock.advance(2.0)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     st = router.stats()
     assert st["capped_day"] == 3 and st["cameras"]["cam0"]["calls_today"] == 1
     router.close()
@@ -472,13 +497,13 @@ def test_cap_also_bounds_probes(fake: FakeRoboflow) -> None:
     router = make_router(fake, clock=clock, max_calls_per_minute=1, probe_interval_s=1.0)
     image = draw_scene()
     fake.set_fault("500")
-    router.infer("cam0", image)
+    router.infer(frame_of("cam0", image))
     fake.clear_fault()
     clock.advance(2.0)
-    assert router.infer("cam0", image).source == "local"  # probe due, but the camera is at its cap
+    assert router.infer(frame_of("cam0", image)).source == "local"  # probe due, but the camera is at its cap
     assert fake.calls() == 1
     clock.advance(59.0)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     router.close()
 
 
@@ -488,13 +513,13 @@ def test_change_gate(fake: FakeRoboflow) -> None:
     rng = np.random.default_rng(0)
     noisy = np.clip(image.astype(np.int16) + rng.integers(-2, 3, image.shape), 0, 255).astype(np.uint8)
     moved = draw_scene(shift=40)
-    assert router.admit("cam0", image)
-    assert not router.admit("cam0", image)
-    assert not router.admit("cam0", noisy)
-    assert router.admit("cam1", image)  # each camera compares with its own last frame
-    assert router.admit("cam0", moved)
-    assert not router.admit("cam0", moved)
-    assert router.admit("cam0", image)
+    assert router.admit(frame_of("cam0", image))
+    assert not router.admit(frame_of("cam0", image))
+    assert not router.admit(frame_of("cam0", noisy))
+    assert router.admit(frame_of("cam1", image))  # each camera compares with its own last frame
+    assert router.admit(frame_of("cam0", moved))
+    assert not router.admit(frame_of("cam0", moved))
+    assert router.admit(frame_of("cam0", image))
     st = router.stats()
     assert st["gated"] == 3 and st["saved"]["frames_gated"] == 3 and st["admitted"] == 4
     assert st["cameras"]["cam0"]["gated"] == 3
@@ -505,7 +530,7 @@ def test_change_gate(fake: FakeRoboflow) -> None:
 def test_no_gate_by_default(fake: FakeRoboflow) -> None:
     router = make_router(fake)
     image = draw_scene()
-    assert all(router.admit("cam0", image) for _ in range(3))
+    assert all(router.admit(frame_of("cam0", image)) for _ in range(3))
     assert router.stats()["gated"] == 0
     router.close()
 
@@ -516,7 +541,7 @@ def test_no_gate_by_default(fake: FakeRoboflow) -> None:
 def test_serverless_mode_retries_a_transient_failure(fake: FakeRoboflow) -> None:
     router = make_router(fake, mode="serverless", with_local=False)
     fake.set_fault("500", times=1)
-    out = router.infer("cam0", draw_scene())
+    out = router.infer(frame_of("cam0", draw_scene()))
     assert out.source == "serverless" and classes(out) == sorted(CLASS_NAMES)
     assert fake.calls() == 2 and router.mode == "serverless"
     st = router.stats()
@@ -533,14 +558,14 @@ def test_serverless_mode_outage_fails_loudly_then_recovers(fake: FakeRoboflow) -
     image = draw_scene()
     fake.set_fault("500")
     with pytest.raises(FrameFailed) as info:
-        router.infer("cam0", image)
+        router.infer(frame_of("cam0", image))
     assert info.value.kind == "http" and info.value.attempts == 3
     assert fake.calls() == 3
     assert router.mode == "unavailable" and modes.modes == ["unavailable"]
     # during the outage: fail at once, no call
     t0 = time.perf_counter()
     with pytest.raises(FrameFailed) as info:
-        router.infer("cam0", image)
+        router.infer(frame_of("cam0", image))
     # at once: no call (counted below), nothing to wait for; takes well under 1 ms, 0.3 s is room for a loaded machine
     assert info.value.kind == "unavailable" and time.perf_counter() - t0 < 0.3
     assert fake.calls() == 3
@@ -549,11 +574,11 @@ def test_serverless_mode_outage_fails_loudly_then_recovers(fake: FakeRoboflow) -
     # the probe frame: one attempt, no retries
     clock.advance(5.1)
     with pytest.raises(FrameFailed):
-        router.infer("cam0", image)
+        router.infer(frame_of("cam0", image))
     assert fake.calls() == 4
     fake.clear_fault()
     clock.advance(10.1)
-    assert router.infer("cam0", image).source == "serverless"
+    assert router.infer(frame_of("cam0", image)).source == "serverless"
     assert modes.modes == ["unavailable", "serverless"]
     assert_no_key(str(info.value), json.dumps(router.stats()))
     router.close()
@@ -563,14 +588,14 @@ def test_serverless_mode_no_retry_on_403_or_long_retry_after(fake: FakeRoboflow)
     router = make_router(fake, mode="serverless", with_local=False)
     fake.set_fault("403")
     with pytest.raises(FrameFailed) as info:
-        router.infer("cam0", draw_scene())
+        router.infer(frame_of("cam0", draw_scene()))
     assert info.value.kind == "auth" and fake.calls() == 1 and router.mode == "auth_error"
     router.close()
 
     router = make_router(fake, mode="serverless", with_local=False)
     fake.set_fault("429", retry_after="60")
     with pytest.raises(FrameFailed) as info:
-        router.infer("cam0", draw_scene())
+        router.infer(frame_of("cam0", draw_scene()))
     assert info.value.kind == "rate_limited" and fake.calls() == 2
     router.close()
 
@@ -580,12 +605,12 @@ def test_serverless_mode_caps_skip_frames(fake: FakeRoboflow) -> None:
     router = make_router(fake, mode="serverless", with_local=False, clock=clock, max_calls_per_minute=2)
     image = draw_scene()
     for _ in range(2):
-        assert router.admit("cam0", image)
-        assert router.infer("cam0", image).source == "serverless"
-    assert not router.admit("cam0", image)
+        assert router.admit(frame_of("cam0", image))
+        assert router.infer(frame_of("cam0", image)).source == "serverless"
+    assert not router.admit(frame_of("cam0", image))
     assert router.stats()["capped_minute"] == 1
     with pytest.raises(FrameFailed) as info:  # if a worker calls anyway
-        router.infer("cam0", image)
+        router.infer(frame_of("cam0", image))
     assert info.value.kind == "capped_minute"
     router.close()
 
@@ -695,7 +720,7 @@ def test_needed_hw(
     }
     detector = detectors[local]
     router = make_router(None, mode=mode, local=detector, with_local=detector is not None, upload_max_side=max_side)
-    need = router.needed_hw(frame_hw)
+    need = decode_policy(router).decode_hw(frame_hw)
     assert need == expected
     parts = [] if detector is None else [detector.needed_hw(frame_hw)]
     if mode != "local":
@@ -715,7 +740,10 @@ def test_needed_hw_of_a_local_mode_router_leaves_the_client_out(demo_model: Onnx
     serverless = ServerlessSettings(model_id=MODEL, api_key=Secret(KEY), upload_max_side=0)
     remote = ServerlessClient(serverless, confidence=40, overlap=30, max_detections=300)
     router = Router(InferenceSettings(mode="local", serverless=serverless), local=demo_model, remote=remote)
-    assert router.needed_hw((1080, 1920)) == (234, 416)  # not the full-size upload: the API is never used
+    assert decode_policy(router).decode_hw((1080, 1920)) == (
+        234,
+        416,
+    )  # not the full-size upload: the API is never used
     router.close()
 
 
@@ -723,9 +751,9 @@ def test_local_infer_passes_frame_hw_and_answers_in_frame_pixels() -> None:
     local = ReducedBlobDetector(quarter)
     router = make_router(None, mode="local", local=local)
     full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
-    want = router.infer("cam0", full)
-    got = router.infer("cam0", reduced, frame_hw=(1080, 1920))
-    plain = router.infer("cam0", reduced)
+    want = router.infer(frame_of("cam0", full))
+    got = router.infer(frame_of("cam0", reduced, frame_hw=(1080, 1920)))
+    plain = router.infer(frame_of("cam0", reduced))
     assert local.calls == [((1080, 1920), (1080, 1920)), ((270, 480), (1080, 1920)), ((270, 480), (270, 480))]
     assert got.source == want.source == "local"
     assert got.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
@@ -738,11 +766,11 @@ def test_local_infer_passes_frame_hw_and_answers_in_frame_pixels() -> None:
 def test_local_infer_with_the_demo_model_on_a_reduced_decode(demo_model: OnnxModel) -> None:
     router = make_router(None, mode="local", local=demo_model)
     frame_hw = (1080, 1920)
-    factor = reduction_factor(frame_hw, router.needed_hw(frame_hw))
+    factor = reduction_factor(frame_hw, decode_policy(router).decode_hw(frame_hw))
     assert factor == 4
     full, reduced = jpeg_decodes(draw_scene(1920, 1080), factor)
-    want = router.infer("cam0", full)
-    got = router.infer("cam0", reduced, frame_hw=frame_hw)
+    want = router.infer(frame_of("cam0", full))
+    got = router.infer(frame_of("cam0", reduced, frame_hw=frame_hw))
     assert got.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
     assert_same_predictions(got.api, want.api, tol=14.0)  # 3 pixels of the model's 416 input
     points = [pt for p in got.api["predictions"] for pt in p["points"]]
@@ -756,15 +784,15 @@ def test_auto_infer_with_frame_hw_uploads_the_reduced_image_and_falls_back_in_fr
     local = ReducedBlobDetector(quarter)
     router = make_router(fake, local=local)
     full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
-    want = router.infer("cam0", full)
+    want = router.infer(frame_of("cam0", full))
     assert fake.requests[-1].image_wh == (1920, 1080)
-    remote = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    remote = router.infer(frame_of("cam0", reduced, frame_hw=(1080, 1920)))
     assert remote.source == "serverless"
     assert fake.requests[-1].image_wh == (480, 270)  # a reduced decode goes as it is
     assert remote.api["image"] == want.api["image"] == {"width": 1920, "height": 1080}
     assert_same_predictions(remote.api, want.api, tol=12.0)
     fake.set_fault("500")
-    fallback = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    fallback = router.infer(frame_of("cam0", reduced, frame_hw=(1080, 1920)))
     assert fallback.source == "local"
     assert local.calls == [((270, 480), (1080, 1920))]
     assert fallback.api["image"] == {"width": 1920, "height": 1080}
@@ -775,9 +803,9 @@ def test_auto_infer_with_frame_hw_uploads_the_reduced_image_and_falls_back_in_fr
 def test_serverless_retry_keeps_frame_hw(fake: FakeRoboflow) -> None:
     router = make_router(fake, mode="serverless", with_local=False)
     full, reduced = jpeg_decodes(draw_scene(1920, 1080), 4)
-    want = router.infer("cam0", full)
+    want = router.infer(frame_of("cam0", full))
     fake.set_fault("500", times=1)
-    out = router.infer("cam0", reduced, frame_hw=(1080, 1920))
+    out = router.infer(frame_of("cam0", reduced, frame_hw=(1080, 1920)))
     assert out.source == "serverless" and router.stats()["retries"] == 1
     assert [r.image_wh for r in fake.requests[-2:]] == [(480, 270), (480, 270)]
     assert out.api["image"] == {"width": 1920, "height": 1080}
@@ -792,7 +820,7 @@ def test_cameras_jpeg_goes_to_the_api_and_through_a_retry(fake: FakeRoboflow) ->
     assert ok
     digest = hashlib.sha256(base64.b64encode(camera_jpeg.tobytes())).hexdigest()
     fake.set_fault("500", times=1)
-    out = router.infer("cam0", image, None, camera_jpeg.tobytes())
+    out = router.infer(frame_of("cam0", image, jpeg=camera_jpeg.tobytes()))
     assert out.source == "serverless" and router.stats()["retries"] == 1
     assert [r.body_sha256 for r in fake.requests[-2:]] == [digest, digest]
     assert classes(out) == sorted(CLASS_NAMES)
@@ -803,17 +831,19 @@ def test_decode_needed_only_when_the_pixels_may_be_looked_at(fake: FakeRoboflow)
     """Frames need decoding unless they go to the hosted API as the camera's own JPEG."""
     hd = (720, 1280)
     router = make_router(fake)  # auto, hosted in use, no gate, no downscale
-    assert router.decode_needed(hd) is False
+    assert decode_policy(router).decode_ahead(hd) is False
     fake.set_fault("500")
-    router.infer("cam0", draw_scene())  # fails over: frames go local now
-    assert router.mode == "local" and router.decode_needed(hd) is True
+    router.infer(frame_of("cam0", draw_scene()))  # fails over: frames go local now
+    assert router.mode == "local" and decode_policy(router).decode_ahead(hd) is True
     router.close()
-    assert make_router(fake, upload_max_side=640).decode_needed(hd) is True  # the upload is a resize
-    assert make_router(fake, upload_max_side=640).decode_needed((480, 640)) is False  # ... but not this one
-    assert make_router(None, mode="local").decode_needed(hd) is True
+    assert decode_policy(make_router(fake, upload_max_side=640)).decode_ahead(hd) is True  # the upload is a resize
+    assert (
+        decode_policy(make_router(fake, upload_max_side=640)).decode_ahead((480, 640)) is False
+    )  # ... but not this one
+    assert decode_policy(make_router(None, mode="local")).decode_ahead(hd) is True
     gated = make_router(fake)
     object.__setattr__(gated._s, "change_gate", 2.0)
-    assert gated.decode_needed(hd) is True  # the change gate looks at every frame
+    assert decode_policy(gated).decode_ahead(hd) is True  # the change gate looks at every frame
 
 
 def test_an_undecoded_frame_is_decoded_when_it_goes_local(fake: FakeRoboflow) -> None:
@@ -825,16 +855,16 @@ def test_an_undecoded_frame_is_decoded_when_it_goes_local(fake: FakeRoboflow) ->
     ok, buf = cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     jpeg = buf.tobytes()
-    nothing = np.empty((0, 0, 3), np.uint8)
-    remote = router.infer("cam0", nothing, (1080, 1920), jpeg)
+    nothing = None  # left undecoded by the capture: the frame is its JPEG
+    remote = router.infer(frame_of("cam0", nothing, (1080, 1920), jpeg))
     assert remote.source == "serverless" and fake.requests[-1].image_wh == (1920, 1080)
     fake.set_fault("500")
-    fallback = router.infer("cam0", nothing, (1080, 1920), jpeg)
+    fallback = router.infer(frame_of("cam0", nothing, (1080, 1920), jpeg))
     assert fallback.source == "local" and fallback.api["image"] == {"width": 1920, "height": 1080}
     assert local.calls == [((270, 480), (1080, 1920))]  # decoded at 1/4, what the model needs
     assert_same_predictions(fallback.api, remote.api, tol=12.0)
     with pytest.raises(FrameFailed, match="could not be decoded"):
-        router.infer("cam0", nothing, (1080, 1920), b"\xff\xd8 not a picture")
+        router.infer(frame_of("cam0", nothing, (1080, 1920), b"\xff\xd8 not a picture"))
     assert router.stats()["frames_failed"] == 1
     router.close()
 
@@ -853,7 +883,7 @@ def test_concurrent_frames_through_an_outage(fake: FakeRoboflow) -> None:
     def worker() -> None:
         for _ in range(12):
             try:
-                out = router.infer("cam0", image)
+                out = router.infer(frame_of("cam0", image))
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
                 continue
@@ -898,13 +928,13 @@ def test_the_key_never_shows(fake: FakeRoboflow, caplog: pytest.LogCaptureFixtur
             fake.start()
             fake.set_fault(fault)
         clock.advance(2.0)
-        out = router.infer("cam0", image)
+        out = router.infer(frame_of("cam0", image))
         texts += [out.fallback_reason, encode(out.api).decode()]
     texts += [json.dumps(router.stats()), modes.events, caplog.text]
     sless = make_router(fake, mode="serverless", with_local=False)
     fake.set_fault("500")
     with pytest.raises(FrameFailed) as info:
-        sless.infer("cam0", image)
+        sless.infer(frame_of("cam0", image))
     texts += [str(info.value), repr(info.value), json.dumps(sless.stats())]
     assert "api_key=***" in caplog.text
     assert_no_key(*texts)
@@ -917,7 +947,7 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError):
         Router(s, local=None, remote=None)
     router = Router(InferenceSettings(mode="auto"), local=BlobDetector(), remote=None)
-    out = router.infer("cam0", draw_scene())
+    out = router.infer(frame_of("cam0", draw_scene()))
     assert out.source == "local" and out.fallback_reason is None and router.mode == "local"
     router.close()
 
@@ -957,7 +987,9 @@ def test_local_slots_bound_how_many_frames_run_locally_at_once(slots: int, most:
     router = Router(InferenceSettings(mode="local"), local=local, remote=None, local_slots=slots)
     image = draw_scene()
     outcomes: list[Outcome] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(router.infer("cam0", image))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(router.infer(frame_of("cam0", image)))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
