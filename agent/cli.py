@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model", "-m", required=True, help="ONNX model file or Roboflow package directory (see README: Local models)"
     )
     infer.add_argument("images", nargs="+", help="image files")
-    infer.add_argument("--confidence", type=float, default=40.0, help="threshold, 0-100 (default: %(default)s)")
+    infer.add_argument(
+        "--confidence", type=float, default=40.0, help="threshold, 0-100 (below 1: a fraction); default %(default)s"
+    )
     infer.add_argument("--overlap", type=float, default=30.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
     infer.add_argument("--max-detections", type=int, default=300, help="default: %(default)s")
     infer.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = automatic")
@@ -76,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", "-m", required=True, help="ONNX model")
     ev.add_argument("--images", required=True, help="directory of images")
     ev.add_argument("--annotations", required=True, help="COCO-format annotations JSON")
-    ev.add_argument("--confidence", type=float, default=1.0, help="threshold, 0-100 (default: %(default)s)")
+    ev.add_argument(
+        "--confidence", type=float, default=1.0, help="threshold, 0-100 (below 1: a fraction); default %(default)s"
+    )
     ev.add_argument("--overlap", type=float, default=50.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -166,12 +170,14 @@ def _infer(args: argparse.Namespace) -> int:
 
     import cv2
 
+    from agent.config import percent
     from agent.model import ModelError, OnnxModel, limit_helper_threads
     from agent.results import detections_to_api, encode
 
     for name in ("confidence", "overlap"):
         if not 0 <= getattr(args, name) <= 100:
             raise CliError(f"--{name}: {getattr(args, name)} is out of range [0, 100]")
+        setattr(args, name, percent(getattr(args, name)))
     limit_helper_threads()  # as the daemon runs: the cores are ONNX Runtime's
     try:
         model = OnnxModel(args.model, threads=args.threads)
@@ -203,6 +209,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from agent.config import percent
     from agent.evaluate import evaluate, format_report
     from agent.model import ModelError, OnnxModel, limit_helper_threads
 
@@ -216,8 +223,8 @@ def _eval(args: argparse.Namespace) -> int:
             model,
             Path(args.images),
             Path(args.annotations),
-            confidence=args.confidence / 100,
-            overlap=args.overlap / 100,
+            confidence=percent(args.confidence) / 100,
+            overlap=percent(args.overlap) / 100,
             limit=args.limit,
         )
     except (OSError, ValueError, ImportError) as exc:

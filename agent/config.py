@@ -34,6 +34,7 @@ __all__ = [
     "TlsSettings",
     "load_settings",
     "parse_settings",
+    "percent",
     "settings_summary",
 ]
 
@@ -86,13 +87,14 @@ class LocalSettings:
     sessions: int = 1  # sessions running frames side by side (frames in flight per camera)
     providers: tuple[str, ...] = ("cpu",)
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
+    model_id: str = ""  # what local results say in model_id; "" = the model file's name without suffix
 
 
 @dataclass(frozen=True, slots=True)
 class InferenceSettings:
     mode: Mode = "auto"
-    confidence: float = 40.0  # 0-100
-    overlap: float = 30.0  # 0-100
+    confidence: float = 40.0  # 0-100; a value below 1 is read as a fraction (see percent())
+    overlap: float = 30.0  # 0-100, the same rule
     max_detections: int = 300
     serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
@@ -154,12 +156,21 @@ class Settings:
 
     @property
     def model_id(self) -> str:
-        """What ``model_id`` says in every message: the hosted model (whose twin the local model is, in
-        auto mode), or the local model's name when the hosted API isn't used."""
-        model = self.inference.local.model
+        """The model whose results this agent publishes by default: the hosted model, or the local one when
+        the hosted API isn't used. Each message names the model that made it (:attr:`local_model_id`,
+        ``inference.serverless.model_id``)."""
         if self.inference.mode == "local" or not self.inference.serverless.model_id:
-            return model.stem if model else ""
+            return self.local_model_id
         return self.inference.serverless.model_id
+
+    @property
+    def local_model_id(self) -> str:
+        """What local results say in ``model_id``: ``inference.local.model_id``, else the model file's name
+        without its suffix (a Roboflow package: its folder's name)."""
+        local = self.inference.local
+        if local.model_id:
+            return local.model_id
+        return local.model.stem if local.model else ""
 
 
 # --------------------------------------------------------------------------- loading
@@ -266,11 +277,17 @@ def _camera(c: Reader) -> CameraSettings:
     return settings
 
 
+def percent(value: float) -> float:
+    """A threshold on the API's 0-100 scale, by Roboflow's server's own rule: a value below 1 is a fraction
+    (``0.5`` means 50 %), so a threshold means the same on the hosted and the local side."""
+    return value * 100.0 if 0.0 < value < 1.0 else value
+
+
 def _inference(s: Reader) -> InferenceSettings:
     settings = InferenceSettings(
         mode=s.choice("mode", get_args(Mode)),  # type: ignore[arg-type]
-        confidence=s.number_in("confidence", 0.0, 100.0),
-        overlap=s.number_in("overlap", 0.0, 100.0),
+        confidence=percent(s.number_in("confidence", 0.0, 100.0)),
+        overlap=percent(s.number_in("overlap", 0.0, 100.0)),
         max_detections=s.int_in("max_detections", 1, 10000),
         serverless=_serverless(s.section("serverless", ServerlessSettings)),
         local=_local(s.section("local", LocalSettings)),
@@ -341,6 +358,7 @@ def _local(lo: Reader) -> LocalSettings:
         sessions=lo.int_in("sessions", 1, 16),
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
+        model_id=lo.text("model_id"),
     )
     lo.finish()
     return settings

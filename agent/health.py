@@ -22,6 +22,8 @@ from agent.worker import CameraWorker
 
 __all__ = ["report", "status_line"]
 
+_SLOW_SHARE = 0.5  # hosted answers slower than this share of the timeout (p50) are named a problem
+
 
 def report(
     *,
@@ -53,10 +55,12 @@ def report(
     if not mqtt.connected:
         problems.append("broker disconnected")
     mode = routing["mode"]
-    if mode == "auth_error":
-        problems.append("serverless API key rejected")
-    elif mode == "unavailable":
-        problems.append("serverless API unavailable and no local model")
+    problems += router.problems()
+    hosted = router.latency["serverless"].summary()
+    timeout_s = settings.inference.serverless.timeout_s
+    p50 = hosted["p50_ms"]
+    if p50 is not None and p50 >= _SLOW_SHARE * timeout_s * 1000.0 and routing["mode"] == "serverless":
+        problems.append(f"hosted API slow: answers take {p50 / 1000:.1f} s (p50) of a {timeout_s:g} s timeout")
     return {
         "state": str(state) if state != "running" or not problems else "degraded",
         "problems": problems,

@@ -17,17 +17,20 @@ redacting filter on named loggers, for handlers that aren't ours. Nothing happen
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TextIO
 from urllib.parse import quote, quote_plus
 
 __all__ = [
     "RedactingFilter",
+    "Throttle",
     "add_secret",
     "clear_secrets",
     "redact",
@@ -236,3 +239,33 @@ def reset_logging() -> None:
         root.removeHandler(handler)
         handler.close()
     logging.captureWarnings(False)
+
+
+class Throttle:
+    """Rate-limits a repeated log line: the first of each ``key`` is written, then at most one per
+    ``interval_s``, saying how many like it were held back meanwhile. Thread-safe; the clock is injectable."""
+
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = 60.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        """Write ``message % args`` unless a line of ``key`` went out under ``interval_s`` ago; True if written."""
+        now = self._clock()
+        with self._lock:
+            if now < self._next.get(key, -math.inf):
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            held = self._held.pop(key, 0)
+            self._next[key] = now + self._interval_s
+        if held:
+            message += " (and %d more like it in the last %.0f s)"
+            args = (*args, held, self._interval_s)
+        self._logger.log(level, message, *args)
+        return True

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.capture import Camera
 from agent.config import Settings
 from agent.frames import DecodePolicy, Frame
+from agent.logs import Throttle
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -92,8 +94,11 @@ class Sink:
         self._model_id = settings.model_id
         self._outbox = outbox
         self._topics = topics
+        self._warn = Throttle(log)  # one line a minute per camera and kind, with a count: not one per frame
 
     def deliver(self, frame: Frame, frame_id: int, outcome: Outcome) -> None:
+        # latency_ms is the whole time from capture to result: a frame that waited for its turn says so
+        latency_ms = max(outcome.latency_ms, (time.time() - frame.timestamp) * 1000.0)
         message = to_message(
             outcome.api,
             device_id=self._device_id,
@@ -101,14 +106,22 @@ class Sink:
             frame_id=frame_id,
             timestamp=frame.timestamp,
             source=outcome.source,
-            model_id=self._model_id,
-            latency_ms=outcome.latency_ms,
+            model_id=outcome.model_id or self._model_id,
+            latency_ms=latency_ms,
             fallback_reason=outcome.fallback_reason,
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
-        log.warning("camera %s: frame %d got no result (%s): %s", frame.camera, frame_id, exc.kind, exc.reason)
+        self._warn.log(
+            logging.WARNING,
+            f"{frame.camera}/{exc.kind}",
+            "camera %s: frame %d got no result (%s): %s",
+            frame.camera,
+            frame_id,
+            exc.kind,
+            exc.reason,
+        )
         message = {
             "device_id": self._device_id,
             "camera": frame.camera,
@@ -192,12 +205,20 @@ def build(
     topics = Topics.of(s)
     outbox = Outbox(s.state_dir / "outbox.sqlite3", s.outbox)
     router = Router(
-        s.inference, local=local, remote=remote, on_mode_change=on_mode_change, local_slots=s.inference.local.sessions
+        s.inference,
+        local=local,
+        remote=remote,
+        on_mode_change=on_mode_change,
+        local_slots=s.inference.local.sessions,
+        local_model_id=s.local_model_id,
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
     sink = Sink(s, outbox, topics)
-    in_flight = s.inference.serverless.max_in_flight if remote is not None else s.inference.local.sessions
+    # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
+    # mode, the local runs of frames that found every hosted call busy.
+    hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
+    local_runs = s.inference.local.sessions if local is not None else 0
     decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
         model_hw=None if local is None else local.needed_hw,
         upload_hw=None if remote is None else remote.upload_hw,
@@ -206,6 +227,10 @@ def build(
     )
     for cam_settings in s.cameras:
         camera = Camera(cam_settings, decode=decode)
+        # A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a
+        # hosted slot: only live sources (and realtime files) overflow to the local model.
+        batch = cam_settings.is_file and not cam_settings.realtime
+        in_flight = hosted_calls if batch and hosted_calls else hosted_calls + local_runs
         worker = CameraWorker(
             camera,
             FrameIds(cam_settings.name, outbox),

@@ -16,8 +16,11 @@ Modes (:attr:`Router.mode`, shown on the health topic):
     ``serverless``; one that fails doubles the interval (``probe_interval_s`` .. ``probe_max_s``) and its
     frame goes local. ``Retry-After`` delays the next probe to at least that long.
 ``auth_error``
-    A 401/403: the key isn't allowed (a configuration error, logged at ERROR). Frames go local (``auto``)
-    and probing continues with backoff, so a key fixed server-side is picked up.
+    A 401/403: the key isn't allowed (a configuration error, logged once at ERROR). Frames go local
+    (``auto``) and probing continues every ``probe_max_s``, so a key fixed server-side is picked up.
+``config_error``
+    The model, route or request is wrong (404, 405, a 400 on every call, the same 5xx on every call for a
+    minute: see :mod:`agent.routing`): as ``auth_error``, and the health topic's ``problems`` says what.
 ``unavailable``
     ``inference.mode: serverless`` (no local fallback) and the endpoint is down; see the failure policy.
 
@@ -29,6 +32,11 @@ server asks for more than :data:`MAX_RETRY_WAIT_S`). If it still fails, :meth:`R
 empty result: an outage must not look like "no objects". The worker turns :class:`FrameFailed` into an
 error record (counted, logged, visible on the health topic); frames are not queued for later, because
 the camera would outrun any queue during a long outage and stale results are of little use.
+
+Latency budget, per camera: at most ``max_in_flight`` hosted calls at once, ever. A frame that finds them
+all busy goes to the local model (``auto``, ``fallback_reason: hosted_busy``); the worker never hands a
+hosted-only router more frames than that (the camera keeps only the newest frame meanwhile), so no result
+waits behind a queue of calls: none is older than about one timeout plus one model run.
 
 Cost control, per camera: ``max_calls_per_minute`` (sliding 60 s window) and ``max_calls_per_day``
 (24 h window from the first call of the window) count remote *attempts*, probes included. A frame over a
@@ -99,13 +107,15 @@ class Outcome:
 
     ``latency_ms`` is the whole time :meth:`Router.infer` took for the frame (a failed remote attempt
     before the local run included). ``fallback_reason`` says why a frame that would have gone to the
-    hosted API was run locally (``None`` for hosted results and in ``local`` mode).
+    hosted API was run locally, as a short code (:data:`agent.routing.FALLBACK_CODES`; ``None`` for hosted
+    results and in ``local`` mode). ``model_id``: the model that made the result.
     """
 
     api: dict[str, Any]
     source: Literal["serverless", "local"]
     latency_ms: float
     fallback_reason: str | None
+    model_id: str = ""
 
 
 class FrameFailed(Exception):
@@ -139,11 +149,12 @@ class Router:
         retry_delays: Sequence[float] = (0.5, 1.0),
         sleep: Callable[[float], None] = time.sleep,
         local_slots: int = 1,
+        local_model_id: str = "",
     ) -> None:
         """``on_mode_change(mode, reason)`` is called on every mode change, from the thread that saw it,
         in order, outside the router's state lock. The router owns ``remote`` (:meth:`close` closes it).
         ``local_slots``: how many frames ``local.detect`` may run at once (a :class:`agent.model.SessionPool`'s
-        size; 1 serialises them)."""
+        size; 1 serialises them). ``local_model_id``: what local results say in ``model_id``."""
         configured = settings.mode
         if configured == "local" and local is None:
             raise ValueError("inference.mode is 'local' but no local model was given")
@@ -167,6 +178,8 @@ class Router:
         self._policy = RoutePolicy(
             self._s, configured=configured, has_local=local is not None, has_remote=remote is not None, now=clock()
         )
+        self._local_model_id = local_model_id
+        self._hosted_model_id = remote.model_id if remote is not None else ""
         self.latency = {"serverless": LatencyWindow(512), "local": LatencyWindow(512)}
         """Each result's time in :meth:`infer`, by the way it was made: the one record of inference latency."""
         self._known_classes: set[str] | None = None
@@ -244,6 +257,12 @@ class Router:
             result["client"] = self._remote.stats()
         return result
 
+    def problems(self) -> list[str]:
+        """What is wrong with the way to a result, for the health topic's ``problems`` (redacted)."""
+        with self._lock:
+            problem = self._policy.problem(self._clock(), time.time())
+        return [] if problem is None else [redact(problem, self._key)]
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -276,11 +295,15 @@ class Router:
 
     def _run_remote(self, frame: Frame, plan: Plan, t0: float) -> Outcome:
         camera = frame.camera
-        api, error = self._call(frame)
-        attempts = 1
-        if error is not None and not plan.probe and not self._policy.fallback and error.kind != "auth":
-            api, error, more = self._retry(frame, error)
-            attempts += more
+        try:
+            api, error = self._call(frame)
+            attempts = 1
+            if error is not None and not plan.probe and not self._policy.fallback and error.kind != "auth":
+                api, error, more = self._retry(frame, error)
+                attempts += more
+        finally:
+            with self._lock:
+                self._policy.call_done(camera)
         if api is not None:
             with self._lock:
                 endpoint = self._remote.endpoint if self._remote else "it"
@@ -288,18 +311,23 @@ class Router:
                 self._check_classes(api)
             latency = _ms_since(t0)
             self.latency["serverless"].add(latency)
-            return Outcome(api=api, source="serverless", latency_ms=latency, fallback_reason=None)
+            return Outcome(api, "serverless", latency, None, self._hosted_model_id)
         assert error is not None
         detail = redact(str(error), self._key)
         with self._lock:
             verdict = self._policy.failed(
-                self._clock(), kind=error.kind, detail=detail, retry_after=error.retry_after, probe=plan.probe
+                self._clock(),
+                kind=error.kind,
+                detail=detail,
+                retry_after=error.retry_after,
+                probe=plan.probe,
+                status=error.status,
             )
             reason = self._apply(verdict)
             if self._policy.fallback:
                 self._policy.count(camera, "failed_over")
         if self._policy.fallback:
-            return self._run_local(frame, reason, t0)
+            return self._run_local(frame, verdict.code, t0)
         self._count_frame_failed(camera)
         raise FrameFailed(error.kind, reason, attempts=attempts, latency_ms=_ms_since(t0))
 
@@ -379,12 +407,7 @@ class Router:
         with self._lock:
             self._policy.counters["local_ok"] += 1
         self.latency["local"].add(latency)
-        return Outcome(
-            api=api,
-            source="local",
-            latency_ms=latency,
-            fallback_reason=redact(reason, self._key) if reason else None,
-        )
+        return Outcome(api, "local", latency, reason or None, self._local_model_id)
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
 from agent.capture import Camera, Frame
@@ -83,7 +83,10 @@ DeliverFailure = Callable[[Frame, int, FrameFailed], None]
 
 
 class CameraWorker:
-    """Takes sampled frames from one camera, infers with up to ``in_flight`` at once, delivers in order."""
+    """Takes sampled frames from one camera, infers with up to ``in_flight`` at once, delivers in order.
+
+    Finished results wait for the frames captured before them, so delivery is in capture order; how many
+    wait is bounded by time (frames arriving during one hosted call), not by a queue of calls."""
 
     def __init__(
         self,
@@ -134,7 +137,13 @@ class CameraWorker:
         try:
             while not self._stopping.is_set():
                 self.heartbeat.beat()
-                self._complete(block=len(self._pending) >= self._in_flight)
+                self._complete(block=False)
+                if self._under_way() >= self._in_flight:
+                    # Never more than in_flight frames under way: wait for one to finish, however long it
+                    # takes (the camera keeps only its newest frame meanwhile). Giving up and reading another
+                    # frame would queue frames behind slow calls.
+                    self._wait_any()
+                    continue
                 frame = self.camera.read(timeout=_POLL_S)
                 if frame is None:
                     if self.camera.ended and not self._pending:
@@ -156,6 +165,13 @@ class CameraWorker:
             self.crashed = True
         finally:
             self.done.set()
+
+    def _under_way(self) -> int:
+        return sum(1 for _, _, future in self._pending if not future.done())
+
+    def _wait_any(self) -> None:
+        """Until some frame under way finishes, or :data:`_POLL_S` passes (the loop looks at ``stopping``)."""
+        wait([f for _, _, f in self._pending if not f.done()], timeout=_POLL_S, return_when=FIRST_COMPLETED)
 
     def _start_inference(self, frame: Frame) -> Future[Outcome]:
         if self._pool is not None:

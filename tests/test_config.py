@@ -176,3 +176,25 @@ def test_local_sessions_default_to_one_and_parse(tmp_path: Path) -> None:
     assert _parse(tmp_path, doc).inference.local.sessions == 1
     doc["inference"]["local"]["sessions"] = 2
     assert _parse(tmp_path, doc).inference.local.sessions == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "percent"),
+    [(40, 40.0), (0.4, 40.0), (0.05, 5.0), (1, 1.0), (0, 0.0), (100, 100.0), (0.999, 99.9)],
+)
+def test_thresholds_below_one_are_fractions_as_on_roboflows_server(
+    tmp_path: Path, given: float, percent: float
+) -> None:
+    doc = _base(tmp_path)
+    _set(doc, "inference.confidence", given)
+    _set(doc, "inference.overlap", given)
+    s = _parse(tmp_path, doc)
+    assert s.inference.confidence == pytest.approx(percent) and s.inference.overlap == pytest.approx(percent)
+
+
+def test_local_results_name_the_local_model(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    s = _parse(tmp_path, doc)
+    assert s.local_model_id == Path(doc["inference"]["local"]["model"]).stem
+    _set(doc, "inference.local.model_id", "shapes-v2")
+    assert _parse(tmp_path, doc).local_model_id == "shapes-v2"

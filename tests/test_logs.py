@@ -303,3 +303,21 @@ def test_filter_leaves_broken_format_strings_to_logging() -> None:
     record = logging.LogRecord("agent.f", logging.INFO, __file__, 1, "%d items", ("many",), None)
     assert RedactingFilter().filter(record) is True
     assert record.args == ("many",)
+
+
+def test_throttle_writes_one_line_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    from agent.logs import Throttle
+
+    now = [0.0]
+    t = Throttle(logging.getLogger("agent.test.throttle"), 60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="agent.test.throttle"):
+        written = []
+        for i in range(10):  # ten frames in 9 s: one line
+            now[0] = float(i)
+            written.append(t.log(logging.WARNING, "cam0", "frame %d failed", i))
+        assert t.log(logging.WARNING, "cam1", "frame %d failed", 0)  # another key has its own budget
+        now[0] = 61.0
+        assert t.log(logging.WARNING, "cam0", "frame %d failed", 99)
+    assert written == [True] + [False] * 9
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["frame 0 failed", "frame 0 failed", "frame 99 failed (and 9 more like it in the last 60 s)"]

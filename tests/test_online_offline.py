@@ -31,6 +31,7 @@ from tests.test_daemon import BASE, AgentProcess, write_config
 KEY = "rfKey7qZ2xW9vB4nM8pLs"  # the workspace key the fake accepts
 WRONG_KEY = "rfNope5tY8uI0oP3aS6dF"  # a key it refuses (403)
 MODEL_ID = "shapes/3"
+LOCAL_MODEL_ID = "test-seg"  # the local model file's name: what local results say in model_id
 LOCAL_CLASSES = ["circle", "rectangle", "triangle"]
 PROBE_S = 1.0
 PREDICTION_KEYS = {"x", "y", "width", "height", "confidence", "class", "class_id", "detection_id", "points"}
@@ -199,11 +200,12 @@ def test_endpoint_dies_and_returns_mid_video(
     # local inference; 3 s is room for that on a loaded machine
     assert returned_after_s <= PROBE_S + 3.0, f"back to serverless {returned_after_s:.1f} s after the endpoint"
     for m in msgs:
-        if m["source"] == "local":
-            assert m["fallback_reason"].startswith("serverless API unavailable"), m["fallback_reason"]
+        if m["source"] == "local":  # a short code: the endpoint refused or timed out, or a probe was under way
+            assert m["fallback_reason"] in {"connect", "timeout", "probe_in_flight"}, m["fallback_reason"]
+            assert m["model_id"] == LOCAL_MODEL_ID
         else:
             assert "fallback_reason" not in m
-        assert m["model_id"] == MODEL_ID
+            assert m["model_id"] == MODEL_ID
 
     # the mode changes on the (retained, at once on a change) health topic, with the reason
     hs = healths(sub)
@@ -317,7 +319,7 @@ def test_same_frame_has_the_same_keys_from_either_side_and_class_mismatch_is_rep
         for p in a["predictions"] + b["predictions"]:
             assert set(p) == PREDICTION_KEYS
             assert all(set(q) == {"x", "y"} for q in p["points"]) and len(p["points"]) >= 3
-        assert a["model_id"] == b["model_id"] == MODEL_ID
+        assert a["model_id"] == MODEL_ID and b["model_id"] == LOCAL_MODEL_ID  # each names the model that made it
     assert "Traceback" not in log1 + agent2.log
     assert_key_nowhere(KEY, agent, sub, agent2.log)
 
@@ -370,7 +372,7 @@ def test_api_key_never_in_logs_messages_or_error_texts_through_every_failure(
         assert f"{kind}: " in log, kind
     assert "Traceback" not in log
     reasons = [m.get("fallback_reason", "") for m in detections(sub)]
-    assert any("HTTP 500" in r for r in reasons) and any("cannot reach" in r for r in reasons)
+    assert "http_500" in reasons and "connect" in reasons  # short codes; the detail is in the log
     assert_key_nowhere(KEY, agent, sub, process_line, config.read_text())
 
 
@@ -395,7 +397,7 @@ def test_forbidden_key_sends_frames_local_says_so_loudly_and_never_prints_the_ke
     )
     msgs = detections(sub)
     assert {m["source"] for m in msgs} == {"local"}
-    assert all(m["fallback_reason"].startswith("serverless API refused the key") for m in msgs)
+    assert all(m["fallback_reason"] == "auth" for m in msgs)
     health = next(h for h in healths(sub) if key_problem(h))
     assert "serverless API key rejected" in health["problems"]
     assert "refused the key" in health["inference"]["router"]["reason"]

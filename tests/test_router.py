@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -147,6 +148,7 @@ def make_router(
         on_mode_change=on_mode_change,
         clock=clock or time.monotonic,
         retry_delays=retry_delays,
+        local_model_id="blob-detector",
     )
 
 
@@ -316,7 +318,7 @@ def test_probe_backoff_and_return(fake: FakeRoboflow) -> None:
     modes = ModeLog()
     router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0, probe_max_s=40.0)
     image = draw_scene()
-    fake.set_fault("500")
+    fake.set_fault("reset")  # an outage (a 5xx on every call for a minute would be a configuration error)
     assert router.infer(frame_of("cam0", image)).source == "local"
     assert fake.calls() == 1 and router.mode == "local"
 
@@ -420,7 +422,7 @@ def test_retry_after_is_honoured(fake: FakeRoboflow, fault: str) -> None:
 def test_403_is_a_configuration_error(fake: FakeRoboflow, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     modes = ModeLog()
-    router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0)
+    router = make_router(fake, clock=clock, on_mode_change=modes, probe_interval_s=10.0, probe_max_s=30.0)
     image = draw_scene()
     fake.set_fault("403")
     with caplog.at_level(logging.DEBUG):
@@ -432,14 +434,18 @@ def test_403_is_a_configuration_error(fake: FakeRoboflow, caplog: pytest.LogCapt
     assert "not authorized" in st["reason"]
     assert any(r.levelno == logging.ERROR and "refused the key" in r.getMessage() for r in caplog.records)
     assert modes.modes == ["auth_error"]
+    # a configuration error is probed every probe_max_s, not after probe_interval_s
+    clock.advance(10.1)
+    router.infer(frame_of("cam0", image))
+    assert fake.calls() == 1
     # a probe failing for another reason doesn't hide the auth error
     fake.set_fault("500")
-    clock.advance(10.1)
+    clock.advance(20.0)
     router.infer(frame_of("cam0", image))
     assert router.mode == "auth_error" and fake.calls() == 2
     # key fixed server-side: the next probe brings it back
     fake.clear_fault()
-    clock.advance(20.1)
+    clock.advance(30.1)
     assert router.infer(frame_of("cam0", image)).source == "serverless"
     assert modes.modes == ["auth_error", "serverless"]
     assert_no_key(caplog.text, modes.events, json.dumps(router.stats()))
@@ -458,7 +464,7 @@ def test_per_minute_cap_per_camera(fake: FakeRoboflow) -> None:
         clock.advance(1.0)
         sources.append(router.infer(frame_of("cam0", image)))
     assert [o.source for o in sources] == ["serverless"] * 3 + ["local"] * 2
-    assert sources[-1].fallback_reason and "max_calls_per_minute" in sources[-1].fallback_reason
+    assert sources[-1].fallback_reason == "capped_minute"
     assert classes(sources[-1]) == sorted(CLASS_NAMES)
     assert router.infer(frame_of("cam1", image)).source == "serverless"  # another camera has its own budget
     st = router.stats()
@@ -997,3 +1003,31 @@ def test_local_slots_bound_how_many_frames_run_locally_at_once(slots: int, most:
     assert len(outcomes) == 4 and all(o.source == "local" and o.api["predictions"] for o in outcomes)
     assert local.most == most
     router.close()
+
+
+def test_a_slow_hosted_api_never_builds_a_queue(fake: FakeRoboflow) -> None:
+    """At most max_in_flight hosted calls per camera, ever: the frames beyond them go local at once."""
+    router = make_router(fake, timeout_s=5.0, max_in_flight=2)
+    fake.set_fault("slow", slow_s=1.5)  # slower than the frames, well inside the timeout
+    image = draw_scene()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        outs = list(pool.map(lambda _: router.infer(frame_of("cam0", image)), range(6)))
+    assert fake.calls() == 2  # two calls, the other four frames did not wait for a slot
+    assert sorted(o.source for o in outs) == ["local"] * 4 + ["serverless"] * 2
+    assert {o.fallback_reason for o in outs if o.source == "local"} == {"hosted_busy"}
+    assert router.stats()["hosted_busy"] == 4 and router.mode == "serverless"
+    fake.clear_fault()
+    assert router.infer(frame_of("cam0", image)).source == "serverless"  # the slots came back
+    router.close()
+
+
+def test_local_results_name_the_local_model(fake: FakeRoboflow) -> None:
+    router = make_router(fake)
+    fake.set_fault("reset")
+    out = router.infer(frame_of("cam0", draw_scene()))
+    assert out.source == "local" and out.fallback_reason == "connect" and out.model_id == "blob-detector"
+    assert router.problems() and "unreachable since" in router.problems()[0]
+    fake.clear_fault()
+    router.close()
+    hosted = make_router(fake).infer(frame_of("cam0", draw_scene()))
+    assert hosted.source == "serverless" and hosted.model_id == MODEL

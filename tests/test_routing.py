@@ -35,25 +35,29 @@ def test_first_decision(configured: str, local: bool, remote: bool, mode: Mode, 
 def test_failover_probe_backoff_and_recovery() -> None:
     p = policy()
     assert p.decide(0.0, "cam").way == Way.REMOTE
+    p.call_done("cam")
     v = p.failed(0.1, kind="connect", detail="cannot reach", retry_after=None, probe=False)
     assert [c.mode for c in v.changes] == [Mode.LOCAL]
     assert v.log is not None and v.log[0] == logging.WARNING and "next probe in 10.0 s" in v.log[1]
     assert p.counters["fallbacks"] == 1
-    # until the probe is due, frames go local with the outage as their reason
+    # until the probe is due, frames go local with the outage's code as their reason
     plan = p.decide(5.0, "cam")
-    assert plan.way == Way.LOCAL and plan.reason is not None and "cannot reach" in plan.reason
+    assert plan.way == Way.LOCAL and plan.reason == "connect"
     # due: exactly one probe at a time
     probe = p.decide(10.1, "cam")
     assert probe.way == Way.REMOTE and probe.probe
-    assert p.decide(10.2, "cam").way == Way.LOCAL  # another frame meanwhile: local
+    meanwhile = p.decide(10.2, "cam")  # another frame meanwhile: local, and it says why
+    assert meanwhile.way == Way.LOCAL and meanwhile.reason == "probe_in_flight"
     # the probe fails: the interval doubles, capped at probe_max_s
     table = [(10.3, 20.0), (30.4, 40.0), (70.5, 40.0)]
     for now, interval in table:
+        p.call_done("cam")
         v = p.failed(now, kind="timeout", detail="timed out", retry_after=None, probe=True)
         assert p.probe_interval == interval and p.next_probe_at == pytest.approx(now + interval)
         assert v.log is not None and v.log[0] == logging.INFO and v.changes == ()
         assert p.decide(p.next_probe_at, "cam").probe
     # the probe answers: back to serverless, interval reset
+    p.call_done("cam")
     v = p.succeeded(200.0, probe=True, endpoint="http://x")
     assert [c.mode for c in v.changes] == [Mode.SERVERLESS] and p.probe_interval == 10.0
     assert p.decide(200.1, "cam").way == Way.REMOTE
@@ -71,13 +75,19 @@ def test_retry_after_delays_the_next_probe() -> None:
 def test_auth_error_holds_until_a_probe_answers() -> None:
     p = policy()
     p.decide(0.0, "cam")
+    p.call_done("cam")
     v = p.failed(0.0, kind="auth", detail="403", retry_after=None, probe=False)
     assert p.mode == Mode.AUTH_ERROR and v.log is not None and v.log[0] == logging.ERROR
-    assert p.decide(10.0, "cam").probe
-    p.failed(10.0, kind="timeout", detail="timed out", retry_after=None, probe=True)
+    assert p.problem(0.0, 1000.0) == "serverless API key rejected"
+    assert not p.decide(10.0, "cam").probe  # a configuration error is probed at probe_max_s
+    assert p.decide(40.0, "cam").probe
+    p.call_done("cam")
+    v = p.failed(40.0, kind="timeout", detail="timed out", retry_after=None, probe=True)
     assert p.mode == Mode.AUTH_ERROR  # a weaker failure doesn't hide the key problem
-    assert p.decide(30.0, "cam").probe
-    p.succeeded(30.0, probe=True, endpoint="e")
+    assert v.log is not None and v.log[0] == logging.DEBUG  # said once at ERROR already
+    assert p.decide(80.0, "cam").probe
+    p.call_done("cam")
+    p.succeeded(80.0, probe=True, endpoint="e")
     assert p.mode == Mode.SERVERLESS
 
 
@@ -124,8 +134,9 @@ def test_call_budget(per_minute: int, per_day: int, calls: list[float], now: flo
 def test_caps_send_frames_local_in_auto_and_skip_them_hosted_only() -> None:
     auto = policy(max_calls_per_minute=1)
     assert auto.decide(0.0, "cam").way == Way.REMOTE
+    auto.call_done("cam")
     plan = auto.decide(1.0, "cam")
-    assert plan.way == Way.LOCAL and plan.reason is not None and "max_calls_per_minute" in plan.reason
+    assert plan.way == Way.LOCAL and plan.reason == "capped_minute"
     assert auto.decide(1.0, "other").way == Way.REMOTE  # budgets are per camera
     hosted = policy("serverless", local=False, max_calls_per_minute=1)
     assert hosted.admit(0.0, "cam", None)
@@ -149,3 +160,54 @@ def test_change_gate() -> None:
     assert p.admit(0.0, "cam", thumbnail(still))
     assert not p.admit(0.1, "cam", thumbnail(still))
     assert p.counters["gated"] == 1 and p.counters["admitted"] == 1
+
+
+def test_at_most_max_in_flight_hosted_calls_per_camera() -> None:
+    p = policy(max_in_flight=2)
+    assert [p.decide(0.0, "cam").way for _ in range(2)] == [Way.REMOTE, Way.REMOTE]
+    busy = p.decide(0.0, "cam")
+    assert busy.way == Way.LOCAL and busy.reason == "hosted_busy"  # never queued behind the slow calls
+    assert p.decide(0.0, "other").way == Way.REMOTE  # per camera
+    p.call_done("cam")
+    assert p.decide(0.1, "cam").way == Way.REMOTE
+    assert p.counters["hosted_busy"] == 1 and p.camera_stats(0.1)["cam"]["hosted_in_flight"] == 2
+    hosted = policy("serverless", local=False, max_in_flight=1)
+    hosted.decide(0.0, "cam")
+    assert hosted.decide(0.0, "cam").kind == "hosted_busy"
+
+
+@pytest.mark.parametrize(
+    ("failures", "mode", "problem"),
+    [
+        ([("http", 404, 0.0)], Mode.CONFIG_ERROR, "model p/1 not found (HTTP 404)"),
+        ([("http", 405, 0.0)], Mode.CONFIG_ERROR, "HTTP 405"),
+        ([("http", 400, 0.0)], Mode.LOCAL, "unreachable"),  # one bad frame is not a bad set-up
+        ([("http", 400, t) for t in (0.0, 10.0, 30.0)], Mode.CONFIG_ERROR, "every call rejected (HTTP 400"),
+        ([("http", 503, t) for t in (0.0, 10.0, 30.0)], Mode.LOCAL, "unreachable"),  # under a minute: outage
+        ([("http", 503, t) for t in (0.0, 10.0, 30.0, 70.0)], Mode.CONFIG_ERROR, "same failure on every call"),
+        ([("connect", None, t) for t in (0.0, 10.0, 30.0, 70.0, 150.0)], Mode.LOCAL, "unreachable"),
+        ([("rate_limited", 429, t) for t in (0.0, 10.0, 30.0, 70.0)], Mode.LOCAL, "(http_429), serving local"),
+    ],
+)
+def test_failures_classified(failures: list[tuple[str, int | None, float]], mode: Mode, problem: str) -> None:
+    p = policy()
+    for i, (kind, status, now) in enumerate(failures):
+        plan = p.decide(now, "cam")
+        assert plan.way == Way.REMOTE, (i, plan)
+        p.call_done("cam")
+        p.failed(now, kind=kind, detail=f"HTTP {status}", retry_after=None, probe=i > 0, status=status)
+    assert p.mode == mode
+    text = p.problem(200.0, 1_000_000.0)
+    assert text is not None and problem in text
+    if mode == Mode.CONFIG_ERROR:
+        assert p.probe_interval == p._s.probe_max_s
+        assert p.decide(failures[-1][2] + 1.0, "cam").reason == "config"  # the next probe is probe_max_s away
+
+
+def test_no_problem_and_an_honest_reason_before_the_first_answer() -> None:
+    p = policy()
+    assert p.reason == "serverless API not called yet" and p.problem(0.0, 0.0) is None
+    p.decide(0.0, "cam")
+    p.call_done("cam")
+    p.succeeded(0.1, probe=False, endpoint="e")
+    assert p.reason == "serverless API answers"
