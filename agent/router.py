@@ -58,13 +58,14 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.camera_budget import thumbnail
 from agent.config import InferenceSettings
 from agent.frames import Frame
 from agent.logs import redact
 from agent.measures import LatencyWindow
 from agent.postprocess import Detections
 from agent.results import detections_to_api
-from agent.routing import COUNTER_NAMES, Plan, RoutePolicy, Verdict, Way, thumbnail
+from agent.routing import COUNTER_NAMES, Plan, RoutePolicy, Verdict, Way
 from agent.serverless import ServerlessClient, ServerlessError
 
 __all__ = [

@@ -7,8 +7,9 @@ import logging
 import numpy as np
 import pytest
 
+from agent.camera_budget import CallBudget, ChangeGate, thumbnail
 from agent.config import ServerlessSettings
-from agent.routing import CallBudget, ChangeGate, Mode, RoutePolicy, Way, thumbnail
+from agent.routing import Mode, RoutePolicy, Way
 
 
 def policy(configured: str = "auto", *, local: bool = True, remote: bool = True, **kw: float) -> RoutePolicy:
