@@ -107,7 +107,7 @@ class Agent:
         self.stopping.set()
         self.notifier.stopping()
         log.info("stopping: finishing in-flight frames")
-        pipeline.stop(DRAIN_TIMEOUT_S)
+        pipeline.stop()
         self._publish_health()
         pipeline.close(DRAIN_TIMEOUT_S)
         for thread in self._threads:

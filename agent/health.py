@@ -59,7 +59,7 @@ def report(
     hosted = router.latency["serverless"].summary()
     timeout_s = settings.inference.serverless.timeout_s
     p50 = hosted["p50_ms"]
-    if p50 is not None and p50 >= _SLOW_SHARE * timeout_s * 1000.0 and routing["mode"] == "serverless":
+    if p50 is not None and p50 >= _SLOW_SHARE * timeout_s * 1000.0 and mode == "serverless":
         problems.append(f"hosted API slow: answers take {p50 / 1000:.1f} s (p50) of a {timeout_s:g} s timeout")
     return {
         "state": str(state) if state != "running" or not problems else "degraded",

@@ -1,7 +1,8 @@
-"""One home for what the stages measure: event rates, latency windows and counters.
+"""One home for what the stages measure over time: event rates and latency windows.
 
 The stages feed these (a capture marks frames read and handed out, a worker marks frames processed, the
-router and the worker count what happened to each frame); :mod:`agent.health` reads them to build the
+router records each result's latency; its counts of what happened to each frame live with its policy, in
+:mod:`agent.routing`); :mod:`agent.health` reads them to build the
 health message. Each accumulator is small, bounded and thread-safe, and takes an injectable clock so its
 tests need no sleeping.
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Counters", "LatencyWindow", "Rate"]
+__all__ = ["LatencyWindow", "Rate"]
 
 _DEFAULT_RATE_WINDOW_S = 5.0
 
@@ -111,26 +112,3 @@ class LatencyWindow:
             return {"count": self._count, "p50_ms": None, "p90_ms": None}
         p50, p90 = np.percentile(data, [50, 90])
         return {"count": self._count, "p50_ms": round(float(p50), 1), "p90_ms": round(float(p90), 1)}
-
-
-class Counters:
-    """Named event counts, thread-safe. Reading a name never counted gives 0."""
-
-    def __init__(self, names: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter({name: 0 for name in names})
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
-
-    def __getitem__(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
-
-    def snapshot(self, names: Iterable[str] | None = None) -> Mapping[str, int]:
-        """A copy: the given names (0 when never counted), or every name counted so far, sorted."""
-        with self._lock:
-            if names is None:
-                return {k: self._counts[k] for k in sorted(self._counts)}
-            return {k: self._counts[k] for k in names}

@@ -154,10 +154,10 @@ class Pipeline:
             worker.camera.start()
             worker.start()
 
-    def stop(self, drain_timeout_s: float) -> None:
-        """Stop in the frame's order: capture, then in-flight frames finish into the outbox, then the outbox
-        drains to the broker for up to ``drain_timeout_s``; what is left stays on disk for the next start.
-        The daemon's ``stopping`` event must be set first (the workers finish when they see it)."""
+    def stop(self) -> None:
+        """Stop in the frame's order: capture, then in-flight frames finish into the outbox, which is flushed
+        (:meth:`close` then drains it to the broker). The daemon's ``stopping`` event must be set first (the
+        workers finish when they see it)."""
         for worker in self.workers:
             worker.camera.stop(timeout=2.0)
         for worker in self.workers:

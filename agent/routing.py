@@ -198,10 +198,8 @@ class RoutePolicy:
         has_local: bool,
         has_remote: bool,
         now: float,
-        model_id: str = "",
     ) -> None:
         self._s = settings
-        self._model_id = model_id or settings.model_id
         self.configured = configured
         self.use_remote = configured != "local" and has_remote
         self.fallback = configured != "serverless" and has_local
@@ -391,7 +389,7 @@ class RoutePolicy:
     def _config_problem(self, now: float, status: int | None, detail: str) -> str:
         """The configuration error in words (what the health topic's ``problems`` says after "hosted API: ")."""
         if status == 404:
-            return f"model {self._model_id} not found (HTTP 404); check serverless.model_id"
+            return f"model {self._s.model_id} not found (HTTP 404); check serverless.model_id"
         if status == 405:
             return "the route is not the API's (HTTP 405); check serverless.api_url"
         streak = self._streak

@@ -1,12 +1,10 @@
-"""agent.measures: rates, latency windows and counters, on an injected clock (no sleeping)."""
+"""agent.measures: rates and latency windows, on an injected clock (no sleeping)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from agent.measures import Counters, LatencyWindow, Rate
+from agent.measures import LatencyWindow, Rate
 
 
 class _Clock:
@@ -69,23 +67,3 @@ def test_latency_window_percentiles_and_count() -> None:
     assert s["count"] == 5  # all time
     assert s["p50_ms"] == 3.5  # of the last 4 only
     assert s["p90_ms"] is not None and s["p90_ms"] > 50
-
-
-def test_counters_snapshot_and_threads() -> None:
-    c = Counters(["a", "b"])
-    assert c.snapshot() == {"a": 0, "b": 0}
-
-    def bump() -> None:
-        for _ in range(1000):
-            c.add("a")
-
-    threads = [threading.Thread(target=bump) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    c.add("z", 3)
-    assert c["a"] == 4000
-    assert c["never"] == 0
-    assert c.snapshot(["b", "z"]) == {"b": 0, "z": 3}
-    assert list(c.snapshot()) == ["a", "b", "z"]
