@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--confidence", type=float, default=40.0, help="threshold, 0-100 (below 1: a fraction); default %(default)s"
     )
-    infer.add_argument("--overlap", type=float, default=30.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
+    infer.add_argument(
+        "--overlap",
+        type=float,
+        default=30.0,
+        help="NMS IoU threshold, 0-100 (below 1: a fraction); default %(default)s",
+    )
     infer.add_argument("--max-detections", type=int, default=300, help="default: %(default)s")
     infer.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, 0 = automatic")
 
@@ -81,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--confidence", type=float, default=1.0, help="threshold, 0-100 (below 1: a fraction); default %(default)s"
     )
-    ev.add_argument("--overlap", type=float, default=50.0, help="NMS IoU threshold, 0-100 (default: %(default)s)")
+    ev.add_argument(
+        "--overlap",
+        type=float,
+        default=50.0,
+        help="NMS IoU threshold, 0-100 (below 1: a fraction); default %(default)s",
+    )
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
 
