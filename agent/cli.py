@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    watch = sub.add_parser(
+        "watch", help="print what an agent publishes on its broker, one readable line per message, until Ctrl-C"
+    )
+    watch.add_argument("--config", "-c", default="config.yaml", help="the agent's configuration (default: %(default)s)")
+    watch.add_argument("--raw", action="store_true", help="print each message's topic and payload as they came")
+
     synth = sub.add_parser(
         "synth",
         add_help=False,
@@ -123,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _infer(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "watch":
+            return _watch(Path(args.config), raw=args.raw)
     except CliError as exc:
         print(f"seg-agent: error: {exc}", file=sys.stderr)
         return exc.code
@@ -238,6 +246,21 @@ def _infer(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(encode(api) + b"\n")
         sys.stdout.flush()
     return status
+
+
+def _watch(path: Path, *, raw: bool) -> int:
+    from agent.watch import watch
+
+    settings = _load(path)
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        watch(settings, raw=raw, out=out)
+    except OSError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    return EXIT_OK
 
 
 def _read_image(path: Path) -> NDArray[np.uint8]:
