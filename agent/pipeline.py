@@ -20,6 +20,7 @@ from agent.capture import Camera
 from agent.config import Settings
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
+from agent.metrics import ResultTally
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -157,6 +158,7 @@ class Pipeline:
     publisher: Publisher
     workers: list[CameraWorker] = field(default_factory=list)
     snapshots: Snapshots | None = None  # snapshots.enabled
+    tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -232,7 +234,8 @@ def build(
     pipeline = Pipeline(s, topics, outbox, router, publisher)
     if s.snapshots.enabled:
         pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
-    sink = Sink(s, outbox, topics, [t.deliver for t in (pipeline.snapshots,) if t is not None])
+    pipeline.tally = ResultTally() if s.metrics.enabled else None
+    sink = Sink(s, outbox, topics, [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None])
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
     hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
