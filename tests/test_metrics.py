@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.config import ConfigError, MetricsSettings, parse_settings
 from agent.frames import Frame
 from agent.metrics import BUCKETS_S, MAX_CLASSES, ResultTally
 from agent.router import Outcome
@@ -194,3 +196,54 @@ def test_metrics_endpoint_parses_and_moves(
     assert agent.wait(60) == 0, agent.log
     assert not port_open(port), "the server stopped with the agent"
     assert "Traceback" not in agent.log
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def uncommented_block(name: str) -> dict[str, Any]:
+    """config.yaml's commented ``name:`` block at the end, uncommented and parsed."""
+    lines = (Path(__file__).resolve().parent.parent / "config.yaml").read_text().splitlines()
+    start = lines.index(f"# {name}:")
+    block = [lines[start][2:]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    doc = yaml.safe_load("\n".join(block))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def base_doc(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    (tmp_path / "m.onnx").write_bytes(b"a readable file")
+    (tmp_path / "clip.avi").write_bytes(b"")
+    return {
+        "device_id": "d",
+        "cameras": [{"name": "cam0", "source": "clip.avi"}],
+        "inference": {"mode": "local", "local": {"model": "m.onnx"}},
+        "state_dir": "state",
+        **extra,
+    }
+
+
+def test_the_commented_config_block_is_the_defaults(tmp_path: Path) -> None:
+    doc = uncommented_block("metrics")
+    settings = parse_settings(base_doc(tmp_path, **doc), base_dir=tmp_path, env={}).metrics
+    assert settings == MetricsSettings() and settings.host == "127.0.0.1", "loopback by default"
+    assert parse_settings(base_doc(tmp_path), base_dir=tmp_path, env={}).metrics.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"port": 0}, "metrics.port"),
+        ({"port": 70000}, "metrics.port"),
+        ({"host": " "}, "metrics.host"),
+        ({"path": "/m"}, "metrics.path"),
+    ],
+)
+def test_bad_metrics_settings_name_the_key(tmp_path: Path, section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base_doc(tmp_path, metrics=section), base_dir=tmp_path, env={})
+    assert err.value.path == key

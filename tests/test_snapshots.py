@@ -12,9 +12,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 from numpy.typing import NDArray
 
-from agent.config import SnapshotSettings
+from agent.config import ConfigError, SnapshotSettings, parse_settings
 from agent.frames import Frame
 from agent.router import Outcome
 from agent.snapshots import MIN_HEIGHT, Snapshots, draw_predictions, encode_under, render, snapshot_topic
@@ -248,3 +249,55 @@ def test_agent_leaves_a_retained_jpeg_under_max_bytes(
     assert image is not None and image.shape[0] <= 180 and image.shape[1] == round(image.shape[0] * 4 / 3)
     assert msg.payload == live.payloads(topic)[-1], "the retained one is the newest"
     assert "Traceback" not in agent.log
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def uncommented_block(name: str) -> dict[str, Any]:
+    """config.yaml's commented ``name:`` block at the end, uncommented and parsed."""
+    lines = (Path(__file__).resolve().parent.parent / "config.yaml").read_text().splitlines()
+    start = lines.index(f"# {name}:")
+    block = [lines[start][2:]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[2:])
+    doc = yaml.safe_load("\n".join(block))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def base_doc(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    (tmp_path / "m.onnx").write_bytes(b"a readable file")
+    (tmp_path / "clip.avi").write_bytes(b"")
+    return {
+        "device_id": "d",
+        "cameras": [{"name": "cam0", "source": "clip.avi"}],
+        "inference": {"mode": "local", "local": {"model": "m.onnx"}},
+        "state_dir": "state",
+        **extra,
+    }
+
+
+def test_the_commented_config_block_is_the_defaults(tmp_path: Path) -> None:
+    doc = uncommented_block("snapshots")
+    assert parse_settings(base_doc(tmp_path, **doc), base_dir=tmp_path, env={}).snapshots == SnapshotSettings()
+    assert parse_settings(base_doc(tmp_path), base_dir=tmp_path, env={}).snapshots.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"quality": 0}, "snapshots.quality"),
+        ({"max_bytes": 10}, "snapshots.max_bytes"),
+        ({"interval_s": 0}, "snapshots.interval_s"),
+        ({"height": -1}, "snapshots.height"),
+        ({"enabled": "yes"}, "snapshots.enabled"),
+        ({"colour": "red"}, "snapshots.colour"),
+    ],
+)
+def test_bad_snapshot_settings_name_the_key(tmp_path: Path, section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(base_doc(tmp_path, snapshots=section), base_dir=tmp_path, env={})
+    assert err.value.path == key
