@@ -4,6 +4,7 @@ and end to end: `seg-agent run` with a real Mosquitto leaves a retained JPEG und
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -301,3 +302,42 @@ def test_bad_snapshot_settings_name_the_key(tmp_path: Path, section: dict[str, A
     with pytest.raises(ConfigError) as err:
         parse_settings(base_doc(tmp_path, snapshots=section), base_dir=tmp_path, env={})
     assert err.value.path == key
+
+
+def test_hosted_results_get_snapshots_too(
+    tmp_path: Path,
+    model_path: Path,
+    broker: Mosquitto,
+    make_subscriber: Callable[..., Subscriber],
+) -> None:
+    """Mode auto against the fake hosted API: the results are the API's (source serverless) and the snapshot
+    is drawn from them on the frame (sent up as its JPEG; decoded for the snapshot, see the render test)."""
+    from tests.fake_roboflow import FakeRoboflow, draw_scene
+    from tests.test_online_offline import KEY, online_config, write_scene_video
+
+    video = write_scene_video(tmp_path / "scene.avi", frames=20, fps=10.0)
+    topic = f"{BASE}/cam0/snapshot"
+    sub = make_subscriber(broker.port, [f"{BASE}/detections", topic])
+    fake = FakeRoboflow(api_key=KEY)
+    agent = None
+    try:
+        camera = {"source": str(video), "fps": 5, "loop": False, "realtime": False}
+        config = online_config(tmp_path, model_path, broker.port, fake.url, camera)
+        doc = yaml.safe_load(config.read_text())
+        doc["snapshots"] = {"enabled": True, "interval_s": 0.1, "height": 240}
+        config.write_text(yaml.safe_dump(doc))
+        agent = AgentProcess(config, env={"ROBOFLOW_API_KEY": KEY})
+        assert agent.wait(60) == 0, agent.log
+    finally:
+        fake.close()
+        if agent is not None:
+            agent.close()
+    sources = {m["source"] for m in map(json.loads, sub.payloads(f"{BASE}/detections"))}
+    assert sources == {"serverless"}, agent.log
+    snaps = sub.payloads(topic)
+    assert snaps, agent.log
+    image = cv2.imdecode(np.frombuffer(snaps[-1], np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (240, 320, 3)
+    plain = [draw_scene(320, 240, shift=(i * 7) % 120 - 60) for i in range(20)]
+    closest = min(float(np.abs(image.astype(np.int16) - p).mean()) for p in plain)
+    assert closest > 5.0, "masks and boxes are drawn over the frame (JPEG noise alone is ~1.2; drawn ~15)"
