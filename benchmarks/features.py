@@ -14,6 +14,8 @@ configuration says 10) and ``/metrics`` scraped every ``--scrape-interval`` seco
 HTTP (Prometheus scrapes every 15-60 s), so the cost of both is visible at all. The CPU seconds of the
 ``snapshots`` and ``metrics`` threads (request threads included) per window are reported too, and results
 per CPU second of the agent (on / off), which a machine shared with other work disturbs less than frames/s.
+In process: the snapshot's render time (decode, draw, encode: on the snapshot thread) and each Sink tap's
+time per result (on the camera's worker thread).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ import yaml  # noqa: E402
 
 from agent.config import SnapshotSettings  # noqa: E402
 from agent.frames import Frame  # noqa: E402
-from agent.snapshots import render  # noqa: E402
+from agent.metrics import ResultTally  # noqa: E402
+from agent.router import Outcome  # noqa: E402
+from agent.snapshots import Snapshots, render  # noqa: E402
 from agent.synth import render_video  # noqa: E402
 from tests.mosquitto import Mosquitto, free_port  # noqa: E402
 
@@ -139,6 +143,25 @@ def render_ms(size: tuple[int, int], instances: int = 20, reps: int = 15) -> flo
     return statistics.median(times)
 
 
+def tap_us(reps: int = 20000) -> dict[str, float]:
+    """Median µs per result on the camera's worker thread of each Sink tap (20 predictions, snapshot not due)."""
+    frame = Frame("cam0", 1, 0.0, np.zeros((8, 8, 3), np.uint8), 0)
+    preds = [{"class": f"c{i % 3}", "points": []} for i in range(20)]
+    outcome = Outcome({"predictions": preds}, "local", 12.0, None)
+    snaps = Snapshots(SnapshotSettings(enabled=True, interval_s=1e9), lambda t, b: None, "b")
+    snaps.deliver(frame, 1, outcome)  # the first is due; every later one is not
+    out: dict[str, float] = {}
+    for name, tap in (("snapshots", snaps.deliver), ("metrics", ResultTally().deliver)):
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for i in range(reps):
+                tap(frame, i, outcome)
+            samples.append((time.perf_counter() - t0) / reps * 1e6)
+        out[name] = round(statistics.median(samples), 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=REPO / "models" / "demo-seg.onnx")
@@ -163,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     off = statistics.median(r["fps"] for r in runs if not r["on"])
     on = statistics.median(r["fps"] for r in runs if r["on"])
     summary = {
+        "tap_us_per_result": tap_us(),
         "render_ms_median": {f"{sw}x{sh}": round(render_ms((sw, sh)), 2) for sw, sh in ((1280, 720), (1920, 1080))},
         "size": args.size,
         "model": str(args.model.name),
