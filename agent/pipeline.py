@@ -122,7 +122,10 @@ class Sink:
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
         for tap in self._taps:
-            tap(frame, frame_id, outcome)
+            try:
+                tap(frame, frame_id, outcome)
+            except Exception as exc:  # the result is out already; a side feature must not stop the camera
+                self._warn.log(logging.ERROR, f"tap/{tap.__qualname__}", "%s failed: %r", tap.__qualname__, exc)
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(

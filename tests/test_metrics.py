@@ -26,7 +26,7 @@ from tests.test_daemon import AgentProcess, write_config
 
 
 def frame(camera: str = "cam0") -> Frame:
-    return Frame(camera, 1, 0.0, np.zeros((4, 4, 3), np.uint8), 0)
+    return Frame(camera, 1, time.time(), np.zeros((4, 4, 3), np.uint8), 0)
 
 
 def outcome(classes: list[str], source: str = "local", latency_ms: float = 20.0) -> Outcome:
@@ -247,3 +247,25 @@ def test_bad_metrics_settings_name_the_key(tmp_path: Path, section: dict[str, An
     with pytest.raises(ConfigError) as err:
         parse_settings(base_doc(tmp_path, metrics=section), base_dir=tmp_path, env={})
     assert err.value.path == key
+
+
+def test_a_tap_that_raises_neither_loses_the_result_nor_stops_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sink's taps (the tally, snapshots) run after the result is in the outbox; one that fails is logged."""
+    from agent.config import OutboxSettings
+    from agent.outbox import Outbox
+    from agent.pipeline import Sink, Topics
+
+    def broken(f: Frame, frame_id: int, o: Outcome) -> None:
+        raise RuntimeError("a bug in a side feature")
+
+    settings = parse_settings(base_doc(tmp_path), base_dir=tmp_path, env={})
+    outbox = Outbox(None, OutboxSettings())
+    tally = ResultTally()
+    sink = Sink(settings, outbox, Topics.of(settings), [broken, tally.deliver])
+    for i in (1, 2):
+        sink.deliver(frame(), i, outcome(["a"]))
+    assert outbox.stats().depth == 2, "both results are in the outbox"
+    assert tally.snapshot()["results"] == {("cam0", "local"): 2}
+    assert "a bug in a side feature" in caplog.text
