@@ -26,11 +26,13 @@ __all__ = [
     "HealthSettings",
     "InferenceSettings",
     "LocalSettings",
+    "MetricsSettings",
     "MqttSettings",
     "OutboxSettings",
     "Secret",
     "ServerlessSettings",
     "Settings",
+    "SnapshotSettings",
     "TlsSettings",
     "load_settings",
     "parse_settings",
@@ -139,6 +141,22 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSettings:
+    enabled: bool = False  # an annotated JPEG per camera, retained on {topic_base}/{camera}/snapshot
+    height: int = 480  # pixels (the width keeps the frame's aspect); 0 = the frame's own height
+    quality: int = 80  # JPEG quality to start from (lowered, then the height, until the image fits)
+    max_bytes: int = 250_000  # larger images are skipped (and counted)
+    interval_s: float = 10.0  # at most one per camera this often
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = False  # Prometheus text exposition at http://{host}:{port}/metrics
+    port: int = 9108
+    host: str = "127.0.0.1"  # loopback by default: set 0.0.0.0 (or an address) to let a remote Prometheus in
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     device_id: str
     cameras: tuple[CameraSettings, ...]
@@ -149,6 +167,8 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     log_level: str = "info"
     config_path: Path | None = None
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def topic_base(self) -> str:
@@ -219,6 +239,8 @@ def parse_settings(
     outbox = _outbox(doc.section("outbox", OutboxSettings))
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
     log_level = doc.choice("log_level", _LOG_LEVELS)
+    snapshots = _snapshots(doc.section("snapshots", SnapshotSettings))
+    metrics = _metrics(doc.section("metrics", MetricsSettings))
     doc.finish()
     assert state_dir is not None
     return Settings(
@@ -231,6 +253,8 @@ def parse_settings(
         health=health,
         log_level=log_level,
         config_path=config_path,
+        snapshots=snapshots,
+        metrics=metrics,
     )
 
 
@@ -412,6 +436,26 @@ def _outbox(o: Reader) -> OutboxSettings:
         synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
     )
     o.finish()
+    return settings
+
+
+def _snapshots(r: Reader) -> SnapshotSettings:
+    settings = SnapshotSettings(
+        enabled=r.flag("enabled"),
+        height=r.int_in("height", 0, 4320),
+        quality=r.int_in("quality", 10, 100),
+        max_bytes=r.int_in("max_bytes", 1000, 256 * 1024 * 1024),  # MQTT's own limit is 256 MiB
+        interval_s=r.number_in("interval_s", 0.1, 86400.0),
+    )
+    r.finish()
+    return settings
+
+
+def _metrics(r: Reader) -> MetricsSettings:
+    settings = MetricsSettings(enabled=r.flag("enabled"), port=r.int_in("port", 1, 65535), host=r.text("host"))
+    if not settings.host.strip():
+        raise ConfigError(r.key("host"), "must not be empty (127.0.0.1: this machine only; 0.0.0.0: every address)")
+    r.finish()
     return settings
 
 

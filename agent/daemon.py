@@ -22,6 +22,7 @@ from typing import Any
 from agent import __version__
 from agent.config import Settings
 from agent.health import report, status_line
+from agent.metrics import MetricsServer, start_metrics
 from agent.model import limit_helper_threads, onnx_providers
 from agent.pipeline import Pipeline, StartupError, build, load_local_model
 from agent.sdnotify import Notifier
@@ -54,6 +55,7 @@ class Agent:
         self.started_at = time.monotonic()
         self.notifier = Notifier.from_env(self._environ)
         self._pipeline: Pipeline | None = None
+        self._metrics: MetricsServer | None = None
         self._threads: list[threading.Thread] = []
         self._health_now = threading.Event()
         self._state = AgentState.STARTING
@@ -83,6 +85,7 @@ class Agent:
         pipeline = build(s, stopping=self.stopping, on_mode_change=self._mode_changed, on_frame=self.first_frame.set)
         self._pipeline = pipeline
         pipeline.start()
+        self._metrics = start_metrics(pipeline) if s.metrics.enabled else None
         self._spawn(self._health_loop, "health")
         self._spawn(self._watchdog_loop, "watchdog")
         self._state = AgentState.RUNNING
@@ -110,6 +113,8 @@ class Agent:
         pipeline.stop()
         self._publish_health()
         pipeline.close(DRAIN_TIMEOUT_S)
+        if self._metrics is not None:
+            self._metrics.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         self.notifier.close()

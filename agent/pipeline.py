@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.capture import Camera
 from agent.config import Settings
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
+from agent.metrics import ResultTally
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -27,6 +28,7 @@ from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
+from agent.snapshots import Snapshots
 from agent.worker import CameraWorker, FrameIds
 
 __all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "load_local_model"]
@@ -89,7 +91,15 @@ class Sink:
     """Turns each frame's outcome into its message and puts it in the outbox: the results of frames on the
     detections topic, frames that got none on the errors topic (never shown as "no objects")."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, topics: Topics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        topics: Topics,
+        taps: Sequence[Callable[[Frame, int, Outcome], None]] = (),
+    ) -> None:
+        """``taps``: called with each result once it is in the outbox (snapshots, metrics); each must be quick."""
+        self._taps = tuple(taps)
         self._device_id = settings.device_id
         self._model_id = settings.model_id
         self._outbox = outbox
@@ -111,6 +121,11 @@ class Sink:
             fallback_reason=outcome.fallback_reason,
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
+        for tap in self._taps:
+            try:
+                tap(frame, frame_id, outcome)
+            except Exception as exc:  # the result is out already; a side feature must not stop the camera
+                self._warn.log(logging.ERROR, f"tap/{tap.__qualname__}", "%s failed: %r", tap.__qualname__, exc)
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(
@@ -145,11 +160,15 @@ class Pipeline:
     router: Router
     publisher: Publisher
     workers: list[CameraWorker] = field(default_factory=list)
+    snapshots: Snapshots | None = None  # snapshots.enabled
+    tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
         self.outbox.start()
         self.publisher.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         for worker in self.workers:
             worker.camera.start()
             worker.start()
@@ -166,6 +185,8 @@ class Pipeline:
 
     def close(self, drain_timeout_s: float) -> None:
         """After :meth:`stop` (and a last health message): the broker link, then the files and the client."""
+        if self.snapshots is not None:
+            self.snapshots.stop()
         self.publisher.stop(timeout=drain_timeout_s)
         depth = self.outbox.stats().depth
         if depth:
@@ -214,7 +235,10 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
-    sink = Sink(s, outbox, topics)
+    if s.snapshots.enabled:
+        pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
+    pipeline.tally = ResultTally() if s.metrics.enabled else None
+    sink = Sink(s, outbox, topics, [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None])
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
     hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
