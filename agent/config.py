@@ -22,8 +22,10 @@ from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, rea
 
 __all__ = [
     "CameraSettings",
+    "CommandsSettings",
     "ConfigError",
     "HealthSettings",
+    "HomeAssistantSettings",
     "InferenceSettings",
     "LocalSettings",
     "MqttSettings",
@@ -139,6 +141,18 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    discovery: bool = False  # retained MQTT discovery of one device per agent (agent.homeassistant)
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix; its birth topic is {prefix}/status
+    classes: tuple[str, ...] = ()  # count sensors per camera for these classes (empty: the local model's)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsSettings:
+    enabled: bool = False  # detect/mode/fps .../set topics (agent.commands); security rests on the broker's ACL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     device_id: str
     cameras: tuple[CameraSettings, ...]
@@ -149,6 +163,8 @@ class Settings:
     health: HealthSettings = field(default_factory=HealthSettings)
     log_level: str = "info"
     config_path: Path | None = None
+    home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    commands: CommandsSettings = field(default_factory=CommandsSettings)
 
     @property
     def topic_base(self) -> str:
@@ -219,6 +235,8 @@ def parse_settings(
     outbox = _outbox(doc.section("outbox", OutboxSettings))
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
     log_level = doc.choice("log_level", _LOG_LEVELS)
+    home_assistant = _home_assistant(doc.section("home_assistant", HomeAssistantSettings))
+    commands = _commands(doc.section("commands", CommandsSettings))
     doc.finish()
     assert state_dir is not None
     return Settings(
@@ -231,6 +249,8 @@ def parse_settings(
         health=health,
         log_level=log_level,
         config_path=config_path,
+        home_assistant=home_assistant,
+        commands=commands,
     )
 
 
@@ -412,6 +432,28 @@ def _outbox(o: Reader) -> OutboxSettings:
         synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
     )
     o.finish()
+    return settings
+
+
+_DISCOVERY_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+def _home_assistant(h: Reader) -> HomeAssistantSettings:
+    prefix = h.text("prefix")
+    if not _DISCOVERY_PREFIX_RE.match(prefix):
+        raise ConfigError(h.key("prefix"), "use letters, digits, '_', '-' and '/' between levels (an MQTT topic)")
+    classes = tuple(h.list_of_str("classes"))
+    for i, name in enumerate(classes):
+        if not name or any(c in name for c in "+#/"):
+            raise ConfigError(f"{h.key('classes')}[{i}]", "a class name, without '/', '+' or '#' (part of a topic)")
+    settings = HomeAssistantSettings(discovery=h.flag("discovery"), prefix=prefix, classes=classes)
+    h.finish()
+    return settings
+
+
+def _commands(c: Reader) -> CommandsSettings:
+    settings = CommandsSettings(enabled=c.flag("enabled"))
+    c.finish()
     return settings
 
 
