@@ -8,9 +8,10 @@ the same path ending in ``state`` instead of ``set``:
 ``{base}/mode/set``             ``auto`` / ``serverless`` / ``local`` (those whose parts were loaded at start)
 
 A **retained** command is ignored (and counted): a stale retained ``OFF`` left on the broker must not switch
-a camera off at every restart. A payload that is not valid is rejected, counted on the health topic and
-logged; nothing changes. An accepted change is kept in ``{state_dir}/runtime.json`` (written atomically) and
-applied again at the next start, before the cameras open; the health topic lists what is in effect.
+a camera off at every restart. An empty message (what clearing a retained one sends) is ignored too. A
+payload that is not valid is rejected, counted on the health topic and logged; nothing changes. An accepted
+change is kept in ``{state_dir}/runtime.json`` (written atomically) and applied again at the next start,
+before the cameras open (it wins over config.yaml until set back); the health topic lists what is in effect.
 
 This module validates and calls named methods of the stages (:meth:`CameraWorker.set_detect`,
 :meth:`Camera.set_fps`, :meth:`Router.set_mode`); paho's thread only posts the message to the
@@ -215,6 +216,9 @@ class Commands:
 
     def _received(self, topic: str, payload: bytes, retained: bool) -> None:
         """On paho's thread: only count or hand on."""
+        if not payload:  # how a retained message is cleared: what reaches live subscribers, not a command
+            log.debug("empty message on %s ignored", topic)
+            return
         if retained:
             with self._lock:
                 self._ignored_retained += 1

@@ -45,6 +45,7 @@ def report(
         cam.pop("name", None)
         counted = per_camera.get(w.name, {})
         cam["detect"] = w.detecting
+        cam["frames_paused"] = w.frames_paused
         cam["fps_processed"] = w.processed.rate()
         cam["frames_processed"] = w.processed.total
         cam["frames_gated"] = counted.get("gated", 0)
