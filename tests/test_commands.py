@@ -5,6 +5,7 @@ the runtime changes."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from agent.commands import Command, Rejected, load_json, parse_command, save_json_atomic
 from tests.mosquitto import MOSQUITTO, Mosquitto, Subscriber
 from tests.streams import write_video
-from tests.test_daemon import BASE, AgentProcess, model_path, run_agent, write_config
+from tests.test_daemon import BASE, AgentProcess, NotifySocket, model_path, run_agent, write_config
 
 __all__ = ["model_path", "run_agent"]  # fixtures, imported for pytest
 
@@ -184,3 +185,36 @@ def test_detect_off_and_on_bad_payloads_and_a_stale_retained_off(
             assert h["commands"]["runtime"] == {"cameras": {"cam0": {"detect": False, "fps": 2.0}}}
             assert h["cameras"]["cam0"]["detect"] is False
             assert "applied again: camera cam0 detection off, camera cam0 at 2 fps" in again.log
+
+
+@pytestmark_broker
+def test_the_watchdog_stays_fed_while_detection_is_off(
+    tmp_path: Path, model_path: Path, run_agent: Callable[..., AgentProcess]
+) -> None:
+    """Off is a choice, not a wedge: frames are still read, so systemd must not restart the agent."""
+    video = write_video(tmp_path / "v.avi", frames=30, fps=10.0)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        with Mosquitto(tmp_path / "broker") as broker:
+            config = write_config(
+                tmp_path,
+                model_path,
+                broker.port,
+                {"source": str(video), "fps": 5, "loop": True},
+                commands={"enabled": True},
+            )
+            with Subscriber(broker.port, [f"{BASE}/+/detect/state"]) as sub:
+                agent = run_agent(config, env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+                notify.collect(60.0, until=lambda: bool(notify.times("READY=1")))
+                assert sub.wait_for_payload(f"{BASE}/cam0/detect/state", b"ON", 30.0), agent.log
+                _send(broker.port, f"{BASE}/cam0/detect/set", b"OFF")
+                assert sub.wait_for_payload(f"{BASE}/cam0/detect/state", b"OFF", 10.0), agent.log
+                off_at = time.monotonic()
+                notify.collect(5.0)
+                # a ping every 0.5 s; without results the window (1 s) would have stopped them after 1 s
+                late = [t for t in notify.times("WATCHDOG=1") if t > off_at + 2.0]
+                assert len(late) >= 2, notify.messages
+                agent.signal(15)
+                assert agent.wait(30) == 0, agent.log
+    finally:
+        notify.close()
