@@ -1205,3 +1205,18 @@ def test_file_timeline_takes_a_new_rate_where_it_was() -> None:
     assert file_targets(tl, 3) == [18, 21, 24]
     tl.set_fps(0.0)
     assert file_targets(tl, 3) == [27, 28, 29]
+
+
+@pytest.mark.timeout(20)
+def test_set_fps_changes_the_running_files_sampling(video: Path, cameras: Callable[..., Camera]) -> None:
+    cam = cameras(settings(str(video), fps=5.0, realtime=False))
+    assert cam.fps() == 5.0
+    before = [index_of(f) for f in read_all(cam, limit=3)]
+    cam.set_fps(10.0)  # every 3rd frame of the 30 fps file from the next sample the opening takes on
+    after = [index_of(f) for f in read_all(cam)]
+    assert before == [0, 6, 12]
+    steps = [b - a for a, b in zip([before[-1], *after], after, strict=False)]
+    assert set(steps[:2]) <= {3, 6} and set(steps[2:]) == {3}, steps  # up to two were sampled already
+    assert cam.fps() == 10.0
+    with pytest.raises(ValueError):
+        cam.set_fps(-1.0)
