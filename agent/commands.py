@@ -35,6 +35,7 @@ from agent.config import Settings
 from agent.inbox import Inbox
 from agent.logs import Throttle
 from agent.mqtt_session import Handler
+from agent.pipeline import frames_under_way
 from agent.worker import CameraWorker
 
 __all__ = [
@@ -156,6 +157,8 @@ class Commands:
         self._base = settings.topic_base
         self._path = settings.state_dir / RUNTIME_FILE
         self._workers = {w.name: w for w in workers}
+        self._settings = settings
+        self._cameras = {c.name: c for c in settings.cameras}
         self._config_fps = {c.name: c.fps for c in settings.cameras}
         self._config_mode = settings.inference.mode
         self._router = router
@@ -264,6 +267,8 @@ class Commands:
         if cmd.kind == "mode":
             mode = str(cmd.value)
             self._router.set_mode(mode)
+            for name, worker in self._workers.items():  # a local run never queues behind a hosted-sized bound
+                worker.set_in_flight(frames_under_way(self._settings, self._cameras[name], mode))
             with self._lock:
                 if mode == self._config_mode:
                     self._overrides.pop("mode", None)

@@ -107,6 +107,7 @@ class CameraWorker:
         self.name = camera.status().name
         self._ids = frame_ids
         self._in_flight = in_flight
+        self._max_in_flight = in_flight  # set_in_flight() may lower it (a mode change), never raise it past this
         self._admit = admit
         self._infer_one = infer
         self._deliver = deliver
@@ -128,6 +129,10 @@ class CameraWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def set_in_flight(self, n: int) -> None:
+        """At most ``n`` frames under way from now on (1 up to what the worker was built with)."""
+        self._in_flight = max(1, min(n, self._max_in_flight))
 
     @property
     def detecting(self) -> bool:

@@ -15,6 +15,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.commands import Command, Rejected, load_json, parse_command, save_json_atomic
+from agent.config import CameraSettings, InferenceSettings, MqttSettings, Settings
+from agent.pipeline import frames_under_way
 from tests.mosquitto import MOSQUITTO, Mosquitto, Subscriber
 from tests.streams import write_video
 from tests.test_daemon import BASE, AgentProcess, NotifySocket, model_path, run_agent, write_config
@@ -66,6 +68,20 @@ def test_invalid_commands_are_rejected_with_the_reason(sub: str, payload: bytes,
 def test_another_devices_topic_is_rejected() -> None:
     with pytest.raises(Rejected):
         parse_command(BASE, "seg-agent/dev2/cam0/detect/set", b"ON", cameras=CAMS, modes=MODES)
+
+
+@pytest.mark.parametrize(
+    ("mode", "batch", "expected"),
+    [("auto", False, 2 + 1), ("auto", True, 2), ("serverless", False, 2), ("local", False, 1), ("local", True, 1)],
+)
+def test_frames_under_way_per_mode(tmp_path: Path, mode: str, batch: bool, expected: int) -> None:
+    """What a mode command sets each worker's bound to: a local run never waits behind a hosted-sized one."""
+    video = write_video(tmp_path / "v.avi", frames=2)
+    cam = CameraSettings("cam0", str(video), realtime=not batch)
+    s = Settings("d", (cam,), InferenceSettings(), MqttSettings(), tmp_path)
+    assert frames_under_way(s, cam, mode) == expected
+    if mode == "auto" and not batch:
+        assert frames_under_way(s, CameraSettings("usb", 0), mode) == expected  # a live source alike
 
 
 def test_runtime_file_is_written_whole_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
