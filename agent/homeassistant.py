@@ -52,6 +52,9 @@ def discovery_topic(settings: Settings) -> str:
     return f"{settings.home_assistant.prefix}/device/{node_id(settings.device_id)}/config"
 
 
+_Entity = tuple[str, str, str, dict[str, Any]]  # component id (within the device), platform, name, options
+
+
 def device_config(
     settings: Settings,
     *,
@@ -66,102 +69,12 @@ def device_config(
     before and no longer built, with their platform (sent as ``{"p": platform}``: deleted)."""
     node = node_id(settings.device_id)
     base = settings.topic_base
-    health = f"{base}/health"
-    cmps: dict[str, dict[str, Any]] = {}
-
-    def add(cid: str, platform: str, name: str, **options: Any) -> None:
-        cmps[cid] = {"p": platform, "name": name, "unique_id": f"{node}_{cid}", **options}
-
-    names: dict[str, str] = {}  # class -> its id part (unique after sanitising)
-    for cls in classes:
-        if cls and not _TOPIC_UNSAFE.intersection(cls):
-            part = _UNSAFE.sub("_", cls)
-            while part in names.values():
-                part += "_"
-            names[cls] = part
+    entities: list[_Entity] = []
+    names = _class_ids(classes)
     for cam in settings.cameras:
-        c, cid = cam.name, _UNSAFE.sub("_", cam.name)
-        add(
-            f"{cid}_occupancy",
-            "binary_sensor",
-            f"{c} occupancy",
-            dev_cla="occupancy",
-            stat_t=f"{base}/{c}/all/all",
-            val_tpl="{{ 'ON' if (value | int(0)) > 0 else 'OFF' }}",
-        )
-        for cls, part in names.items():
-            add(
-                f"{cid}_count_{part}",
-                "sensor",
-                f"{c} {cls} count",
-                stat_t=f"{base}/{c}/all/{cls}",
-                stat_cla="measurement",
-            )
-        add(
-            f"{cid}_fps",
-            "sensor",
-            f"{c} processed rate",
-            stat_t=health,
-            val_tpl=f"{{{{ value_json.cameras['{c}'].fps_processed }}}}",
-            unit_of_meas="fps",
-            stat_cla="measurement",
-            ent_cat="diagnostic",
-        )
-        if snapshots:
-            add(
-                f"{cid}_snapshot",
-                "image",
-                f"{c} snapshot",
-                image_topic=f"{base}/{c}/snapshot",
-                content_type="image/jpeg",
-            )
-        if commands:
-            add(
-                f"{cid}_detect",
-                "switch",
-                f"{c} detection",
-                cmd_t=f"{base}/{c}/detect/set",
-                stat_t=f"{base}/{c}/detect/state",
-                pl_on="ON",
-                pl_off="OFF",
-                ent_cat="config",
-            )
-            add(
-                f"{cid}_fps_set",
-                "number",
-                f"{c} sampling rate",
-                cmd_t=f"{base}/{c}/fps/set",
-                stat_t=f"{base}/{c}/fps/state",
-                min=0,
-                max=240,
-                step=0.5,
-                mode="box",
-                unit_of_meas="fps",
-                ent_cat="config",
-            )
-    add("inference", "sensor", "inference", stat_t=health, val_tpl="{{ value_json.mode }}", ic="mdi:cloud-outline")
-    add(
-        "latency",
-        "sensor",
-        "latency",
-        stat_t=health,
-        val_tpl="{% set l = value_json.inference.latency %}"
-        "{{ l.serverless.p50_ms if value_json.mode == 'serverless' else l.local.p50_ms }}",
-        unit_of_meas="ms",
-        dev_cla="duration",
-        stat_cla="measurement",
-    )
-    add(
-        "outbox_depth",
-        "sensor",
-        "outbox depth",
-        stat_t=health,
-        val_tpl="{{ value_json.outbox.depth }}",
-        stat_cla="measurement",
-        ent_cat="diagnostic",
-    )
-    if commands:
-        add("mode", "select", "inference mode", cmd_t=f"{base}/mode/set", stat_t=f"{base}/mode/state", ops=list(modes))
+        entities += _camera_entities(base, cam.name, names, commands=commands, snapshots=snapshots)
+    entities += _agent_entities(base, modes, commands=commands)
+    cmps = {cid: {"p": p, "name": name, "unique_id": f"{node}_{cid}", **opts} for cid, p, name, opts in entities}
     for cid, platform in (gone or {}).items():
         if cid not in cmps:
             cmps[cid] = {"p": platform}
@@ -180,6 +93,74 @@ def device_config(
         "qos": 1,
         "cmps": cmps,
     }
+
+
+def _class_ids(classes: Sequence[str]) -> dict[str, str]:
+    """Each usable class name (none empty or with a topic wildcard or level) -> its id part, unique."""
+    names: dict[str, str] = {}
+    for cls in classes:
+        if cls and not _TOPIC_UNSAFE.intersection(cls):
+            part = _UNSAFE.sub("_", cls)
+            while part in names.values():
+                part += "_"
+            names[cls] = part
+    return names
+
+
+def _camera_entities(base: str, c: str, names: Mapping[str, str], *, commands: bool, snapshots: bool) -> list[_Entity]:
+    cid = _UNSAFE.sub("_", c)
+    on_off = "{{ 'ON' if (value | int(0)) > 0 else 'OFF' }}"
+    entities: list[_Entity] = [
+        (f"{cid}_occupancy", "binary_sensor", f"{c} occupancy",
+         {"dev_cla": "occupancy", "stat_t": f"{base}/{c}/all/all", "val_tpl": on_off}),
+        *[
+            (f"{cid}_count_{part}", "sensor", f"{c} {cls} count",
+             {"stat_t": f"{base}/{c}/all/{cls}", "stat_cla": "measurement"})
+            for cls, part in names.items()
+        ],
+        (f"{cid}_fps", "sensor", f"{c} processed rate",
+         {"stat_t": f"{base}/health", "val_tpl": f"{{{{ value_json.cameras['{c}'].fps_processed }}}}",
+          "unit_of_meas": "fps", "stat_cla": "measurement", "ent_cat": "diagnostic"}),
+    ]  # fmt: skip
+    if snapshots:
+        entities.append(
+            (f"{cid}_snapshot", "image", f"{c} snapshot",
+             {"image_topic": f"{base}/{c}/snapshot", "content_type": "image/jpeg"})
+        )  # fmt: skip
+    if commands:
+        entities += [
+            (f"{cid}_detect", "switch", f"{c} detection",
+             {"cmd_t": f"{base}/{c}/detect/set", "stat_t": f"{base}/{c}/detect/state",
+              "pl_on": "ON", "pl_off": "OFF", "ent_cat": "config"}),
+            (f"{cid}_fps_set", "number", f"{c} sampling rate",
+             {"cmd_t": f"{base}/{c}/fps/set", "stat_t": f"{base}/{c}/fps/state", "min": 0, "max": 240,
+              "step": 0.5, "mode": "box", "unit_of_meas": "fps", "ent_cat": "config"}),
+        ]  # fmt: skip
+    return entities
+
+
+def _agent_entities(base: str, modes: Sequence[str], *, commands: bool) -> list[_Entity]:
+    health = f"{base}/health"
+    latency = (
+        "{% set l = value_json.inference.latency %}"
+        "{{ l.serverless.p50_ms if value_json.mode == 'serverless' else l.local.p50_ms }}"
+    )
+    entities: list[_Entity] = [
+        ("inference", "sensor", "inference",
+         {"stat_t": health, "val_tpl": "{{ value_json.mode }}", "ic": "mdi:cloud-outline"}),
+        ("latency", "sensor", "latency",
+         {"stat_t": health, "val_tpl": latency, "unit_of_meas": "ms", "dev_cla": "duration",
+          "stat_cla": "measurement"}),
+        ("outbox_depth", "sensor", "outbox depth",
+         {"stat_t": health, "val_tpl": "{{ value_json.outbox.depth }}", "stat_cla": "measurement",
+          "ent_cat": "diagnostic"}),
+    ]  # fmt: skip
+    if commands:
+        entities.append(
+            ("mode", "select", "inference mode",
+             {"cmd_t": f"{base}/mode/set", "stat_t": f"{base}/mode/state", "ops": list(modes)})
+        )  # fmt: skip
+    return entities
 
 
 class _Publisher(Protocol):
