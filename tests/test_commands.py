@@ -12,14 +12,17 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.commands import Command, Rejected, load_json, parse_command, save_json_atomic
 from agent.config import CameraSettings, InferenceSettings, MqttSettings, Settings
 from agent.pipeline import frames_under_way
+from tests.fake_roboflow import FakeRoboflow
 from tests.mosquitto import MOSQUITTO, Mosquitto, Subscriber
 from tests.streams import write_video
 from tests.test_daemon import BASE, AgentProcess, NotifySocket, model_path, run_agent, write_config
+from tests.test_online_offline import KEY, MODEL_ID, online_config, write_scene_video
 
 __all__ = ["model_path", "run_agent"]  # fixtures, imported for pytest
 
@@ -234,3 +237,47 @@ def test_the_watchdog_stays_fed_while_detection_is_off(
                 assert agent.wait(30) == 0, agent.log
     finally:
         notify.close()
+
+
+@pytestmark_broker
+def test_mode_commands_switch_between_the_hosted_api_and_the_local_model(
+    tmp_path: Path, model_path: Path, run_agent: Callable[..., AgentProcess]
+) -> None:
+    video = write_scene_video(tmp_path / "scene.avi", frames=30, fps=10.0)
+    fake = FakeRoboflow(api_key=KEY, model_id=MODEL_ID)
+    try:
+        with Mosquitto(tmp_path / "broker") as broker:
+            config = online_config(
+                tmp_path, model_path, broker.port, fake.url, {"source": str(video), "fps": 5, "loop": True}
+            )
+            doc = yaml.safe_load(config.read_text())
+            config.write_text(yaml.safe_dump({**doc, "commands": {"enabled": True}}))
+            with Subscriber(broker.port, [f"{BASE}/detections", f"{BASE}/mode/state"]) as sub:
+                agent = run_agent(config, env={"ROBOFLOW_API_KEY": KEY})
+
+                def sources() -> list[str]:
+                    return [json.loads(p)["source"] for p in sub.payloads(f"{BASE}/detections")]
+
+                def settled_on(source: str, since: int) -> bool:  # 3 in a row, past what was under way
+                    tail = sources()[since + 3 :]
+                    return len(tail) >= 3 and tail[-3:] == [source] * 3
+
+                assert sub.wait_until(lambda: sources()[-2:] == ["serverless"] * 2, 60.0), agent.log
+                assert sub.wait_for_payload(f"{BASE}/mode/state", b"auto", 10.0), agent.log
+                for mode, source in (("local", "local"), ("serverless", "serverless"), ("auto", "serverless")):
+                    word = mode.encode()
+                    echoed = sub.payloads(f"{BASE}/mode/state").count(word)
+                    _send(broker.port, f"{BASE}/mode/set", word)
+                    assert sub.wait_until(
+                        lambda m=word, n=echoed: sub.payloads(f"{BASE}/mode/state").count(m) > n, 10.0
+                    ), agent.log
+                    at = len(sources())
+                    assert sub.wait_until(lambda s=source, a=at: settled_on(s, a), 30.0), (mode, sources(), agent.log)
+                    if mode == "local":
+                        calls = fake.calls()
+                        assert sub.wait_until(lambda a=at: len(sources()) >= a + 8, 30.0)
+                        assert fake.calls() == calls  # no hosted call while local
+                agent.signal(15)
+                assert agent.wait(30) == 0, agent.log
+    finally:
+        fake.close()
