@@ -16,7 +16,8 @@ outbox depth, read from the retained health topic with ``value_template``.
 Published after every connect and again whenever Home Assistant's birth message (``{prefix}/status``
 ``online``) arrives. A camera taken out of config.yaml loses its entities: the components published before
 (kept in ``{state_dir}/homeassistant.json``) and no longer built are sent as ``{"p": platform}`` alone, which
-is how device discovery deletes one component.
+is how device discovery deletes one component. With discovery turned off again, that file left behind makes
+the agent clear the retained message once (:func:`withdraw_when_connected`): the device goes from Home Assistant.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from agent.inbox import Inbox
 from agent.mqtt_client import OFFLINE, ONLINE
 from agent.mqtt_session import Handler
 
-__all__ = ["STATE_FILE", "Discovery", "device_config", "discovery_topic", "node_id"]
+__all__ = ["STATE_FILE", "Discovery", "device_config", "discovery_topic", "node_id", "withdraw_when_connected"]
 
 log = logging.getLogger("agent.homeassistant")
 
@@ -233,3 +234,23 @@ class Discovery:
         if gone:
             log.info("Home Assistant: %d entities no longer configured are deleted", gone)
         log.debug("Home Assistant discovery sent to %s (%d components)", self.topic, len(doc["cmps"]))
+
+
+def withdraw_when_connected(settings: Settings, publisher: _Publisher, inbox: Inbox) -> bool:
+    """Discovery turned off after it was on (``{state_dir}/homeassistant.json`` is left): once connected,
+    clear the retained discovery message (Home Assistant then deletes the device) and forget it. False if
+    there is nothing to withdraw."""
+    path = settings.state_dir / STATE_FILE
+    if not path.exists():
+        return False
+    topic = discovery_topic(settings)
+
+    def withdraw() -> None:
+        if not path.exists():
+            return
+        publisher.publish_retained(topic, b"")
+        path.unlink(missing_ok=True)
+        log.info("Home Assistant discovery is off: the device announced on %s is withdrawn", topic)
+
+    publisher.on_connected(lambda: inbox.post(withdraw))
+    return True

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.commands import Commands
 from agent.config import Settings
-from agent.homeassistant import Discovery
+from agent.homeassistant import Discovery, withdraw_when_connected
 from agent.inbox import Inbox
 from agent.pipeline import Pipeline
 
@@ -40,10 +40,12 @@ def _snapshots_on(settings: Settings) -> bool:
 
 
 def attach(settings: Settings, pipeline: Pipeline) -> Remote | None:
-    """Commands and discovery for ``pipeline`` as the settings ask, not yet running; None if both are off."""
-    if not (settings.commands.enabled or settings.home_assistant.discovery):
-        return None
+    """Commands and discovery for ``pipeline`` as the settings ask, not yet running; None if both are off (and
+    no discovery from an earlier run is left to withdraw)."""
     inbox = Inbox()
+    withdrawing = not settings.home_assistant.discovery and withdraw_when_connected(settings, pipeline.publisher, inbox)
+    if not (settings.commands.enabled or settings.home_assistant.discovery or withdrawing):
+        return None
     commands = None
     if settings.commands.enabled:
         commands = Commands(

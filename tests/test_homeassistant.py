@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import CameraSettings, HomeAssistantSettings, InferenceSettings, MqttSettings, Settings
-from agent.homeassistant import Discovery, device_config, discovery_topic, node_id
+from agent.homeassistant import Discovery, device_config, discovery_topic, node_id, withdraw_when_connected
 from agent.inbox import Inbox
 from agent.outbox import Outbox, OutboxSettings
 from agent.publisher import Publisher
@@ -151,7 +152,10 @@ class _Running:
         self.publisher = Publisher(settings.mqtt, self.outbox, status_topic=f"{settings.topic_base}/status")
         self.inbox = Inbox()
         self.discovery = _discovery(settings, self.inbox, self.publisher)
-        self.discovery.start()
+        if settings.home_assistant.discovery:
+            self.discovery.start()
+        else:
+            self.withdrawing = withdraw_when_connected(settings, self.publisher, self.inbox)
         self.inbox.start()
         self.outbox.start()
         self.publisher.start()
@@ -212,3 +216,16 @@ def test_discovery_is_retained_resent_on_birth_and_drops_a_removed_camera(tmp_pa
         assert len(doc["cmps"]["cam0_detect"]) > 1
         kept = json.loads((state / "homeassistant.json").read_text())["components"]
         assert kept["yard_1_detect"] == "switch"  # kept, so the deletion is sent again after a restart
+
+        # discovery turned off: the retained message is cleared once, and the device goes from Home Assistant
+        off = replace(fewer, home_assistant=HomeAssistantSettings(discovery=False))
+        with Subscriber(broker.port, "homeassistant/device/#") as live:
+            assert live.wait_for_count(1, topic, 10.0)  # the retained one, still there
+            last = _Running(off)
+            try:
+                assert last.withdrawing
+                assert live.wait_for_payload(topic, b"", 10.0)
+                assert live.wait_until(lambda: not (state / "homeassistant.json").exists(), 5.0)
+            finally:
+                last.close()
+        assert not withdraw_when_connected(off, last.publisher, last.inbox)  # nothing left: the next start is quiet
