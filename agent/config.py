@@ -22,8 +22,10 @@ from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, rea
 
 __all__ = [
     "CameraSettings",
+    "CommandsSettings",
     "ConfigError",
     "HealthSettings",
+    "HomeAssistantSettings",
     "InferenceSettings",
     "LocalSettings",
     "MetricsSettings",
@@ -157,6 +159,18 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    discovery: bool = False  # retained MQTT discovery of one device per agent (agent.homeassistant)
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix; its birth topic is {prefix}/status
+    classes: tuple[str, ...] = ()  # count sensors per camera for these classes (empty: the local model's)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsSettings:
+    enabled: bool = False  # detect/mode/fps .../set topics (agent.commands); security rests on the broker's ACL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     device_id: str
     cameras: tuple[CameraSettings, ...]
@@ -169,6 +183,8 @@ class Settings:
     config_path: Path | None = None
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    commands: CommandsSettings = field(default_factory=CommandsSettings)
 
     @property
     def topic_base(self) -> str:
@@ -241,6 +257,8 @@ def parse_settings(
     log_level = doc.choice("log_level", _LOG_LEVELS)
     snapshots = _snapshots(doc.section("snapshots", SnapshotSettings))
     metrics = _metrics(doc.section("metrics", MetricsSettings))
+    home_assistant = _home_assistant(doc.section("home_assistant", HomeAssistantSettings))
+    commands = _commands(doc.section("commands", CommandsSettings))
     doc.finish()
     assert state_dir is not None
     return Settings(
@@ -255,6 +273,8 @@ def parse_settings(
         config_path=config_path,
         snapshots=snapshots,
         metrics=metrics,
+        home_assistant=home_assistant,
+        commands=commands,
     )
 
 
@@ -456,6 +476,28 @@ def _metrics(r: Reader) -> MetricsSettings:
     if not settings.host.strip():
         raise ConfigError(r.key("host"), "must not be empty (127.0.0.1: this machine only; 0.0.0.0: every address)")
     r.finish()
+    return settings
+
+
+_DISCOVERY_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+def _home_assistant(h: Reader) -> HomeAssistantSettings:
+    prefix = h.text("prefix")
+    if not _DISCOVERY_PREFIX_RE.match(prefix):
+        raise ConfigError(h.key("prefix"), "use letters, digits, '_', '-' and '/' between levels (an MQTT topic)")
+    classes = tuple(h.list_of_str("classes"))
+    for i, name in enumerate(classes):
+        if not name or any(c in name for c in "+#/"):
+            raise ConfigError(f"{h.key('classes')}[{i}]", "a class name, without '/', '+' or '#' (part of a topic)")
+    settings = HomeAssistantSettings(discovery=h.flag("discovery"), prefix=prefix, classes=classes)
+    h.finish()
+    return settings
+
+
+def _commands(c: Reader) -> CommandsSettings:
+    settings = CommandsSettings(enabled=c.flag("enabled"))
+    c.finish()
     return settings
 
 

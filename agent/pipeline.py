@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.capture import Camera
-from agent.config import Settings
+from agent.config import CameraSettings, Settings
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
 from agent.metrics import ResultTally
@@ -31,7 +31,7 @@ from agent.serverless import ServerlessClient
 from agent.snapshots import Snapshots
 from agent.worker import CameraWorker, FrameIds
 
-__all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "load_local_model"]
+__all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "frames_under_way", "load_local_model"]
 
 log = logging.getLogger("agent.daemon")
 
@@ -195,6 +195,17 @@ class Pipeline:
         self.router.close()
 
 
+def frames_under_way(settings: Settings, camera: CameraSettings, mode: str) -> int:
+    """How many of ``camera``'s frames may be under way in inference ``mode``: the hosted calls (the router
+    holds them to max_in_flight) plus, in auto mode, the local runs of frames that found every hosted call busy.
+    A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a hosted
+    slot: only live sources (and realtime files) overflow to the local model."""
+    hosted = settings.inference.serverless.max_in_flight if mode in ("auto", "serverless") else 0
+    local = settings.inference.local.sessions if mode in ("auto", "local") else 0
+    batch = camera.is_file and not camera.realtime
+    return hosted if batch and hosted else hosted + local
+
+
 def build(
     settings: Settings,
     *,
@@ -239,10 +250,6 @@ def build(
         pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
     pipeline.tally = ResultTally() if s.metrics.enabled else None
     sink = Sink(s, outbox, topics, [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None])
-    # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
-    # mode, the local runs of frames that found every hosted call busy.
-    hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
-    local_runs = s.inference.local.sessions if local is not None else 0
     decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
         model_hw=None if local is None else local.needed_hw,
         upload_hw=None if remote is None else remote.upload_hw,
@@ -251,14 +258,10 @@ def build(
     )
     for cam_settings in s.cameras:
         camera = Camera(cam_settings, decode=decode)
-        # A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a
-        # hosted slot: only live sources (and realtime files) overflow to the local model.
-        batch = cam_settings.is_file and not cam_settings.realtime
-        in_flight = hosted_calls if batch and hosted_calls else hosted_calls + local_runs
         worker = CameraWorker(
             camera,
             FrameIds(cam_settings.name, outbox),
-            in_flight=in_flight,
+            in_flight=frames_under_way(s, cam_settings, mode),
             admit=router.admit,
             infer=router.infer,
             deliver=sink.deliver,

@@ -222,3 +222,26 @@ def test_local_results_name_the_local_model(tmp_path: Path) -> None:
     assert s.local_model_id == Path(doc["inference"]["local"]["model"]).stem
     _set(doc, "inference.local.model_id", "shapes-v2")
     assert _parse(tmp_path, doc).local_model_id == "shapes-v2"
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "path", "reason"),
+    [
+        ("home_assistant", {"discovery": "yes"}, "home_assistant.discovery", "true or false"),
+        ("home_assistant", {"prefix": "ha/#"}, "home_assistant.prefix", "an MQTT topic"),
+        ("home_assistant", {"prefix": ""}, "home_assistant.prefix", "an MQTT topic"),
+        ("home_assistant", {"classes": ["person", "a/b"]}, "home_assistant.classes[1]", "without '/'"),
+        ("home_assistant", {"clases": []}, "home_assistant.clases", "unknown key"),
+        ("commands", {"enabled": 1}, "commands.enabled", "true or false"),
+        ("commands", {"enable": True}, "commands.enable", "unknown key"),
+    ],
+)
+def test_home_assistant_and_commands_sections(tmp_path: Path, section: str, value: Any, path: str, reason: str) -> None:
+    doc = _base(tmp_path)
+    assert _parse(tmp_path, doc).home_assistant.discovery is False  # off by default
+    assert _parse(tmp_path, doc).commands.enabled is False
+    doc[section] = value
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == path
+    assert reason in info.value.reason
