@@ -31,19 +31,23 @@ frame order).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "CameraTracks",
     "EndedTrack",
+    "Tracked",
     "Tracker",
     "TrackingSettings",
     "assign_greedy",
     "cxcywh_to_xyxy",
     "iou_nm_xyxy",
+    "predictions_xyxy",
     "xyxy_to_cxcywh",
 ]
 
@@ -304,3 +308,50 @@ class Tracker:
         self._ids = self._ids[keep]
         self._cls = self._cls[keep]
         return ended
+
+
+# ---- the pipeline's stage -------------------------------------------------------------------------------
+
+
+def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
+    """(n, 4) corners of API predictions (``x``, ``y`` the box centre, ``width``, ``height``, in pixels)."""
+    cxcywh = np.array(
+        [[float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"])] for p in predictions],
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    return cxcywh_to_xyxy(cxcywh)
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """One frame after tracking: the API object with ``tracker_id`` on its confirmed predictions, each
+    prediction's id (-1: unconfirmed) and the tracks that ended with this frame."""
+
+    api: dict[str, Any]
+    ids: I64
+    ended: list[EndedTrack]
+
+
+class CameraTracks:
+    """One :class:`Tracker` per camera, fed the API objects of both the hosted and the local path alike (so a
+    track goes on across a switch). Each camera's results come from one worker thread, in capture order."""
+
+    def __init__(self, settings: TrackingSettings, cameras: Iterable[str]) -> None:
+        self._trackers = {name: Tracker(settings) for name in cameras}
+
+    def apply(self, camera: str, t: float, api: dict[str, Any]) -> Tracked:
+        """Track one frame's predictions; a new API object (``api`` itself is not changed)."""
+        predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
+        tracker = self._trackers[camera]
+        ids = tracker.update(
+            t,
+            predictions_xyxy(predictions),
+            [str(p.get("class", "")) for p in predictions],
+            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
+        )
+        tagged = [{**p, "tracker_id": int(i)} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
+        return Tracked({**api, "predictions": tagged}, ids, tracker.ended)
+
+    def finish(self, camera: str) -> list[EndedTrack]:
+        """The camera stopped: its live tracks end."""
+        return self._trackers[camera].finish()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from agent.config import ConfigError, parse_settings
 from agent.tracking import (
+    CameraTracks,
     Tracker,
     TrackingSettings,
     assign_greedy,
     cxcywh_to_xyxy,
     iou_nm_xyxy,
+    predictions_xyxy,
     xyxy_to_cxcywh,
 )
 
@@ -112,3 +117,76 @@ def test_track_ends_after_lost_s_and_finish_ends_the_rest() -> None:
 def test_settings_refuse_bad_values(field: str, value: float) -> None:
     with pytest.raises(ValueError):
         TrackingSettings(**{field: value})  # type: ignore[arg-type]
+
+
+# ---- the pipeline's stage and its config section ---------------------------------------------------------
+
+
+def _api(*boxes: tuple[float, float, str]) -> dict[str, object]:
+    """An API object with one 40x40 prediction per (x, y, class); ``x``, ``y`` the box centre."""
+    predictions = [
+        {"x": x, "y": y, "width": 40.0, "height": 40.0, "confidence": 0.9, "class": c, "class_id": 0, "points": []}
+        for x, y, c in boxes
+    ]
+    return {"time": 0.01, "image": {"width": 640, "height": 480}, "predictions": predictions}
+
+
+def test_camera_tracks_tag_confirmed_predictions_only_and_keep_the_api_object() -> None:
+    tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=2), ["cam0", "cam1"])
+    first = _api((100, 100, "a"), (300, 300, "b"))
+    out1 = tracks.apply("cam0", 0.0, first)
+    assert all("tracker_id" not in p for p in out1.api["predictions"])  # type: ignore[union-attr]
+    out2 = tracks.apply("cam0", 0.1, _api((104, 100, "a"), (300, 296, "b")))
+    tagged = out2.api["predictions"]
+    assert [p["tracker_id"] for p in tagged] == out2.ids.tolist() and sorted(out2.ids.tolist()) == [1, 2]  # type: ignore[index,union-attr]
+    assert out2.api["time"] == 0.01 and out2.api["image"] == first["image"]
+    assert "tracker_id" not in first["predictions"][0]  # type: ignore[index]
+    # the other camera has its own tracker: its first frame is unconfirmed
+    other = tracks.apply("cam1", 0.1, _api((104, 100, "a")))
+    assert other.ids.tolist() == [-1]
+    # an object that leaves ends (its id with it); an empty frame is fine
+    empty = tracks.apply("cam0", 0.2, {"predictions": []})
+    assert empty.ids.shape == (0,) and empty.ended == []
+    assert sorted(e.tracker_id for e in tracks.finish("cam0")) == [1, 2]
+
+
+def test_predictions_xyxy_empty_and_centre_size() -> None:
+    assert predictions_xyxy([]).shape == (0, 4)
+    got = predictions_xyxy([{"x": 10, "y": 20, "width": 4, "height": 6}])
+    np.testing.assert_allclose(got, [[8, 17, 12, 23]])
+
+
+def _config(tmp_path: Path, tracking: object) -> dict[str, object]:
+    return {
+        "device_id": "dev",
+        "cameras": [{"name": "cam0", "source": "rtsp://x/y"}],
+        "inference": {"mode": "serverless", "serverless": {"model_id": "p/1", "api_key": "k"}},
+        "mqtt": {"host": "localhost"},
+        "state_dir": str(tmp_path),
+        **({} if tracking is None else {"tracking": tracking}),
+    }
+
+
+def test_tracking_section_is_off_by_default_and_parsed(tmp_path: Path) -> None:
+    assert parse_settings(_config(tmp_path, None), base_dir=tmp_path, env={}).tracking == TrackingSettings()
+    assert TrackingSettings().enabled is False
+    doc = _config(tmp_path, {"enabled": True, "min_frames": 5, "lost_s": 1.5, "class_aware": False})
+    got = parse_settings(doc, base_dir=tmp_path, env={}).tracking
+    assert (got.enabled, got.min_frames, got.lost_s, got.class_aware) == (True, 5, 1.5, False)
+
+
+@pytest.mark.parametrize(
+    ("tracking", "where"),
+    [
+        ({"min_frames": 0}, "tracking.min_frames"),
+        ({"lost_s": -1}, "tracking.lost_s"),
+        ({"low_score": 0.8, "high_score": 0.5}, "tracking.low_score"),
+        ({"match_iou": 2}, "tracking.match_iou"),
+        ({"enabled": "yes"}, "tracking.enabled"),
+        ({"speed": 1}, "tracking.speed"),
+    ],
+)
+def test_tracking_section_errors_name_the_key(tmp_path: Path, tracking: object, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(_config(tmp_path, tracking), base_dir=tmp_path, env={})
+    assert info.value.path == where
