@@ -170,10 +170,10 @@ def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
 # the detections without a velocity of its own: it changes with occlusion more than with motion).
 _ALPHA = 0.7  # how far a matched centre moves from the prediction towards the detection
 _BETA = 0.3  # how far the velocity moves towards the one the detection implies
-_ALPHA_SIZE = 0.7
+_ALPHA_SIZE = 0.25  # sizes follow slowly: a box shrinking behind an occluder is not the object shrinking
 _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
 _REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
-_REFIND_DISTANCE = 1.0  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
+_REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
 
 
 class Tracker:
