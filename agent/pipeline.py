@@ -104,7 +104,8 @@ class Sink:
         latency_ms = max(outcome.latency_ms, (time.time() - frame.timestamp) * 1000.0)
         api = outcome.api
         if self._tracks is not None:  # hosted and local results alike: one tracker per camera
-            api = self._tracks.apply(frame.camera, frame.timestamp, api).api
+            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)  # .ids, .ended: for events
+            api = tracked.api
         message = to_message(
             api,
             device_id=self._device_id,
