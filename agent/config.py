@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
+from agent.tracking import TrackingSettings
 
 __all__ = [
     "CameraSettings",
@@ -36,6 +37,7 @@ __all__ = [
     "Settings",
     "SnapshotSettings",
     "TlsSettings",
+    "TrackingSettings",
     "load_settings",
     "parse_settings",
     "percent",
@@ -179,6 +181,7 @@ class Settings:
     state_dir: Path
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log_level: str = "info"
     config_path: Path | None = None
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
@@ -259,6 +262,7 @@ def parse_settings(
     metrics = _metrics(doc.section("metrics", MetricsSettings))
     home_assistant = _home_assistant(doc.section("home_assistant", HomeAssistantSettings))
     commands = _commands(doc.section("commands", CommandsSettings))
+    tracking = _tracking(doc.section("tracking", TrackingSettings))
     doc.finish()
     assert state_dir is not None
     return Settings(
@@ -275,6 +279,7 @@ def parse_settings(
         metrics=metrics,
         home_assistant=home_assistant,
         commands=commands,
+        tracking=tracking,
     )
 
 
@@ -498,6 +503,26 @@ def _home_assistant(h: Reader) -> HomeAssistantSettings:
 def _commands(c: Reader) -> CommandsSettings:
     settings = CommandsSettings(enabled=c.flag("enabled"))
     c.finish()
+    return settings
+
+
+def _tracking(t: Reader) -> TrackingSettings:
+    high = t.number_in("high_score", 0.0, 1.0)
+    low = t.number_in("low_score", 0.0, 1.0)
+    if low > high:
+        raise ConfigError(t.key("low_score"), f"{low:g} is above high_score ({high:g})")
+    settings = TrackingSettings(
+        enabled=t.flag("enabled"),
+        min_frames=t.int_in("min_frames", 1, 1000),
+        lost_s=t.number_in("lost_s", 0.001, 86400.0),
+        max_missed=t.int_in("max_missed", 1, 10**6),
+        high_score=high,
+        low_score=low,
+        match_iou=t.number_in("match_iou", 0.001, 1.0),
+        low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
+        class_cost=t.number_in("class_cost", 0.0, 10.0),
+    )
+    t.finish()
     return settings
 
 

@@ -29,6 +29,7 @@ from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
 from agent.snapshots import Snapshots
+from agent.tracking import CameraTracks
 from agent.worker import CameraWorker, FrameIds
 
 __all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "frames_under_way", "load_local_model"]
@@ -105,12 +106,18 @@ class Sink:
         self._outbox = outbox
         self._topics = topics
         self._warn = Throttle(log)  # one line a minute per camera and kind, with a count: not one per frame
+        cameras = [c.name for c in settings.cameras]
+        self._tracks = CameraTracks(settings.tracking, cameras) if settings.tracking.enabled else None
 
     def deliver(self, frame: Frame, frame_id: int, outcome: Outcome) -> None:
         # latency_ms is the whole time from capture to result: a frame that waited for its turn says so
         latency_ms = max(outcome.latency_ms, (time.time() - frame.timestamp) * 1000.0)
+        api = outcome.api
+        if self._tracks is not None:  # hosted and local results alike: one tracker per camera
+            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)  # .ids, .ended: for events
+            api = tracked.api
         message = to_message(
-            outcome.api,
+            api,
             device_id=self._device_id,
             camera=frame.camera,
             frame_id=frame_id,

@@ -1,0 +1,272 @@
+"""agent.tracking: the pure NumPy parts by tables, the tracker by scripted scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.config import ConfigError, parse_settings
+from agent.tracking import (
+    CameraTracks,
+    Tracker,
+    TrackingSettings,
+    assign_greedy,
+    cxcywh_to_xyxy,
+    iou_nm_xyxy,
+    predictions_xyxy,
+    refind_cost_nm,
+    xyxy_to_cxcywh,
+)
+
+ON = TrackingSettings(enabled=True)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 0))),
+        (np.zeros((0, 4)), [[0, 0, 1, 1]], np.zeros((0, 1))),
+        ([[0, 0, 1, 1]], np.zeros((0, 4)), np.zeros((1, 0))),
+        ([[0, 0, 2, 2]], [[0, 0, 2, 2]], [[1.0]]),
+        ([[0, 0, 2, 2]], [[1, 0, 3, 2]], [[1 / 3]]),
+        ([[0, 0, 1, 1]], [[1, 1, 2, 2]], [[0.0]]),  # touching corners
+        ([[0, 0, 0, 0]], [[0, 0, 0, 0]], [[0.0]]),  # degenerate: empty union, not NaN
+        ([[2, 2, 0, 0]], [[0, 0, 2, 2]], [[0.0]]),  # inverted box has no area
+        ([[0, 0, 2, 2], [10, 10, 12, 12]], [[10, 10, 12, 12]], [[0.0], [1.0]]),
+    ],
+)
+def test_iou_nm_xyxy(a: object, b: object, expected: object) -> None:
+    got = iou_nm_xyxy(np.asarray(a, float), np.asarray(b, float))
+    np.testing.assert_allclose(got, np.asarray(expected, float).reshape(got.shape))
+    assert not np.isnan(got).any()
+
+
+@pytest.mark.parametrize(
+    "boxes_xyxy", [np.zeros((0, 4)), np.array([[1.0, 2.0, 5.0, 10.0]]), np.array([[0, 0, 0, 0], [3, 3, 9, 4.0]])]
+)
+def test_box_layouts_round_trip(boxes_xyxy: np.ndarray) -> None:
+    cxcywh = xyxy_to_cxcywh(boxes_xyxy)
+    assert cxcywh.shape == boxes_xyxy.shape
+    np.testing.assert_allclose(cxcywh_to_xyxy(cxcywh), boxes_xyxy)
+
+
+@pytest.mark.parametrize(
+    ("cost", "max_cost", "pairs", "rows", "cols"),
+    [
+        (np.zeros((0, 0)), 1.0, [], [], []),
+        (np.zeros((0, 3)), 1.0, [], [], [0, 1, 2]),
+        (np.zeros((2, 0)), 1.0, [], [0, 1], []),
+        ([[0.1]], 0.5, [(0, 0)], [], []),
+        ([[0.9]], 0.5, [], [0], [0]),  # over the bound: no match
+        ([[0.5]], 0.5, [(0, 0)], [], []),  # the bound itself matches
+        ([[0.1, 0.2], [0.3, 0.9]], 1.0, [(0, 0), (1, 1)], [], []),
+        ([[0.1, 0.2], [0.3, 0.9]], 0.5, [(0, 0)], [1], [1]),
+        ([[0.2, 0.1, 0.3]], 1.0, [(0, 1)], [], [0, 2]),
+    ],
+)
+def test_assign_greedy(cost: object, max_cost: float, pairs: object, rows: object, cols: object) -> None:
+    got_pairs, got_rows, got_cols = assign_greedy(np.asarray(cost, float), max_cost)
+    assert sorted(map(tuple, got_pairs.tolist())) == sorted(pairs)  # type: ignore[arg-type]
+    assert got_rows.tolist() == rows
+    assert got_cols.tolist() == cols
+
+
+def _boxes(*centres: tuple[float, float], size: float = 40.0) -> np.ndarray:
+    return np.array([[x - size / 2, y - size / 2, x + size / 2, y + size / 2] for x, y in centres], float)
+
+
+def test_empty_frames_give_empty_ids() -> None:
+    tracker = Tracker(ON)
+    ids = tracker.update(0.0, np.zeros((0, 4)), [], np.zeros(0))
+    assert ids.shape == (0,) and ids.dtype == np.int64
+    assert tracker.ended == []
+
+
+def test_unconfirmed_detections_have_no_id_and_none_shared() -> None:
+    tracker = Tracker(TrackingSettings(enabled=True, min_frames=3))
+    first = tracker.update(0.0, _boxes((50, 50), (300, 50), (50, 300)), ["a", "a", "b"], np.full(3, 0.9))
+    second = tracker.update(0.1, _boxes((52, 50), (302, 50), (52, 300)), ["a", "a", "b"], np.full(3, 0.9))
+    third = tracker.update(0.2, _boxes((54, 50), (304, 50), (54, 300)), ["a", "a", "b"], np.full(3, 0.9))
+    assert first.tolist() == [-1, -1, -1] and second.tolist() == [-1, -1, -1]
+    assert sorted(third.tolist()) == [1, 2, 3]  # each its own id, from 1
+
+
+def test_mismatched_lengths_fail() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        Tracker(ON).update(0.0, _boxes((1, 1)), ["a", "b"], np.ones(1))
+
+
+def test_track_ends_after_lost_s_and_finish_ends_the_rest() -> None:
+    tracker = Tracker(TrackingSettings(enabled=True, min_frames=1, lost_s=1.0, max_missed=1000))
+    ids = tracker.update(0.0, _boxes((50, 50), (300, 300)), ["a", "b"], np.full(2, 0.9))
+    tracker.update(0.5, _boxes((300, 300)), ["b"], np.full(1, 0.9))
+    assert tracker.ended == []
+    tracker.update(1.2, _boxes((300, 300)), ["b"], np.full(1, 0.9))
+    assert [e.tracker_id for e in tracker.ended] == [ids[0]]
+    assert tracker.ended[0].class_name == "a" and tracker.ended[0].hits == 1
+    ended = tracker.finish()
+    assert [e.tracker_id for e in ended] == [ids[1]] and ended[0].last_t == 1.2
+    assert tracker.live_count == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_frames", 0), ("lost_s", 0.0), ("max_missed", 0), ("low_score", 0.9), ("match_iou", 0.0)],
+)
+def test_settings_refuse_bad_values(field: str, value: float) -> None:
+    with pytest.raises(ValueError):
+        TrackingSettings(**{field: value})  # type: ignore[arg-type]
+
+
+# ---- the pipeline's stage and its config section ---------------------------------------------------------
+
+
+def _api(*boxes: tuple[float, float, str]) -> dict[str, object]:
+    """An API object with one 40x40 prediction per (x, y, class); ``x``, ``y`` the box centre."""
+    predictions = [
+        {"x": x, "y": y, "width": 40.0, "height": 40.0, "confidence": 0.9, "class": c, "class_id": 0, "points": []}
+        for x, y, c in boxes
+    ]
+    return {"time": 0.01, "image": {"width": 640, "height": 480}, "predictions": predictions}
+
+
+def test_camera_tracks_tag_confirmed_predictions_only_and_keep_the_api_object() -> None:
+    tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=2), ["cam0", "cam1"])
+    first = _api((100, 100, "a"), (300, 300, "b"))
+    out1 = tracks.apply("cam0", 0.0, first)
+    assert all("tracker_id" not in p for p in out1.api["predictions"])  # type: ignore[union-attr]
+    out2 = tracks.apply("cam0", 0.1, _api((104, 100, "a"), (300, 296, "b")))
+    tagged = out2.api["predictions"]
+    assert [p["tracker_id"] for p in tagged] == out2.ids.tolist() and sorted(out2.ids.tolist()) == [1, 2]  # type: ignore[index,union-attr]
+    assert out2.api["time"] == 0.01 and out2.api["image"] == first["image"]
+    assert "tracker_id" not in first["predictions"][0]  # type: ignore[index]
+    # the other camera has its own tracker: its first frame is unconfirmed
+    other = tracks.apply("cam1", 0.1, _api((104, 100, "a")))
+    assert other.ids.tolist() == [-1]
+    # an object that leaves ends (its id with it); an empty frame is fine
+    empty = tracks.apply("cam0", 0.2, {"predictions": []})
+    assert empty.ids.shape == (0,) and empty.ended == []
+    assert sorted(e.tracker_id for e in tracks.finish("cam0")) == [1, 2]
+
+
+def test_predictions_xyxy_empty_and_centre_size() -> None:
+    assert predictions_xyxy([]).shape == (0, 4)
+    got = predictions_xyxy([{"x": 10, "y": 20, "width": 4, "height": 6}])
+    np.testing.assert_allclose(got, [[8, 17, 12, 23]])
+
+
+def _config(tmp_path: Path, tracking: object) -> dict[str, object]:
+    return {
+        "device_id": "dev",
+        "cameras": [{"name": "cam0", "source": "rtsp://x/y"}],
+        "inference": {"mode": "serverless", "serverless": {"model_id": "p/1", "api_key": "k"}},
+        "mqtt": {"host": "localhost"},
+        "state_dir": str(tmp_path),
+        **({} if tracking is None else {"tracking": tracking}),
+    }
+
+
+def test_tracking_section_is_off_by_default_and_parsed(tmp_path: Path) -> None:
+    assert parse_settings(_config(tmp_path, None), base_dir=tmp_path, env={}).tracking == TrackingSettings()
+    assert TrackingSettings().enabled is False
+    doc = _config(tmp_path, {"enabled": True, "min_frames": 5, "lost_s": 1.5, "class_cost": 1.0})
+    got = parse_settings(doc, base_dir=tmp_path, env={}).tracking
+    assert (got.enabled, got.min_frames, got.lost_s, got.class_cost) == (True, 5, 1.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("tracking", "where"),
+    [
+        ({"min_frames": 0}, "tracking.min_frames"),
+        ({"lost_s": -1}, "tracking.lost_s"),
+        ({"low_score": 0.8, "high_score": 0.5}, "tracking.low_score"),
+        ({"match_iou": 2}, "tracking.match_iou"),
+        ({"enabled": "yes"}, "tracking.enabled"),
+        ({"speed": 1}, "tracking.speed"),
+    ],
+)
+def test_tracking_section_errors_name_the_key(tmp_path: Path, tracking: object, where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(_config(tmp_path, tracking), base_dir=tmp_path, env={})
+    assert info.value.path == where
+
+
+# ---- scenes: crossings, misses, occlusion -------------------------------------------------------------
+
+
+def _run(tracker: Tracker, frames: list[tuple[list[tuple[float, float]], list[str], list[float]]], fps: float = 10.0):  # type: ignore[no-untyped-def]
+    return [
+        tracker.update(i / fps, _boxes(*centres), classes, np.array(scores, float)).tolist()
+        for i, (centres, classes, scores) in enumerate(frames)
+    ]
+
+
+def test_two_objects_of_one_class_crossing_keep_their_ids() -> None:
+    # one moves right, one left, on the same line: their boxes overlap fully at the crossing
+    frames = [([(100 + 10 * k, 200), (400 - 10 * k, 200)], ["a", "a"], [0.9, 0.9]) for k in range(31)]
+    ids = _run(Tracker(ON), frames)
+    first = ids[3]
+    assert -1 not in first
+    for k, row in enumerate(ids[3:], start=3):
+        if k != 15:  # at k == 15 both boxes coincide: either order is right
+            assert row == first, (k, row)
+
+
+def test_a_short_miss_keeps_the_id_and_a_long_one_ends_the_track() -> None:
+    tracker = Tracker(TrackingSettings(enabled=True, lost_s=1.0))
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    gap = ([], [], [])
+    ids = _run(tracker, [seen] * 5 + [gap] * 5 + [seen] * 2)  # 0.5 s unseen
+    assert ids[4] == ids[10] == ids[11] == [1]
+    ids = _run(Tracker(TrackingSettings(enabled=True, lost_s=1.0)), [seen] * 5 + [gap] * 12 + [seen] * 4)
+    assert ids[4] == [1] and ids[17] == [-1] and ids[19] == [2]  # a new track, a new id, never 1 again
+
+
+def test_an_occluded_object_found_again_where_its_motion_takes_it() -> None:
+    # moving 8 px a frame (80 px/s); hidden for 6 frames: comes back 56 px on, no overlap with where it was
+    frames = [([(100.0 + 8 * k, 100.0)], ["a"], [0.9]) if not 5 <= k < 11 else ([], [], []) for k in range(16)]
+    ids = _run(Tracker(ON), frames)
+    assert ids[4] == [1] and ids[11] == [1] and ids[15] == [1]
+
+
+def test_low_scores_continue_a_track_but_never_start_one() -> None:
+    tracker = Tracker(ON)  # high_score 0.6, low_score 0.1
+    frames = [([(100.0 + 5 * k, 100.0)], ["a"], [0.9 if k < 4 else 0.3]) for k in range(8)]
+    ids = _run(tracker, frames)
+    assert ids[3] == [1] and ids[7] == [1]  # the partly hidden object keeps its id at a low score
+    ids = _run(Tracker(ON), [([(100.0, 100.0)], ["a"], [0.3])] * 6)
+    assert ids[-1] == [-1]
+
+
+def test_another_class_does_not_continue_a_track_by_default() -> None:
+    frames = [([(100.0, 100.0)], ["a"], [0.9])] * 4 + [([(100.0, 100.0)], ["b"], [0.9])] * 4
+    ids = _run(Tracker(ON), frames)
+    assert ids[3] == [1] and ids[5] == [-1] and ids[6] == ids[7] == [2]
+    # class_cost below the IoU's slack: the same box continues, whatever the class says
+    ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=0.2)), frames)
+    assert ids[7] == [1]
+
+
+def test_frames_out_of_order_are_refused() -> None:
+    tracker = Tracker(ON)
+    tracker.update(1.0, np.zeros((0, 4)), [], np.zeros(0))
+    with pytest.raises(ValueError, match="capture order"):
+        tracker.update(0.5, np.zeros((0, 4)), [], np.zeros(0))
+
+
+@pytest.mark.parametrize(
+    ("tracks", "dets", "finite"),
+    [
+        (np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 0), bool)),
+        ([[0, 0, 10, 10]], [[5, 0, 10, 10]], [[True]]),
+        ([[0, 0, 10, 10]], [[0, 0, 30, 30]], [[False]]),  # 9x the area: not the same object
+        ([[0, 0, 0, 0]], [[0, 0, 10, 10]], [[False]]),  # degenerate track box
+    ],
+)
+def test_refind_cost_nm(tracks: object, dets: object, finite: object) -> None:
+    got = refind_cost_nm(np.asarray(tracks, float), np.asarray(dets, float))
+    np.testing.assert_array_equal(np.isfinite(got), np.asarray(finite, bool).reshape(got.shape))
+    if got.size and np.isfinite(got[0, 0]) and np.asarray(tracks).size:
+        assert got[0, 0] == pytest.approx(0.5)  # 5 px off a 10 px box
