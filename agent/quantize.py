@@ -339,7 +339,11 @@ def _eval_set(args: argparse.Namespace, fp32: OnnxModel, held: list[Sample], tmp
     if args.eval_images is not None:
         return EvalSet(Path(args.eval_images), Path(args.annotations), "annotations")
     if not held:
-        raise QuantizeError("nothing to score the models on: --holdout is 0 and no --eval-images", EXIT_USAGE)
+        raise QuantizeError(
+            "nothing to score the models on: no frame of --images is held out (--holdout, or too few frames) "
+            "and no --eval-images",
+            EXIT_USAGE,
+        )
     if args.annotations is not None:
         if Path(args.images).is_file():
             raise QuantizeError("--annotations of a video: give --eval-images with them", EXIT_USAGE)
@@ -356,6 +360,30 @@ def _print_flags() -> None:
 
 def _report_line(label: str, fp32: float, int8: float) -> str:
     return f"{label:<22}{fp32:8.3f}{int8:8.3f}{100 * (int8 - fp32):+9.2f}"
+
+
+def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Sample], candidate: Path) -> None:
+    from agent.runtime import first_line
+
+    print(f"calibrating  on {len(calibration)} frames of {args.images}", flush=True)
+    try:
+        plan = quantize_model(
+            Path(args.model),
+            candidate,
+            fp32,
+            calibration,
+            activations=args.activations,
+            op_types=_op_types(args.ops),
+            method=args.method,
+        )
+    except QuantizeError:
+        raise
+    except Exception as exc:  # ONNX Runtime's quantizer raises anything from ValueError to RuntimeError
+        raise QuantizeError(f"quantization failed: {first_line(exc)}") from exc
+    print(
+        f"quantized    {plan.quantized_nodes} nodes ({', '.join(plan.op_types)}), {plan.activations} "
+        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float"
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -378,20 +406,7 @@ def _run(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         eval_set = _eval_set(args, fp32, held, tmp)
         candidate = tmp / "candidate.onnx"
-        print(f"calibrating  on {len(calibration)} frames of {args.images}", flush=True)
-        plan = quantize_model(
-            Path(args.model),
-            candidate,
-            fp32,
-            calibration,
-            activations=args.activations,
-            op_types=_op_types(args.ops),
-            method=args.method,
-        )
-        print(
-            f"quantized    {plan.quantized_nodes} nodes ({', '.join(plan.op_types)}), {plan.activations} "
-            f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float"
-        )
+        _calibrate(args, fp32, calibration, candidate)
         int8 = OnnxModel(candidate, threads=args.threads)
         tensor = model_tensor(fp32, calibration[0].image_bgr)
         fp32_ms, int8_ms = median_run_ms([fp32, int8], tensor, args.speed_runs)
