@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic shapes: a COCO set to evaluate on (synth coco DIR) or the demo video (synth video OUT.avi)",
     )
     synth.add_argument("synth_args", nargs=argparse.REMAINDER)
+    sub.add_parser("quantize", add_help=False, help="an int8 copy of a model, checked for mask AP (--help: options)")
     return parser
 
 
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.synth import main_synth
 
         return main_synth(argv[1:])
+    if argv[:1] == ["quantize"]:  # its own parser (agent.quantize), --help included
+        from agent.quantize import main_quantize
+
+        return main_quantize(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":

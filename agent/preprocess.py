@@ -132,54 +132,60 @@ def parse_roboflow_preprocessing(value: object) -> tuple[Preprocessing, list[str
     if not isinstance(value, Mapping):
         raise ValueError(f"PREPROCESSING must be a mapping, got {type(value).__name__}")
     notes: list[str] = []
-    resize: ResizeMode = "stretch"
-    fill = 0
-    input_hw: tuple[int, int] | None = None
-    section = value.get("resize")
-    if _enabled(section):
-        assert isinstance(section, Mapping)
-        fmt = str(section.get("format", "Stretch to"))
-        if fmt not in ROBOFLOW_RESIZE_FORMATS:
-            notes.append(f"resize format {fmt!r} unknown; using 'Stretch to' as Roboflow's server does")
-            fmt = "Stretch to"
-        resize, fill = ROBOFLOW_RESIZE_FORMATS[fmt]
-        try:
-            width, height = int(section["width"]), int(section["height"])
-        except (KeyError, TypeError, ValueError):
-            width = height = 0
-        if width > 0 and height > 0:
-            input_hw = (height, width)
-    crop: StaticCrop | None = None
-    section = value.get("static-crop")
-    if _enabled(section):
-        assert isinstance(section, Mapping)
-        try:
-            crop = StaticCrop(*(float(section[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"PREPROCESSING.static-crop needs numeric x_min, y_min, x_max, y_max: {exc}") from None
-        if not (0 <= crop.x_min < crop.x_max <= 100 and 0 <= crop.y_min < crop.y_max <= 100):
-            raise ValueError(f"PREPROCESSING.static-crop is not a region within 0-100 %: {crop}")
-    contrast: ContrastKind | None = None
-    section = value.get("contrast")
-    if _enabled(section):
-        assert isinstance(section, Mapping)
-        kind = section.get("type")
-        if kind in _CONTRAST_KINDS:
-            contrast = kind
-        else:
-            notes.append(f"contrast type {kind!r} unknown; not applied")
+    resize, fill, input_hw = _parse_resize(value.get("resize"), notes)
     return (
         Preprocessing(
             resize=resize,
             fill=fill,
-            static_crop=crop,
-            contrast=contrast,
+            static_crop=_parse_static_crop(value.get("static-crop")),
+            contrast=_parse_contrast(value.get("contrast"), notes),
             grayscale=_enabled(value.get("grayscale")),
             auto_orient=_enabled(value.get("auto-orient")),
             input_hw=input_hw,
         ),
         notes,
     )
+
+
+def _parse_resize(section: object, notes: list[str]) -> tuple[ResizeMode, int, tuple[int, int] | None]:
+    """``resize``: (mode, fill, input (height, width) when both are given and positive)."""
+    if not _enabled(section):
+        return "stretch", 0, None
+    assert isinstance(section, Mapping)
+    fmt = str(section.get("format", "Stretch to"))
+    if fmt not in ROBOFLOW_RESIZE_FORMATS:
+        notes.append(f"resize format {fmt!r} unknown; using 'Stretch to' as Roboflow's server does")
+        fmt = "Stretch to"
+    resize, fill = ROBOFLOW_RESIZE_FORMATS[fmt]
+    try:
+        width, height = int(section["width"]), int(section["height"])
+    except (KeyError, TypeError, ValueError):
+        width = height = 0
+    return resize, fill, ((height, width) if width > 0 and height > 0 else None)
+
+
+def _parse_static_crop(section: object) -> StaticCrop | None:
+    if not _enabled(section):
+        return None
+    assert isinstance(section, Mapping)
+    try:
+        crop = StaticCrop(*(float(section[k]) for k in ("x_min", "y_min", "x_max", "y_max")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"PREPROCESSING.static-crop needs numeric x_min, y_min, x_max, y_max: {exc}") from None
+    if not (0 <= crop.x_min < crop.x_max <= 100 and 0 <= crop.y_min < crop.y_max <= 100):
+        raise ValueError(f"PREPROCESSING.static-crop is not a region within 0-100 %: {crop}")
+    return crop
+
+
+def _parse_contrast(section: object, notes: list[str]) -> ContrastKind | None:
+    if not _enabled(section):
+        return None
+    assert isinstance(section, Mapping)
+    kind = section.get("type")
+    if kind in _CONTRAST_KINDS:
+        return kind  # type: ignore[no-any-return]
+    notes.append(f"contrast type {kind!r} unknown; not applied")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------

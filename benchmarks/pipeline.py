@@ -95,6 +95,7 @@ class _Recorder:
         self.created: dict[int, float] = {}
         self.put_at: dict[int, float] = {}
         self.acked_at: dict[int, float] = {}
+        self.detections: dict[int, int] = {}  # instances in each result (its predictions)
 
     def install(self) -> None:
         recorder = self
@@ -108,6 +109,7 @@ class _Recorder:
                 with recorder.lock:
                     recorder.created[seq] = now if created is None else created
                     recorder.put_at[seq] = now
+                    recorder.detections[seq] = payload.count(b'"detection_id"')
             return seq
 
         def ack(self: Outbox, seq: int) -> None:
@@ -128,6 +130,11 @@ class _Recorder:
         """``(capture, put, ack)`` of every acknowledged result, in outbox order."""
         with self.lock:
             return [(self.created[s], self.put_at[s], self.acked_at[s]) for s in sorted(self.acked_at)]
+
+    def detection_counts(self) -> list[int]:
+        """Instances in each acknowledged result, in the order of :meth:`rows`."""
+        with self.lock:
+            return [self.detections.get(s, 0) for s in sorted(self.acked_at)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         total_cpu_s=_cpu_s(),
         wall_s=time.time() - t_start,
         rows=recorder.rows(),
+        detections=recorder.detection_counts(),
         **{k.lower(): v for k, v in _proc_status().items()},
     )
     json.dump(result, sys.stdout)

@@ -65,6 +65,7 @@ from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params  # noqa: E402
 from agent.results import detections_to_api, encode, to_message  # noqa: E402
 from agent.synth import render_video  # noqa: E402
+from benchmarks import int8 as int8_bench  # noqa: E402
 from benchmarks.synthetic import dense_outputs  # noqa: E402
 
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
@@ -143,6 +144,7 @@ def machine() -> dict[str, Any]:
         "opencv": cv2.__version__,
         "numpy": np.__version__,
         "load_start": os.getloadavg(),
+        "flags": int8_bench.shown_flags(),
     }
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -207,7 +209,11 @@ def run_bench_env(python: Path, args: list[str], timeout: float = 900.0) -> dict
 
 
 def prepare_models(
-    work: Path, wanted: list[str], python: Path | None, demo_override: Path | None = None
+    work: Path,
+    wanted: list[str],
+    python: Path | None,
+    demo_override: Path | None = None,
+    int8: Path | None = None,
 ) -> tuple[list[ModelInfo], list[str]]:
     models: list[ModelInfo] = []
     notes: list[str] = []
@@ -260,6 +266,8 @@ def prepare_models(
                     "the real network's cost; random weights find nothing at confidence 0.4",
                 )
             )
+    if int8 is not None:
+        models.append(ModelInfo("demo-int8", int8, f"{int8.name}: the demo model after `seg-agent quantize`"))
     for m in models:
         session = ort.InferenceSession(str(m.path), providers=["CPUExecutionProvider"])
         shape = session.get_inputs()[0].shape
@@ -572,6 +580,7 @@ def pipeline_throughput(
         r = run_agent(config, "throughput", plan)
     rows = [row for row in r["rows"] if row[2] >= r["window_start"]]
     return {
+        "dets_per_frame": _dets_per_frame(r),
         "fps": r["results_in_window"] / r["window_s"],
         "results": r["results_in_window"],
         "window_s": r["window_s"],
@@ -581,6 +590,12 @@ def pipeline_throughput(
             k: v * 1000 / max(1, r["results_in_window"]) for k, v in r.get("thread_cpu_s", {}).items()
         },
     }
+
+
+def _dets_per_frame(r: dict[str, Any]) -> float:
+    """Mean instances per acknowledged result within the window (``benchmarks/pipeline.py``'s counts)."""
+    counts = [n for row, n in zip(r["rows"], r.get("detections", []), strict=False) if row[2] >= r["window_start"]]
+    return float(np.mean(counts)) if counts else float("nan")
 
 
 def _latencies(rows: list[list[float]]) -> list[float]:
@@ -597,6 +612,7 @@ def pipeline_paced(mq: Any, work: Path, model: ModelInfo, video: Path, plan: Pla
     put_to_ack = [(ack - put) * 1000 for _, put, ack in rows]
     cpu_per_s = r["cpu_s"] / r["window_s"]
     return {
+        "dets_per_frame": _dets_per_frame(r),
         "latency_p50_ms": median(lat),
         "latency_p90_ms": percentile(lat, 90),
         "put_to_ack_p50_ms": median(put_to_ack),
@@ -741,12 +757,12 @@ def build_tables(results: dict[str, Any]) -> str:
         )
         lines.append("")
         lines.append(
-            "| frame | local floor ms: paused / back to back | pipeline frames/s | × floor | "
+            "| frame | detections per frame | local floor ms: paused / back to back | pipeline frames/s | × floor | "
             "agent CPU per frame × model's | "
             f"{SESSIONS} sessions: frames/s, × floor, CPU per frame | "
             "capture→PUBACK p50 (p90) ms | × floor | CPU at 2 fps | × model | peak RSS |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for size, row in m["sizes"].items():
             thr = row.get("throughput", {})
             paced = row.get("paced", {})
@@ -762,8 +778,10 @@ def build_tables(results: dict[str, Any]) -> str:
             lat_target = TARGET_LATENCY if size in ("640x480", "1280x720") else None
             rss = paced.get("rss_peak_mb", float("nan"))
             rss_ok = rss <= TARGET_RSS_MB if (m["key"] == "demo" and size == "1920x1080") else None
+            dets = f"{fmt(thr.get('dets_per_frame', float('nan')))} / {fmt(paced.get('dets_per_frame', float('nan')))}"
             lines.append(
-                f"| {size} | {fmt(row_ms)} / {fmt(hot_ms)} | {fmt(thr.get('fps', float('nan')))} | {fmt(ratio_fps, 2)}"
+                f"| {size} | {dets} | {fmt(row_ms)} / {fmt(hot_ms)} | {fmt(thr.get('fps', float('nan')))} | "
+                f"{fmt(ratio_fps, 2)}"
                 f"{mark(ratio_fps >= TARGET_THROUGHPUT)} | {fmt(cpu_frame)} ms, {fmt(ratio_cpu_frame, 2)} | "
                 f"{sessions_cell(row.get('throughput_sessions'), hot_ms)} | "
                 f"{fmt(paced.get('latency_p50_ms', float('nan')))} "
@@ -902,6 +920,73 @@ def estimates(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def int8_pipeline_table(results: dict[str, Any]) -> str:
+    """The demo model's pipeline rows, fp32 against int8 (measured minutes apart in this run, not interleaved)."""
+    by_key = {m["key"]: m for m in results["models"]}
+    fp32, int8 = by_key.get("demo"), by_key.get("demo-int8")
+    if fp32 is None or int8 is None:
+        return ""
+    nan = float("nan")
+    lines = [
+        "Through the whole agent (the pipeline rows above; fp32 and int8 runs of one size a few minutes apart, "
+        "so the load may differ between them): frames/s and capture→PUBACK p50 and CPU at 2 fps, "
+        "fp32 → int8, and the ratio (frames/s: int8 ÷ fp32; latency and CPU: fp32 ÷ int8, higher is better).",
+        "",
+        "| frame | detections per frame, fp32 / int8 | frames/s | × | capture→PUBACK p50 ms | × | CPU at 2 fps, "
+        "ms/s | × |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for size, a in fp32["sizes"].items():
+        b = int8["sizes"].get(size)
+        if b is None:
+            continue
+        ta, tb = a.get("throughput", {}), b.get("throughput", {})
+        pa, pb = a.get("paced", {}), b.get("paced", {})
+        fa, fb = ta.get("fps", nan), tb.get("fps", nan)
+        la, lb = pa.get("latency_p50_ms", nan), pb.get("latency_p50_ms", nan)
+        ca, cb = pa.get("cpu_ms_per_s", nan), pb.get("cpu_ms_per_s", nan)
+        lines.append(
+            f"| {size} | {fmt(ta.get('dets_per_frame', nan))} / {fmt(tb.get('dets_per_frame', nan))} | "
+            f"{fmt(fa)} → {fmt(fb)} | {fmt(fb / fa, 2)} | {fmt(la)} → {fmt(lb)} | {fmt(la / lb, 2)} | "
+            f"{fmt(ca, 0)} → {fmt(cb, 0)} | {fmt(ca / cb, 2)} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def int8_on_arm(results: dict[str, Any]) -> str:
+    """What int8 should do on a Raspberry Pi 4 and 5: expectations, from the instruction sets and this run."""
+    pub = PUBLISHED
+    cpu = pub["ultralytics_cpu_onnx_ms"]
+    pi5 = pub["pi5_yolo11n_onnx_ms"] * cpu["yolov8n-seg"] / cpu["yolo11n"]
+    pi4 = pi5 * pub["pi5_over_pi4_cpu"]
+    measured = ""
+    if results.get("int8"):
+        one = next((s for s in results["int8"]["session"] if s["threads"] == 1), None)
+        if one is not None:
+            measured = f" (here, with VNNI: {one['speedup']:.2f}x at 1 thread)"
+    return "\n".join(
+        [
+            "### int8 on a Raspberry Pi 4 and 5 (expectations, not measured)",
+            "",
+            "`seg-agent quantize` picks int8 activations on ARM (S8S8, ONNX Runtime's recommendation there). Whether "
+            "int8 pays depends on the dot-product instructions:",
+            "",
+            f"- **Pi 5** (Cortex-A76, Armv8.2-A, `asimddp` in /proc/cpuinfo: `sdot`/`udot`, 16 int8 multiply-adds "
+            "per 128-bit instruction against 4 fp32 FMAs): ONNX Runtime's int8 GEMM kernels use them, so the "
+            f"convolutions should gain at least what they gain here with VNNI{measured}: expect **1.5-2x** the "
+            f"model's frames/s; YOLOv8n-seg ≈ {pi5:.0f} ms fp32 → ≈ {pi5 / 2:.0f}-{pi5 / 1.5:.0f} ms int8.",
+            f"- **Pi 4** (Cortex-A72, Armv8.0-A, no dot product): int8 GEMMs fall back to widening multiplies "
+            "(`smull`/`smlal`, 8 multiply-adds per instruction at best, plus the widening and requantisation), "
+            "and the QuantizeLinear/DequantizeLinear and QLinear activation ops cost as much as before: expect "
+            f"**1.0-1.3x** at most, possibly slower for small models (as S8S8 ran slower than fp32 on x86 here, "
+            f"174 vs 99 ms); YOLOv8n-seg ≈ {pi4:.0f} ms fp32 → ≈ {pi4 / 1.3:.0f}-{pi4:.0f} ms int8. Keep fp32 on "
+            "a Pi 4 unless `seg-agent quantize`'s speed line, run on the Pi itself, shows a clear gain.",
+            "- Accuracy does not depend on the CPU: the AP check above holds on both (the same int8 arithmetic), "
+            "but int8 against uint8 activations on ARM is still to be measured on the devices.",
+        ]
+    )
+
+
 def render_markdown(results: dict[str, Any], command: str) -> str:
     mach = results["machine"]
     parts = [
@@ -924,6 +1009,9 @@ def render_markdown(results: dict[str, Any], command: str) -> str:
         f"- Python {mach['python']}, ONNX Runtime {mach['onnxruntime']}, OpenCV {mach['opencv']}, "
         f"NumPy {mach['numpy']}"
         + (f", Ultralytics {results['ultralytics_version']}" if results.get("ultralytics_version") else ""),
+        f"- CPU flags for int8: {' '.join(mach.get('flags', [])) or 'none seen'} (VNNI: "
+        f"{'yes' if {'avx512_vnni', 'avx_vnni'} & set(mach.get('flags', [])) else 'no'}, AVX-512: "
+        f"{'yes' if 'avx512f' in mach.get('flags', []) else 'no'})",
         f"- Load average at the start {fmt(mach['load_start'][0], 2)}, at the end "
         f"{fmt(results['load_end'][0], 2)}; other busy processes: "
         + ("; ".join(results["busy"]) if results["busy"] else "none seen"),
@@ -950,7 +1038,9 @@ def render_markdown(results: dict[str, Any], command: str) -> str:
         ]
     if results.get("notes"):
         parts += ["Notes: " + " ".join(f"{n}." for n in results["notes"]), ""]
-    parts += [estimates(results), ""]
+    if results.get("int8"):
+        parts += [int8_bench.render(results["int8"]), int8_pipeline_table(results), ""]
+    parts += [estimates(results), "", int8_on_arm(results), ""]
     explain = REPO / "benchmarks/NOTES.md"
     if explain.exists():
         parts += [explain.read_text().strip(), ""]
@@ -972,6 +1062,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES), help="frame sizes, WxH,...")
     p.add_argument("--no-ultralytics", action="store_true", help="skip the Ultralytics comparison")
     p.add_argument("--from-json", type=Path, default=None, help="only render --out from a saved --json file")
+    p.add_argument(
+        "--int8",
+        default=None,
+        help="add the demo model's int8 twin: an ONNX file, or 'auto' to make one with seg-agent quantize",
+    )
     args = p.parse_args(argv)
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -987,7 +1082,14 @@ def main(argv: list[str] | None = None) -> int:
     python = bench_python(args.bench_python)
     results: dict[str, Any] = {"machine": machine(), "busy": busy_processes(), "quick": args.quick, "models": []}
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-    models, notes = prepare_models(work, wanted, python, args.demo.resolve() if args.demo else None)
+    demo_path = args.demo.resolve() if args.demo else REPO / "models/demo-seg.onnx"
+    int8_path = None
+    if args.int8 == "auto":
+        log("quantizing the demo model (seg-agent quantize)")
+        int8_path, _ = int8_bench.quantize_demo(demo_path, work)
+    elif args.int8:
+        int8_path = Path(args.int8).resolve()
+    models, notes = prepare_models(work, wanted, python, args.demo.resolve() if args.demo else None, int8_path)
     results["notes"] = notes
     if python is None:
         results["ultralytics_note"] = "no benchmark environment"
@@ -1054,6 +1156,11 @@ def main(argv: list[str] | None = None) -> int:
             entry["floor"] = m.floor  # the median over every floor sample of the run
             results["models"].append(entry)
             del onnx
+        if int8_path is not None:
+            log("fp32 vs int8: session, detect, mask AP, side by side")
+            results["int8"] = int8_bench.compare(
+                demo_path, int8_path, work, heldout_n=100 if args.quick else 200, runs=20 if args.quick else 40
+            )
         if models:
             demo = next((m for m in models if m.key == "demo"), models[0])
             log("idle: a stalled live source")

@@ -1,0 +1,448 @@
+"""``seg-agent quantize``: an int8 copy of a local model, written only when it keeps its accuracy.
+
+ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantize_static``), after
+``quant_pre_process`` (shape inference and graph clean-up). What is quantized, and why:
+
+* The convolutions (``Conv``, ``MatMul``, ``Gemm``: the arithmetic int8 speeds up) and the ops between
+  them (SiLU's Sigmoid and Mul, Add, Concat, Resize, MaxPool), so a tensor stays int8 from one layer to the
+  next; ``--ops Conv,MatMul,Gemm`` quantizes only the arithmetic (a DequantizeLinear/QuantizeLinear pair
+  then sits around every activation). Never the decode head: Ultralytics' full-graph int8 (head included,
+  one scale for box pixels and class scores in one tensor) gave mAP 0 (ultralytics #25045).
+* The decode head stays in float: every node reachable backwards from a graph output without passing a
+  ``Conv``/``MatMul``/``Gemm`` (the final Concat/Sigmoid/Mul of boxes and classes, the mask coefficients'
+  Concat), everything under ``/dfl/``, and the last ``Conv``/``MatMul``/``Gemm`` before each output (the
+  layers whose outputs *are* the box offsets, class logits, mask coefficients and prototypes: a coarse
+  grid there moves every box and every mask edge).
+* Weights are signed int8, per output channel. Activations are ``uint8`` on x86 (ONNX Runtime's fast
+  U8S8 kernels: ``VPDPBUSD`` with AVX-512 VNNI / AVX-VNNI, ``VPMADDUBSW`` without, where weights keep 7
+  bits, ``reduce_range``, so the 16-bit sums cannot saturate) and ``int8`` on ARM (S8S8: ``sdot`` on cores
+  with the dot-product extension, e.g. a Pi 5's Cortex-A76; a Pi 4's Cortex-A72 has none and runs
+  widening multiplies instead). ``--activations`` overrides the choice.
+
+Calibration frames are prepared exactly as :meth:`agent.model.OnnxModel.detect` prepares them (the same
+letterbox or Roboflow preprocessing, the model's own input size). Both models are then scored with
+:func:`agent.evaluate.evaluate` (COCO mask AP of the published polygons) on held-out frames: the annotated
+set's held-out part, ``--eval-images``/``--annotations``, or, when there are no annotations (a video, a
+plain folder), the fp32 model's own detections on the held-out frames as the reference. The int8 file is
+written only when mask AP@[.5:.95] drops by at most ``--max-drop`` points, unless ``--force``.
+
+``onnx`` (and ``sympy``, for the shape inference) are needed here only: ``pip install 'seg-agent[quantize]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agent.calibration import CalibrationReader, Sample, load_samples, model_tensor, split_holdout
+from agent.quantize_graph import cpu_flags, float_head_nodes, pick_activations
+
+if TYPE_CHECKING:
+    from agent.evaluate import EvalReport
+    from agent.model import OnnxModel
+
+__all__ = ["QuantizeError", "gate", "main_quantize", "quantize_model", "reference_set"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+INSTALL_HINT = "pip install 'seg-agent[quantize]' (or: pip install onnx sympy)"
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool")
+"""Quantized by default: the arithmetic int8 speeds up (Conv, MatMul, Gemm) and the ops between two such
+layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling), so that a tensor stays int8 from
+one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around every activation
+(demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP)."""
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+"""Layers whose outputs the decode reads: the last of them before each output stays in float."""
+REFERENCE_CONFIDENCE = 0.4
+"""With no annotations, the fp32 model's detections above this confidence are the reference instances."""
+
+
+class QuantizeError(Exception):
+    """A failure to report as ``seg-agent quantize: error: ...`` with an exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------------------------------ quantizing
+
+
+def _import_onnx() -> Any:
+    """``onnx``, after checking that it and ``sympy`` (quant_pre_process's symbolic shape inference) import."""
+    modules = []
+    for name in ("onnx", "sympy"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            raise QuantizeError(f"seg-agent quantize needs the {name} package: {INSTALL_HINT}") from None
+    return modules[0]
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """What :func:`quantize_model` did: the activation type, the ops, the nodes kept in float."""
+
+    activations: str
+    reduce_range: bool
+    op_types: tuple[str, ...]
+    float_nodes: tuple[str, ...]
+    quantized_nodes: int
+
+
+def quantize_model(
+    model_path: Path,
+    out_path: Path,
+    model: OnnxModel,
+    samples: Sequence[Sample],
+    *,
+    activations: str = "auto",
+    op_types: Sequence[str] = QUANTIZED_OPS,
+    method: str = "percentile",
+) -> QuantizePlan:
+    """Write the QDQ int8 model of ``model_path`` (loaded as ``model``) to ``out_path``, calibrated on
+    ``samples``. The original's metadata (class names, input size) is carried over."""
+    onnx = _import_onnx()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    act, reduce_range = pick_activations(activations, cpu_flags())
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    with tempfile.TemporaryDirectory(prefix="seg-agent-quantize-") as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(model_path), str(prepped), skip_symbolic_shape=False)
+        graph = onnx.load(str(prepped))
+        if _name_nodes(graph.graph):  # exclusion goes by node name
+            onnx.save(graph, str(prepped))
+        keep_float = float_head_nodes(graph.graph, COMPUTE_OPS)
+        ops = tuple(op_types)
+        quantized = [n for n in graph.graph.node if n.name not in keep_float and (not ops or n.op_type in ops)]
+        input_name = graph.graph.input[0].name
+        quantize_static(
+            str(prepped),
+            str(Path(tmp) / "int8.onnx"),
+            CalibrationReader(model, input_name, samples),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(ops) or None,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(keep_float),
+            calibrate_method=methods[method],
+            extra_options={"CalibMaxIntermediateOutputs": 16},
+        )
+        result = onnx.load(str(Path(tmp) / "int8.onnx"))
+        original = onnx.load(str(model_path), load_external_data=False)
+        _carry_metadata(result, original, f"int8 QDQ, {act} activations, per-channel int8 weights")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(result, str(out_path))
+    return QuantizePlan(act, reduce_range, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
+
+
+def _name_nodes(graph: Any) -> bool:
+    taken = {n.name for n in graph.node if n.name}
+    renamed = False
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name, renamed = name, True
+            taken.add(name)
+    return renamed
+
+
+def _carry_metadata(result: Any, original: Any, description: str) -> None:
+    props = {p.key: p.value for p in original.metadata_props}
+    props["quantization"] = description
+    del result.metadata_props[:]
+    for key, value in props.items():
+        entry = result.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# ------------------------------------------------------------------------------------------ evaluating
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out frames as files with COCO annotations, and what the annotations are."""
+
+    images: Path
+    annotations: Path
+    reference: str  # "annotations" or "fp32 detections"
+
+
+def _subset_annotations(annotations: Path, names: set[str], out: Path) -> Path:
+    doc = json.loads(annotations.read_text(encoding="utf-8"))
+    images = [im for im in doc["images"] if str(im["file_name"]) in names]
+    keep = {int(im["id"]) for im in images}
+    doc = {**doc, "images": images, "annotations": [a for a in doc["annotations"] if int(a["image_id"]) in keep]}
+    out.write_text(json.dumps(doc), encoding="utf-8")
+    return out
+
+
+def reference_set(model: OnnxModel, held: Sequence[Sample], out_dir: Path) -> EvalSet:
+    """A COCO set of the held-out frames whose instances are the fp32 model's own detections (above
+    :data:`REFERENCE_CONFIDENCE`): how far int8 strays from fp32 where no annotations exist."""
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"images": [], "annotations": []}
+    doc["categories"] = [{"id": i + 1, "name": n} for i, n in enumerate(model.class_names)]
+    for image_id, sample in enumerate(held, start=1):
+        name = f"{image_id:06d}.png"
+        cv2.imwrite(str(images_dir / name), sample.image_bgr)
+        h, w = sample.image_bgr.shape[:2]
+        doc["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
+        det = model.detect(sample.image_bgr, confidence=REFERENCE_CONFIDENCE, overlap=0.5)
+        for k, polygon in enumerate(det.polygons):
+            x1, y1, x2, y2 = (float(v) for v in det.boxes_xyxy[k])
+            doc["annotations"].append(
+                {
+                    "id": len(doc["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": int(det.class_id[k]) + 1,
+                    "segmentation": [np.asarray(polygon, dtype=np.float64).reshape(-1).tolist()],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": float(abs(cv2.contourArea(np.asarray(polygon, dtype=np.float32)))),
+                    "iscrowd": 0,
+                }
+            )
+    path = out_dir / "annotations.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return EvalSet(images_dir, path, "fp32 detections")
+
+
+def gate(fp32_ap: float, int8_ap: float, max_drop_points: float) -> tuple[bool, float]:
+    """(accepted, drop in points): AP is on the 0..1 scale, the drop and its limit in points (x 100)."""
+    drop = round(100.0 * (fp32_ap - int8_ap), 6)
+    return drop <= max_drop_points, drop
+
+
+def median_run_ms(models: Sequence[OnnxModel], tensor: NDArray[np.float32], runs: int) -> list[float]:
+    """Median ``OnnxModel.run`` time of each model on one tensor, the models interleaved run by run (so
+    both see the same background load), after one warm-up run each."""
+    times: list[list[float]] = [[] for _ in models]
+    for m in models:
+        m.run(tensor)
+    for _ in range(runs):
+        for i, m in enumerate(models):
+            start = time.perf_counter()
+            m.run(tensor)
+            times[i].append(1000 * (time.perf_counter() - start))
+    return [float(np.median(t)) for t in times]
+
+
+def _evaluate(model: OnnxModel, eval_set: EvalSet, confidence: float, overlap: float) -> EvalReport:
+    from agent.evaluate import evaluate
+
+    try:
+        return evaluate(
+            model,
+            eval_set.images,
+            eval_set.annotations,
+            confidence=confidence,
+            overlap=overlap,
+            progress=sys.stderr.isatty(),
+        )
+    except ImportError as exc:
+        raise QuantizeError(f"{exc} (the AP check needs it)") from None
+    except (OSError, ValueError) as exc:
+        raise QuantizeError(f"evaluation: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seg-agent quantize",
+        description=(
+            "Write an int8 (ONNX Runtime static QDQ) copy of an ONNX model, calibrated on frames prepared as "
+            "the agent prepares them, after checking its mask AP against the fp32 model's on held-out frames. "
+            f"Needs: {INSTALL_HINT}."
+        ),
+        epilog="Exit status: 0 written, 1 refused (AP dropped too far) or failed, 2 usage error.",
+    )
+    p.add_argument("model", help="fp32 ONNX model file")
+    p.add_argument("--images", required=True, help="calibration frames: a directory of images or a video file")
+    p.add_argument("--out", required=True, help="the int8 model to write (.onnx)")
+    p.add_argument("--frames", type=int, default=None, help="use at most N frames of the source, spread evenly")
+    p.add_argument(
+        "--annotations",
+        default=None,
+        help="COCO annotations: of --eval-images if given, else of --images (its held-out part is scored)",
+    )
+    p.add_argument("--eval-images", default=None, help="directory of annotated images to score both models on")
+    p.add_argument(
+        "--holdout", type=float, default=0.25, help="share of --images kept out of calibration (default 0.25)"
+    )
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest mask AP@[.5:.95] loss, points (default 1)")
+    p.add_argument("--force", action="store_true", help="write the model even when AP dropped more")
+    p.add_argument("--activations", choices=["auto", "uint8", "int8"], default="auto", help="default: per CPU")
+    p.add_argument(
+        "--method",
+        choices=["minmax", "percentile", "entropy"],
+        default="percentile",
+        help="calibration (default %(default)s: robust to few frames; minmax lost 4 points on 18 demo frames)",
+    )
+    p.add_argument(
+        "--ops",
+        default=",".join(QUANTIZED_OPS),
+        help="op types to quantize, comma-separated, or 'all' (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
+    p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.frames is not None and args.frames < 1:
+        raise QuantizeError(f"--frames must be >= 1, got {args.frames}", EXIT_USAGE)
+    if not 0 <= args.holdout < 1:
+        raise QuantizeError(f"--holdout must be in [0, 1), got {args.holdout}", EXIT_USAGE)
+    if args.max_drop < 0:
+        raise QuantizeError(f"--max-drop must be >= 0 points, got {args.max_drop}", EXIT_USAGE)
+    if args.eval_images is not None and args.annotations is None:
+        raise QuantizeError("--eval-images needs --annotations", EXIT_USAGE)
+    if Path(args.model).is_dir():
+        raise QuantizeError(f"{args.model}: quantize takes an .onnx file, not a package directory", EXIT_USAGE)
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise QuantizeError("--out must not be the model itself", EXIT_USAGE)
+
+
+def _op_types(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "all":
+        return ()
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _eval_set(args: argparse.Namespace, fp32: OnnxModel, held: list[Sample], tmp: Path) -> EvalSet:
+    if args.eval_images is not None:
+        return EvalSet(Path(args.eval_images), Path(args.annotations), "annotations")
+    if not held:
+        raise QuantizeError(
+            "nothing to score the models on: no frame of --images is held out (--holdout, or too few frames) "
+            "and no --eval-images",
+            EXIT_USAGE,
+        )
+    if args.annotations is not None:
+        if Path(args.images).is_file():
+            raise QuantizeError("--annotations of a video: give --eval-images with them", EXIT_USAGE)
+        subset = _subset_annotations(Path(args.annotations), {s.name for s in held}, tmp / "held_out.json")
+        return EvalSet(Path(args.images), subset, "annotations")
+    return reference_set(fp32, held, tmp / "reference")
+
+
+def _print_flags() -> None:
+    flags = cpu_flags()
+    shown = [f for f in sorted(flags) if f.startswith(("avx", "amx", "asimd", "sve", "i8mm", "dotprod"))]
+    print(f"cpu          {platform.machine()}: {' '.join(shown) or 'no vector flags listed'}")
+
+
+def _report_line(label: str, fp32: float, int8: float) -> str:
+    return f"{label:<22}{fp32:8.3f}{int8:8.3f}{100 * (int8 - fp32):+9.2f}"
+
+
+def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Sample], candidate: Path) -> None:
+    from agent.runtime import first_line
+
+    print(f"calibrating  on {len(calibration)} frames of {args.images}", flush=True)
+    try:
+        plan = quantize_model(
+            Path(args.model),
+            candidate,
+            fp32,
+            calibration,
+            activations=args.activations,
+            op_types=_op_types(args.ops),
+            method=args.method,
+        )
+    except QuantizeError:
+        raise
+    except Exception as exc:  # ONNX Runtime's quantizer raises anything from ValueError to RuntimeError
+        raise QuantizeError(f"quantization failed: {first_line(exc)}") from exc
+    print(
+        f"quantized    {plan.quantized_nodes} nodes ({', '.join(plan.op_types)}), {plan.activations} "
+        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.model import ModelError, OnnxModel, limit_helper_threads
+
+    _check_args(args)
+    _import_onnx()
+    limit_helper_threads()
+    try:
+        fp32 = OnnxModel(args.model, threads=args.threads)
+    except ModelError as exc:
+        raise QuantizeError(f"{exc}", EXIT_USAGE) from None
+    try:
+        samples = load_samples(args.images, args.frames)
+    except ValueError as exc:
+        raise QuantizeError(f"--images {exc}", EXIT_USAGE) from None
+    calibration, held = split_holdout(samples, 0 if args.eval_images else args.holdout)
+    _print_flags()
+    with tempfile.TemporaryDirectory(prefix="seg-agent-quantize-") as tmp_name:
+        tmp = Path(tmp_name)
+        eval_set = _eval_set(args, fp32, held, tmp)
+        candidate = tmp / "candidate.onnx"
+        _calibrate(args, fp32, calibration, candidate)
+        int8 = OnnxModel(candidate, threads=args.threads)
+        tensor = model_tensor(fp32, calibration[0].image_bgr)
+        fp32_ms, int8_ms = median_run_ms([fp32, int8], tensor, args.speed_runs)
+        print(f"speed        session.run median fp32 {fp32_ms:.1f} ms, int8 {int8_ms:.1f} ms: {fp32_ms / int8_ms:.2f}x")
+        print(f"scoring      on {eval_set.images} against {eval_set.reference}", flush=True)
+        before = _evaluate(fp32, eval_set, 0.01, 0.5)
+        after = _evaluate(int8, eval_set, 0.01, 0.5)
+        print(f"{'':22}{'fp32':>8}{'int8':>8}{'points':>9}")
+        print(_report_line("mask AP@[.5:.95]", before.mask_ap, after.mask_ap))
+        print(_report_line("mask AP@0.5", before.mask_ap50, after.mask_ap50))
+        print(_report_line("box AP@[.5:.95]", before.box_ap, after.box_ap))
+        print(f"{'detect ms/image':<22}{before.ms_per_image:8.1f}{after.ms_per_image:8.1f}")
+        accepted, drop = gate(before.mask_ap, after.mask_ap, args.max_drop)
+        if not accepted and not args.force:
+            raise QuantizeError(
+                f"not written: mask AP@[.5:.95] dropped {drop:.2f} points (> --max-drop {args.max_drop:g}); "
+                "try more or more varied calibration frames, another --method, or --force to write it anyway"
+            )
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(candidate, out)
+    note = " (forced past the AP check)" if not accepted else ""
+    print(f"wrote        {out}{note}")
+    return EXIT_OK
+
+
+def main_quantize(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    except QuantizeError as exc:
+        print(f"seg-agent quantize: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main_quantize())

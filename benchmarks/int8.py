@@ -1,0 +1,232 @@
+"""fp32 against int8 (``seg-agent quantize``) for one model, measured side by side in one process.
+
+    python benchmarks/int8.py [--model models/demo-seg.onnx] [--int8 OUT.onnx] [--work runs/int8]
+                              [--heldout 200] [--runs 40] [--json results.json]
+
+Without ``--int8`` the model is quantized first, with ``seg-agent quantize`` on ``agent.synth`` frames (seed
+3000, 160 frames, a quarter held out for its own gate). Then, the two models interleaved run by run so that
+both see the same background load (this machine is shared):
+
+* ``session.run`` on a letterboxed 640x480 synth frame, back to back, at 1 and 2 ONNX Runtime threads (and
+  ONNX Runtime's default): medians, frames/s = 1000 / median, and the int8 ÷ fp32 ratio;
+* ``OnnxModel.detect`` (letterbox, session, decode, masks, polygons) on 640x480 synth frames at the agent's
+  thresholds (confidence 0.4, overlap 0.3): median latency and the detections per frame each model finds;
+* mask and box AP (``agent.evaluate``, the published polygons scored with pycocotools) on a held-out synth
+  set (seed 1000, which the demo model never saw in training), at ``seg-agent eval``'s thresholds.
+
+``benchmarks/run.py --int8`` calls :func:`compare` and puts :func:`render` into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from agent import synth  # noqa: E402
+from agent.calibration import model_tensor  # noqa: E402
+from agent.evaluate import evaluate  # noqa: E402
+from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
+from agent.quantize import main_quantize  # noqa: E402
+from agent.quantize_graph import cpu_flags, pick_activations  # noqa: E402
+
+__all__ = ["compare", "quantize_demo", "render"]
+
+CONFIDENCE, OVERLAP = 0.40, 0.30  # the agent's defaults (config.yaml)
+FRAME_HW = (480, 640)
+TARGET_SPEEDUP = 1.5
+TARGET_DROP_POINTS = 1.0
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def shown_flags() -> list[str]:
+    """The CPU flags that decide int8 speed (x86 VNNI / AVX-512 / AMX, ARM dot product / i8mm)."""
+    keep = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+    flags = cpu_flags()
+    return [f for f in keep if f in flags]
+
+
+def quantize_demo(model: Path, work: Path) -> tuple[Path, str]:
+    """``seg-agent quantize`` of ``model`` on 160 synth frames (seed 3000): the int8 path and its report."""
+    data = work / "calibration"
+    if not (data / "annotations.json").exists():
+        synth.write_coco_dataset(data, 160, seed=3000)
+    out = work / f"{model.stem}-int8.onnx"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        ann = str(data / "annotations.json")
+        rc = main_quantize([str(model), "--images", str(data / "images"), "--annotations", ann, "--out", str(out)])
+    if rc != 0:
+        raise RuntimeError(f"seg-agent quantize refused or failed ({rc}):\n{text.getvalue()}")
+    return out, text.getvalue()
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    return [synth.render_sample(np.random.default_rng([4040, i]), FRAME_HW)[0] for i in range(n)]
+
+
+def _session_runs(fp32: Path, int8: Path, threads: int, tensor: np.ndarray, runs: int) -> dict[str, float]:
+    models = [OnnxModel(fp32, threads=threads), OnnxModel(int8, threads=threads)]
+    times: list[list[float]] = [[], []]
+    for m in models:
+        m.run(tensor)
+    for rep in range(runs):
+        order = (0, 1) if rep % 2 == 0 else (1, 0)
+        for i in order:
+            t0 = time.perf_counter()
+            models[i].run(tensor)
+            times[i].append(1000 * (time.perf_counter() - t0))
+    fp32_ms, int8_ms = _median(times[0]), _median(times[1])
+    return {"threads": threads, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms}
+
+
+def _detect_runs(fp32: Path, int8: Path, frames: list[np.ndarray], reps: int) -> dict[str, float]:
+    models = [OnnxModel(fp32), OnnxModel(int8)]
+    times: list[list[float]] = [[], []]
+    found: list[list[int]] = [[], []]
+    for rep in range(reps):
+        for frame in frames:
+            for i in (0, 1) if rep % 2 == 0 else (1, 0):
+                t0 = time.perf_counter()
+                det = models[i].detect(frame, confidence=CONFIDENCE, overlap=OVERLAP)
+                times[i].append(1000 * (time.perf_counter() - t0))
+                found[i].append(len(det))
+    fp32_ms, int8_ms = _median(times[0]), _median(times[1])
+    return {
+        "fp32_ms": fp32_ms,
+        "int8_ms": int8_ms,
+        "speedup": fp32_ms / int8_ms,
+        "fp32_dets": float(np.mean(found[0])),
+        "int8_dets": float(np.mean(found[1])),
+        "frames": len(frames),
+    }
+
+
+def _accuracy(fp32: Path, int8: Path, heldout: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, path in (("fp32", fp32), ("int8", int8)):
+        r = evaluate(OnnxModel(path), heldout / "images", heldout / "annotations.json", progress=False)
+        out[key] = {"mask_ap": r.mask_ap, "mask_ap50": r.mask_ap50, "box_ap": r.box_ap, "box_ap50": r.box_ap50}
+        out["images"], out["instances"] = r.images, r.instances
+    return out
+
+
+def compare(fp32: Path, int8: Path, work: Path, *, heldout_n: int = 200, runs: int = 40) -> dict[str, Any]:
+    """Every fp32 / int8 figure of one model pair (see the module doc)."""
+    heldout = work / f"heldout-{heldout_n}"
+    if not (heldout / "annotations.json").exists():
+        synth.write_coco_dataset(heldout, heldout_n, seed=1000)
+    frames = _frames(8)
+    probe = OnnxModel(fp32)
+    tensor = model_tensor(probe, frames[0])
+    act, reduce_range = pick_activations("auto", cpu_flags())
+    result: dict[str, Any] = {
+        "fp32": str(fp32),
+        "int8": str(int8),
+        "input_hw": list(probe.input_hw),
+        "flags": shown_flags(),
+        "activations": act + (" (reduce_range)" if reduce_range else ""),
+        "load_start": os.getloadavg()[0],
+        "session": [_session_runs(fp32, int8, t, tensor, runs) for t in (1, 2, 0)],
+        "detect": _detect_runs(fp32, int8, frames, max(1, runs // 8)),
+        "accuracy": _accuracy(fp32, int8, heldout),
+        "load_end": os.getloadavg()[0],
+    }
+    return result
+
+
+def _mark(ok: bool) -> str:
+    return " ✓" if ok else " ✗"
+
+
+def render(r: dict[str, Any]) -> str:
+    """The markdown section for BENCHMARKS.md."""
+    acc = r["accuracy"]
+    drop = 100 * (acc["fp32"]["mask_ap"] - acc["int8"]["mask_ap"])
+    drop50 = 100 * (acc["fp32"]["mask_ap50"] - acc["int8"]["mask_ap50"])
+    lines = [
+        f"### fp32 vs int8 — {Path(r['fp32']).name} and {Path(r['int8']).name} "
+        f"(input {r['input_hw'][1]}x{r['input_hw'][0]})",
+        "",
+        f"`seg-agent quantize` (static QDQ, {r['activations']} activations, per-channel int8 weights, decode head "
+        f"in float). CPU flags: {' '.join(r['flags']) or 'none of the int8 ones'}. Both models interleaved run by "
+        f"run in one process; load average {r['load_start']:.2f} at the start, {r['load_end']:.2f} at the end "
+        "(a shared machine: 7 other engineers' jobs; medians, and ratios of samples taken side by side).",
+        "",
+        "| `session.run`, 640x480 frame letterboxed | fp32 ms | int8 ms | fp32 frames/s | int8 frames/s | int8 ÷ fp32 "
+        "frames/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in r["session"]:
+        lines.append(
+            f"| {s['threads'] or 'default'} thread(s) | {s['fp32_ms']:.1f} | {s['int8_ms']:.1f} | "
+            f"{1000 / s['fp32_ms']:.1f} | {1000 / s['int8_ms']:.1f} | {s['speedup']:.2f}"
+            f"{_mark(s['speedup'] >= TARGET_SPEEDUP)} |"
+        )
+    d = r["detect"]
+    lines += [
+        "",
+        f"Through the agent's `OnnxModel.detect` (letterbox, session, decode, masks, polygons; default threads; "
+        f"{d['frames']} synth frames 640x480, confidence {CONFIDENCE}, overlap {OVERLAP}): fp32 **{d['fp32_ms']:.1f} "
+        f"ms** ({d['fp32_dets']:.1f} detections per frame), int8 **{d['int8_ms']:.1f} ms** ({d['int8_dets']:.1f} "
+        f"per frame): **{d['speedup']:.2f}x** frames/s{_mark(d['speedup'] >= TARGET_SPEEDUP)}.",
+        "",
+        f"Accuracy on {acc['images']} held-out synth frames ({acc['instances']} instances, seed 1000), "
+        "`seg-agent eval` thresholds:",
+        "",
+        "| model | mask AP@[.5:.95] | mask AP@0.5 | box AP@[.5:.95] | box AP@0.5 |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("fp32", "int8"):
+        a = acc[key]
+        lines.append(f"| {key} | {a['mask_ap']:.3f} | {a['mask_ap50']:.3f} | {a['box_ap']:.3f} | {a['box_ap50']:.3f} |")
+    lines += [
+        f"| int8 − fp32, points | {-drop:+.2f}{_mark(drop <= TARGET_DROP_POINTS)} | {-drop50:+.2f}"
+        f"{_mark(drop50 <= TARGET_DROP_POINTS)} | "
+        f"{100 * (acc['int8']['box_ap'] - acc['fp32']['box_ap']):+.2f} | "
+        f"{100 * (acc['int8']['box_ap50'] - acc['fp32']['box_ap50']):+.2f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/int8.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=REPO / "models/demo-seg.onnx")
+    p.add_argument("--int8", type=Path, default=None, help="the int8 model (default: quantize --model first)")
+    p.add_argument("--work", type=Path, default=REPO / "runs/int8")
+    p.add_argument("--heldout", type=int, default=200, help="held-out synth frames for AP")
+    p.add_argument("--runs", type=int, default=40, help="session runs per model and thread count")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    limit_helper_threads()
+    args.work.mkdir(parents=True, exist_ok=True)
+    int8 = args.int8
+    if int8 is None:
+        int8, report = quantize_demo(args.model, args.work)
+        print(report, file=sys.stderr)
+    result = compare(args.model, int8, args.work, heldout_n=args.heldout, runs=args.runs)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
