@@ -127,6 +127,18 @@ def _imgsz_from_metadata(metadata: Mapping[str, str]) -> tuple[int, int] | None:
     return None
 
 
+def _check_detect_args(image_bgr: NDArray[Any], confidence: float, overlap: float, max_detections: int) -> None:
+    """``ValueError`` for what :meth:`OnnxModel.detect` refuses (a threshold off 0..1, not an HxWx3 uint8 frame)."""
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence must be in 0..1, got {confidence}")
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must be in 0..1, got {overlap}")
+    if max_detections < 0:
+        raise ValueError(f"max_detections must be >= 0, got {max_detections}")
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
+        raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+
+
 class OnnxModel:
     """A loaded instance-segmentation model, any format in :data:`agent.formats.FORMAT_NAMES`, from a ``.onnx``
     file or a Roboflow package directory. ``detect`` may be called from several threads."""
@@ -331,58 +343,38 @@ class OnnxModel:
         strictly above ``overlap`` (NMS-free formats, YOLO26 end-to-end and RF-DETR, have none to do). At
         most ``max_detections`` are returned, highest confidence first.
         """
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"confidence must be in 0..1, got {confidence}")
-        if not 0.0 <= overlap <= 1.0:
-            raise ValueError(f"overlap must be in 0..1, got {overlap}")
-        if max_detections < 0:
-            raise ValueError(f"max_detections must be >= 0, got {max_detections}")
-        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
-            raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+        _check_detect_args(image_bgr, confidence, overlap, max_detections)
         image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
         if frame_hw is None:
             frame_hw = image_hw
+        limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
             output0, protos = self.run(tensor)
             return decode_yolov8_seg(
-                output0,
-                protos,
-                params=params,
-                input_hw=self.input_hw,
-                frame_hw=frame_hw,
-                confidence=confidence,
-                overlap=overlap,
-                max_detections=max_detections,
+                output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits
             )
         if image_hw != frame_hw:  # needed_hw() asks these formats for full frames; be correct regardless
             image_bgr = np.asarray(cv2.resize(image_bgr, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR))
         tensor, placement = prepare(image_bgr, self.preprocessing, self.input_hw)
         outputs = self.run(tensor)
         where: dict[str, Any] = {"placement": placement, "input_hw": self.input_hw, "frame_hw": frame_hw}
+        return self._decode_placed(outputs, overlap, {**where, **limits})
+
+    def _decode_placed(
+        self, outputs: tuple[NDArray[np.float32], ...], overlap: float, common: dict[str, Any]
+    ) -> Detections:
+        """The outputs of a frame prepared by :func:`~agent.preprocess.prepare`, decoded by the layout's decoder;
+        ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
         if kind == "yolov8":
-            return decode_yolov8_placed(
-                *outputs, confidence=confidence, overlap=overlap, max_detections=max_detections, **where
-            )
+            return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":
-            return decode_yolov5_seg(
-                *outputs,
-                confidence=confidence,
-                overlap=overlap,
-                max_detections=max_detections,
-                score=self._yolov5_score,
-                **where,
-            )
+            return decode_yolov5_seg(*outputs, overlap=overlap, score=self._yolov5_score, **common)
         if kind == "end2end":
-            return decode_end2end_seg(*outputs, confidence=confidence, max_detections=max_detections, **where)
+            return decode_end2end_seg(*outputs, **common)
         return decode_rfdetr_seg(
-            *outputs,
-            confidence=confidence,
-            max_detections=max_detections,
-            num_classes=len(self.class_names),
-            background_slot=self._background_slot,
-            **where,
+            *outputs, num_classes=len(self.class_names), background_slot=self._background_slot, **common
         )
 
     def __repr__(self) -> str:
