@@ -28,6 +28,7 @@ __all__ = [
     "LocalSettings",
     "MqttSettings",
     "OutboxSettings",
+    "PolygonSettings",
     "Secret",
     "ServerlessSettings",
     "Settings",
@@ -80,6 +81,14 @@ class ServerlessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolygonSettings:
+    """``inference.local.polygons``: what local results write of each mask besides ``points``."""
+
+    rings: bool = False  # a "rings" field per prediction: every part and hole of the mask (opt-in)
+    tolerance_px: float = 0.0  # Douglas-Peucker simplification of every polygon, in pixels; 0 = exact contour
+
+
+@dataclass(frozen=True, slots=True)
 class LocalSettings:
     model: Path | None = None
     classes: Path | None = None  # optional classes.txt (one name per line)
@@ -88,6 +97,7 @@ class LocalSettings:
     providers: tuple[str, ...] = ("cpu",)
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
     model_id: str = ""  # what local results say in model_id; "" = the model file's name without suffix
+    polygons: PolygonSettings = field(default_factory=PolygonSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,8 +369,15 @@ def _local(lo: Reader) -> LocalSettings:
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
         model_id=lo.text("model_id"),
+        polygons=_polygons(lo.section("polygons", PolygonSettings)),
     )
     lo.finish()
+    return settings
+
+
+def _polygons(pg: Reader) -> PolygonSettings:
+    settings = PolygonSettings(rings=pg.flag("rings"), tolerance_px=pg.number_in("tolerance_px", 0.0, 1000.0))
+    pg.finish()
     return settings
 
 

@@ -35,6 +35,7 @@ from agent.detections import Detections
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
 from agent.placement import letterbox_content_hw
+from agent.polygons import EXACT, PolygonOptions
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, prepare
 from agent.runtime import (
     DEFAULT_PROVIDERS,
@@ -159,8 +160,10 @@ class OnnxModel:
         threads: int = 0,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         trt_cache_dir: str | os.PathLike[str] | None = None,
+        polygons: PolygonOptions = EXACT,
     ) -> None:
         self.path = Path(path)
+        self.polygons = polygons  # what detect() writes of each mask: tolerance, every part and hole
         options = session_options(threads)
         self.package = None
         if self.path.is_dir():
@@ -341,13 +344,14 @@ class OnnxModel:
         ``confidence`` and ``overlap`` are on the 0..1 scale: a detection needs a score strictly above
         ``confidence``; a box is suppressed by a higher-scoring one of the same class when their IoU is
         strictly above ``overlap`` (NMS-free formats, YOLO26 end-to-end and RF-DETR, have none to do). At
-        most ``max_detections`` are returned, highest confidence first.
+        most ``max_detections`` are returned, highest confidence first. Polygons as :attr:`polygons` asks
+        (:class:`~agent.polygons.PolygonOptions`: a simplification tolerance, every part and hole).
         """
         _check_detect_args(image_bgr, confidence, overlap, max_detections)
         image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
         if frame_hw is None:
             frame_hw = image_hw
-        limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections}
+        limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
             output0, protos = self.run(tensor)

@@ -23,6 +23,7 @@ from agent.logs import Throttle
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
+from agent.polygons import PolygonOptions
 from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
@@ -68,6 +69,7 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
                     threads=local.threads,
                     providers=onnx_providers(local.providers),
                     trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
+                    polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
                 )
             )
     except ModelError as exc:

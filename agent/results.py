@@ -107,6 +107,14 @@ class Points(Sequence[dict[str, float]]):
         return json.dumps(self[:], **_JSON_OPTIONS)
 
 
+def _rings(rings: Sequence[tuple[NDArray[np.floating[Any]], int]]) -> list[dict[str, Any]]:
+    """A mask's parts and holes (:data:`agent.polygons.Ring`) as the ``rings`` field: one
+    ``{"points": [...], "hole": bool, "parent": index of the part | None}`` per contour, largest part first."""
+    return [
+        {"points": Points(xy), "hole": parent >= 0, "parent": parent if parent >= 0 else None} for xy, parent in rings
+    ]
+
+
 def detections_to_api(
     det: Detections,
     class_names: Sequence[str],
@@ -140,6 +148,8 @@ def detections_to_api(
                 "points": Points(det.polygons[i]),
             }
         )
+        if det.rings is not None:  # opt-in (inference.local.polygons.rings): every part and hole
+            predictions[-1]["rings"] = _rings(det.rings[i])
     return {
         "inference_id": str(uuid.uuid4()),
         "time": round(time_s, 4),
@@ -246,26 +256,50 @@ def to_message(
     return message
 
 
+def _swap_points(prediction: Any, token: str, texts: list[str]) -> Any:
+    """``prediction`` with its :class:`Points` (``points``, and each of ``rings``' ``points``) swapped for
+    ``token``, their JSON texts appended to ``texts`` in the order ``json.dumps`` writes them."""
+    if not isinstance(prediction, dict):
+        return prediction
+    points, rings = prediction.get("points"), prediction.get("rings")
+    if not isinstance(points, Points) and not isinstance(rings, list):
+        return prediction
+    swapped = dict(prediction)  # same key order: json.dumps meets the tokens in the order of the texts
+    for key in prediction:
+        if key == "points" and isinstance(points, Points):
+            swapped[key] = token
+            texts.append(points.to_json())
+        elif key == "rings" and isinstance(rings, list):
+            swapped[key] = [_swap_points(ring, token, texts) for ring in rings]
+    return swapped
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`Points` in it as a list of dicts."""
+    if isinstance(value, Points):
+        return list(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, the MQTT payload. :class:`Points` are written from their arrays (whole-pixel
-    polygons ~10x faster than through dicts: most of a dense frame's payload is its vertices)."""
+    """Compact UTF-8 JSON, the MQTT payload. :class:`Points` (``points``, and ``rings`` when asked for) are
+    written from their arrays (whole-pixel polygons ~10x faster than through dicts: most of a dense frame's
+    payload is its vertices)."""
     predictions = message.get("predictions")
-    spots = []
-    if isinstance(predictions, list):
-        spots = [i for i, p in enumerate(predictions) if isinstance(p, dict) and isinstance(p.get("points"), Points)]
-    if not spots:
+    if not isinstance(predictions, list):
         return json.dumps(message, **_JSON_OPTIONS).encode()
-    assert isinstance(predictions, list)
-    texts = [predictions[i]["points"].to_json() for i in spots]
     token = f"\x00points {uuid.uuid4().hex}\x00"  # no string in a message holds it by chance
-    swapped = list(predictions)
-    for i in spots:
-        swapped[i] = {**predictions[i], "points": token}
+    texts: list[str] = []
+    swapped = [_swap_points(p, token, texts) for p in predictions]
+    if not texts:
+        return json.dumps(message, **_JSON_OPTIONS).encode()
     parts = json.dumps({**message, "predictions": swapped}, **_JSON_OPTIONS).split(json.dumps(token))
-    if len(parts) != len(spots) + 1:  # only if some string held the token after all: the plain way
-        for i in spots:
-            swapped[i] = {**predictions[i], "points": list(predictions[i]["points"])}
-        return json.dumps({**message, "predictions": swapped}, **_JSON_OPTIONS).encode()
+    if len(parts) != len(texts) + 1:  # only if some string held the token after all: the plain way
+        return json.dumps({**message, "predictions": _plain(predictions)}, **_JSON_OPTIONS).encode()
     out = [parts[0]]
     for text, rest in zip(texts, parts[1:], strict=True):
         out += (text, rest)

@@ -198,3 +198,33 @@ def test_local_results_name_the_local_model(tmp_path: Path) -> None:
     assert s.local_model_id == Path(doc["inference"]["local"]["model"]).stem
     _set(doc, "inference.local.model_id", "shapes-v2")
     assert _parse(tmp_path, doc).local_model_id == "shapes-v2"
+
+
+@pytest.mark.parametrize(
+    ("polygons", "expected", "error"),
+    [
+        (None, (False, 0.0), None),  # left out: points only, exact contours, as before
+        ({}, (False, 0.0), None),
+        ({"rings": True}, (True, 0.0), None),
+        ({"tolerance_px": 1.5}, (False, 1.5), None),
+        ({"rings": True, "tolerance_px": 0}, (True, 0.0), None),
+        ({"rings": "yes"}, None, ("inference.local.polygons.rings", "true or false")),
+        ({"tolerance_px": -1}, None, ("inference.local.polygons.tolerance_px", "out of range")),
+        ({"tolerance_px": "fine"}, None, ("inference.local.polygons.tolerance_px", "expected a number")),
+        ({"holes": True}, None, ("inference.local.polygons.holes", "unknown key")),
+        ("all", None, ("inference.local.polygons", "expected a mapping")),
+    ],
+)
+def test_local_polygons_section(
+    tmp_path: Path, polygons: Any, expected: tuple[bool, float] | None, error: tuple[str, str] | None
+) -> None:
+    doc = _base(tmp_path)
+    if polygons is not None:
+        doc["inference"]["local"]["polygons"] = polygons
+    if error is not None:
+        with pytest.raises(ConfigError) as info:
+            _parse(tmp_path, doc)
+        assert info.value.path == error[0] and error[1] in info.value.reason
+        return
+    local = _parse(tmp_path, doc).inference.local
+    assert (local.polygons.rings, local.polygons.tolerance_px) == expected

@@ -17,6 +17,7 @@ import pytest
 from agent import synth
 from agent.capture import reduction_factor
 from agent.model import ModelError, OnnxModel, SessionPool
+from agent.polygons import PolygonOptions
 from agent.postprocess import Detections, box_iou_xyxy, letterbox_content_hw
 from tests.onnx_models import build_single_output, build_two_inputs, build_yolov8_seg
 
@@ -605,3 +606,26 @@ def test_limit_helper_threads_leaves_opencv_and_every_openblas_one_thread() -> N
     assert result["after"] and set(result["after"].values()) == {1}  # NumPy's OpenBLAS at least
     assert len(result["capped"]) == len(result["after"])
     assert sorted(result["after"]) == sorted(result["before"])
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 2.0])
+def test_detect_with_rings_and_a_tolerance(square_model_path: Path, tolerance: float) -> None:
+    """Opt-in: every part and hole per instance, the first part being ``points``; a tolerance simplifies both."""
+    frame = scene(480, 640, 0)
+    plain = OnnxModel(square_model_path, threads=1).detect(frame, confidence=0.25, overlap=0.45)
+    options = PolygonOptions(rings=True, tolerance_px=tolerance)
+    dets = OnnxModel(square_model_path, threads=1, polygons=options).detect(frame, confidence=0.25, overlap=0.45)
+    assert plain.rings is None and dets.rings is not None and len(dets.rings) == len(dets) == len(plain) >= 5
+    np.testing.assert_array_equal(dets.boxes_xyxy, plain.boxes_xyxy)
+    for polygon, exact, rings in zip(dets.polygons, plain.polygons, dets.rings, strict=True):
+        assert rings[0][1] == -1
+        np.testing.assert_array_equal(rings[0][0], polygon)
+        assert all(-1 <= parent < len(rings) and (parent < 0 or rings[parent][1] == -1) for _, parent in rings)
+        if tolerance == 0.0:
+            np.testing.assert_array_equal(polygon, exact)
+        else:
+            assert 3 <= polygon.shape[0] <= exact.shape[0]
+    if tolerance:
+        assert sum(p.shape[0] for p in dets.polygons) < sum(p.shape[0] for p in plain.polygons)
+    empty = OnnxModel(square_model_path, threads=1, polygons=options).detect(frame, confidence=1.0, overlap=0.45)
+    assert len(empty) == 0 and empty.rings == []
