@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import pickle
 import resource
 import subprocess
@@ -113,9 +114,10 @@ def ab(
     return result_a, result_b, float(np.median(ta)), float(np.median(tb))
 
 
-def made_by(target: str, *args: Any) -> tuple[str, str, tuple[Any, ...]]:
-    """An argument that each side makes itself, ``target(*args)`` with its own code (its own classes)."""
-    return ("__made_by__", target, args)
+def made_by(target: str, *args: Any, **kwargs: Any) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """An argument that each side makes itself, ``target(*args, **kwargs)`` with its own code (its own classes;
+    arguments may be ``made_by`` too)."""
+    return ("__made_by__", target, args, kwargs)
 
 
 def same_detections(a: Any, b: Any) -> bool:
@@ -205,15 +207,48 @@ def capture_cases() -> None:
             )
 
 
+def json_cases(old: Side, new: Side, reps: int, side: int = 640) -> None:
+    print(f"results JSON: encode(to_message(detections_to_api(decode))) of the decode above ({side}x{side} input)")
+    for instances in (20, 150):
+        for w, h in ((640, 480), (1920, 1080)):
+            params = letterbox_params((h, w), (side, side))
+            content = (round(h * params.scale), round(w * params.scale))
+            output0, protos = dense_outputs(instances, (side, side), content_hw=content)
+            det = made_by(
+                "agent.postprocess:decode_yolov8_seg",
+                output0,
+                protos,
+                params=made_by("agent.postprocess:letterbox_params", (h, w), (side, side)),
+                input_hw=(side, side),
+                frame_hw=(h, w),
+                confidence=0.25,
+                overlap=0.45,
+            )
+            api = made_by("agent.results:detections_to_api", det, ["c"] * 80, image_wh=(w, h), time_s=0.01)
+            envelope = {"device_id": "d", "camera": "c", "frame_id": 1, "timestamp": 0.0, "source": "local"}
+            message = made_by("agent.results:to_message", api, **envelope, model_id="m", latency_ms=1.0)
+            a, b, ta, tb = ab(old, new, "agent.results:encode", (message,), {}, reps)
+            points_a = [p["points"] for p in json.loads(a)["predictions"]]
+            points_b = [p["points"] for p in json.loads(b)["predictions"]]
+            same = "yes" if points_a == points_b else "NO"
+            print(
+                f"  {instances:3d} instances, {w}x{h}: {ta:6.2f} -> {tb:6.2f} ms  ({tb / ta:.2f}x)  "
+                f"{len(b) / 1000:.0f} kB, same polygons: {same}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/ab.py", description=__doc__.split("\n")[0])
     p.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision whose agent/ package is A")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument(
-        "--only", choices=("nms", "decode", "capture"), action="append", help="run only these cases (repeatable)"
+        "--only",
+        choices=("nms", "decode", "json", "capture"),
+        action="append",
+        help="run only these cases (repeatable)",
     )
     args = p.parse_args(argv)
-    only = set(args.only or ("nms", "decode", "capture"))
+    only = set(args.only or ("nms", "decode", "json", "capture"))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", args.baseline], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -226,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             if "decode" in only:
                 decode_cases(old, new, args.reps)
                 decode_cases(old, new, args.reps, side=416)  # the demo model's input: cells aren't whole pixels
+            if "json" in only:
+                json_cases(old, new, args.reps)
         finally:
             old.close()
             new.close()

@@ -8,7 +8,7 @@ included, is that tree's. Nothing of the working tree is imported here before th
 
 Protocol (pickles on stdin/stdout, one request, one reply): ``("set", name, "module:function", args, kwargs)``
 binds a call; ``("check", name)`` runs it once and returns its result as plain arrays (comparable between
-trees whose classes differ); an argument ``("__made_by__", "module:function", args)`` is made by this tree's
+trees whose classes differ); an argument ``("__made_by__", "module:function", args, kwargs)`` is made by this tree's
 own function (a value of one of its classes); ``("time", name)`` runs it once and returns the milliseconds;
 ``("quit",)`` ends it.
 """
@@ -30,9 +30,12 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def _made(value: Any) -> Any:
-    """``("__made_by__", "module:function", args)`` (an argument of this tree's own class) made here."""
-    if isinstance(value, tuple) and len(value) == 3 and value[0] == "__made_by__":
-        return _resolve(value[1])(*value[2])
+    """``("__made_by__", "module:function", args, kwargs)`` (an argument of this tree's own class) made here,
+    its own arguments first."""
+    if isinstance(value, tuple) and len(value) == 4 and value[0] == "__made_by__":
+        args = [_made(a) for a in value[2]]
+        kwargs = {k: _made(v) for k, v in value[3].items()}
+        return _resolve(value[1])(*args, **kwargs)
     return value
 
 
