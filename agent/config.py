@@ -98,6 +98,14 @@ class LocalSettings:
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
     model_id: str = ""  # what local results say in model_id; "" = the model file's name without suffix
     polygons: PolygonSettings = field(default_factory=PolygonSettings)
+    # Frames under way at once (0 = sessions): more than the sessions lets frames' CPU work (decode,
+    # letterbox, masks, polygons, JSON) go on beside a session's run, for accelerators (GPU, NPU, TensorRT).
+    frames_in_flight: int = 0
+
+    @property
+    def local_runs(self) -> int:
+        """Frames the local model may have under way at once: ``frames_in_flight``, at least ``sessions``."""
+        return max(self.sessions, self.frames_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +378,7 @@ def _local(lo: Reader) -> LocalSettings:
         class_map=class_map,
         model_id=lo.text("model_id"),
         polygons=_polygons(lo.section("polygons", PolygonSettings)),
+        frames_in_flight=lo.int_in("frames_in_flight", 0, 64),
     )
     lo.finish()
     return settings

@@ -15,7 +15,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +65,9 @@ DEFAULT_IMGSZ = 640
 
 CLASS_NAME_FILES = ("classes.txt", "class_names.txt")
 """Files beside the model, one class name a line, read when the metadata has no ``names``."""
+
+Runner = Callable[[NDArray[np.float32]], tuple[NDArray[np.float32], ...]]
+"""Runs a session on a prepared ``(1, 3, H, W)`` tensor (:meth:`OnnxModel.run`)."""
 
 _NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -347,6 +350,19 @@ class OnnxModel:
         most ``max_detections`` are returned, highest confidence first. Polygons as :attr:`polygons` asks
         (:class:`~agent.polygons.PolygonOptions`: a simplification tolerance, every part and hole).
         """
+        return self._detect_on(self.run, image_bgr, confidence, overlap, max_detections, frame_hw)
+
+    def _detect_on(
+        self,
+        run: Runner,
+        image_bgr: NDArray[Any],
+        confidence: float,
+        overlap: float,
+        max_detections: int,
+        frame_hw: tuple[int, int] | None,
+    ) -> Detections:
+        """:meth:`detect` with the session run by ``run`` (:meth:`run`, or a :class:`SessionPool`'s free session):
+        the frame's preparation and decoding hold no session, so another frame's run goes on beside them."""
         _check_detect_args(image_bgr, confidence, overlap, max_detections)
         image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
         if frame_hw is None:
@@ -354,14 +370,14 @@ class OnnxModel:
         limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
-            output0, protos = self.run(tensor)
+            output0, protos = run(tensor)
             return decode_yolov8_seg(
                 output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits
             )
         if image_hw != frame_hw:  # needed_hw() asks these formats for full frames; be correct regardless
             image_bgr = np.asarray(cv2.resize(image_bgr, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR))
         tensor, placement = prepare(image_bgr, self.preprocessing, self.input_hw)
-        outputs = self.run(tensor)
+        outputs = run(tensor)
         where: dict[str, Any] = {"placement": placement, "input_hw": self.input_hw, "frame_hw": frame_hw}
         return self._decode_placed(outputs, overlap, {**where, **limits})
 
@@ -394,8 +410,10 @@ class SessionPool:
     On a small CPU a model makes poor use of intra-op threads: two sessions of one thread each, two frames in
     flight, gave 1.14x (YOLOv8n-seg) to 1.27x (the demo model) the frames/s of one session of two threads on
     2 cores, at less CPU per frame, and 1.5-1.7x the time of a lone frame (``benchmarks/sessions.py``).
-    ``detect`` takes a free session (waiting for one when all are busy); everything else is the first
-    session's.
+    ``detect`` prepares and decodes the frame itself and takes a free session only for its ``session.run``
+    (waiting for one when all are busy), so with more frames in flight than sessions a frame's CPU work goes
+    on beside the sessions' runs (``inference.local.frames_in_flight``: an accelerator's case); everything
+    else is the first session's.
     """
 
     def __init__(self, models: Sequence[OnnxModel]) -> None:
@@ -431,11 +449,13 @@ class SessionPool:
         max_detections: int = 300,
         frame_hw: tuple[int, int] | None = None,
     ) -> Detections:
+        return self.models[0]._detect_on(self.run, image_bgr, confidence, overlap, max_detections, frame_hw)
+
+    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], ...]:
+        """:meth:`OnnxModel.run` on a free session (waiting for one when all are busy)."""
         model = self._free.get()
         try:
-            return model.detect(
-                image_bgr, confidence=confidence, overlap=overlap, max_detections=max_detections, frame_hw=frame_hw
-            )
+            return model.run(tensor_nchw)
         finally:
             self._free.put(model)
 

@@ -211,7 +211,7 @@ def build(
         local=local,
         remote=remote,
         on_mode_change=on_mode_change,
-        local_slots=s.inference.local.sessions,
+        local_slots=s.inference.local.local_runs,
         local_model_id=s.local_model_id,
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
@@ -220,7 +220,7 @@ def build(
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
     hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
-    local_runs = s.inference.local.sessions if local is not None else 0
+    local_runs = s.inference.local.local_runs if local is not None else 0
     decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
         model_hw=None if local is None else local.needed_hw,
         upload_hw=None if remote is None else remote.upload_hw,

@@ -228,3 +228,28 @@ def test_local_polygons_section(
         return
     local = _parse(tmp_path, doc).inference.local
     assert (local.polygons.rings, local.polygons.tolerance_px) == expected
+
+
+@pytest.mark.parametrize(
+    ("local", "runs"),
+    [
+        ({}, 1),  # as before: one frame at a time per session
+        ({"sessions": 2}, 2),
+        ({"frames_in_flight": 3}, 3),  # an accelerator: frames' CPU work beside the session's run
+        ({"sessions": 3, "frames_in_flight": 2}, 3),  # never fewer than the sessions
+        ({"frames_in_flight": 0, "sessions": 2}, 2),
+    ],
+)
+def test_local_frames_in_flight(tmp_path: Path, local: dict[str, Any], runs: int) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["local"].update(local)
+    assert _parse(tmp_path, doc).inference.local.local_runs == runs
+
+
+@pytest.mark.parametrize(("value", "reason"), [(-1, "out of range"), (65, "out of range"), ("many", "an integer")])
+def test_local_frames_in_flight_bad_values(tmp_path: Path, value: object, reason: str) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["local"]["frames_in_flight"] = value
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == "inference.local.frames_in_flight" and reason in info.value.reason
