@@ -32,6 +32,7 @@ __all__ = [
     "MetricsSettings",
     "MqttSettings",
     "OutboxSettings",
+    "PolygonSettings",
     "Secret",
     "ServerlessSettings",
     "Settings",
@@ -86,6 +87,14 @@ class ServerlessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolygonSettings:
+    """``inference.local.polygons``: what local results write of each mask besides ``points``."""
+
+    rings: bool = False  # a "rings" field per prediction: every part and hole of the mask (opt-in)
+    tolerance_px: float = 0.0  # Douglas-Peucker simplification of every polygon, in pixels; 0 = exact contour
+
+
+@dataclass(frozen=True, slots=True)
 class LocalSettings:
     model: Path | None = None
     classes: Path | None = None  # optional classes.txt (one name per line)
@@ -94,6 +103,15 @@ class LocalSettings:
     providers: tuple[str, ...] = ("cpu",)
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
     model_id: str = ""  # what local results say in model_id; "" = the model file's name without suffix
+    polygons: PolygonSettings = field(default_factory=PolygonSettings)
+    # Frames under way at once (0 = sessions): more than the sessions lets frames' CPU work (decode,
+    # letterbox, masks, polygons, JSON) go on beside a session's run, for accelerators (GPU, NPU, TensorRT).
+    frames_in_flight: int = 0
+
+    @property
+    def local_runs(self) -> int:
+        """Frames the local model may have under way at once: ``frames_in_flight``, at least ``sessions``."""
+        return max(self.sessions, self.frames_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +426,16 @@ def _local(lo: Reader) -> LocalSettings:
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
         model_id=lo.text("model_id"),
+        polygons=_polygons(lo.section("polygons", PolygonSettings)),
+        frames_in_flight=lo.int_in("frames_in_flight", 0, 64),
     )
     lo.finish()
+    return settings
+
+
+def _polygons(pg: Reader) -> PolygonSettings:
+    settings = PolygonSettings(rings=pg.flag("rings"), tolerance_px=pg.number_in("tolerance_px", 0.0, 1000.0))
+    pg.finish()
     return settings
 
 

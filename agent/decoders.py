@@ -21,9 +21,10 @@ most ``max_detections``, highest confidence first; boxes back through the placem
 masks from :mod:`agent.masks`: cropped to the box for prototype masks (as Ultralytics and Roboflow crop them),
 around the positive cells for RF-DETR's mask logits (not cropped to the box, as RF-DETR's own
 post-processing and Roboflow's server leave them); polygon = outer contour of the mask's largest part
-(:mod:`agent.polygons`); detections without a 3-point polygon are dropped (after the ``max_detections`` cap, as
-Roboflow's server drops them when it serialises, so fewer than ``max_detections`` may come back even when
-more candidates exist).
+(:mod:`agent.polygons`; every decoder's ``polygons=`` :class:`~agent.polygons.PolygonOptions` asks for a
+simplification tolerance and for every part and hole, ``Detections.rings``); detections without a 3-point
+polygon are dropped (after the ``max_detections`` cap, as Roboflow's server drops them when it serialises, so
+fewer than ``max_detections`` may come back even when more candidates exist).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from agent.detections import Detections
 from agent.masks import logit_masks, proto_masks_in_boxes, sigmoid
 from agent.nms import MAX_NMS_CANDIDATES, nms_xyxy, xywh_to_xyxy
 from agent.placement import LetterboxParams, Placement, boxes_to_frame, check_hw, letterbox_placement
-from agent.polygons import mask_polygon_at
+from agent.polygons import EXACT, PolygonOptions, Ring, mask_polygon_at, mask_rings_at
 
 __all__ = [
     "decode_end2end_seg",
@@ -68,24 +69,42 @@ def _yolo_outputs(output0: NDArray[Any], protos: NDArray[Any]) -> tuple[NDArray[
 
 
 def _assemble(
-    boxes_xyxy: NDArray[np.float32], scores: NDArray[np.float32], classes: NDArray[np.int64], masks: _Masks
+    boxes_xyxy: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    classes: NDArray[np.int64],
+    masks: _Masks,
+    options: PolygonOptions = EXACT,
 ) -> Detections:
-    """Detections of the rows whose mask has a polygon of at least 3 points, in row order."""
+    """Detections of the rows whose mask has a polygon of at least 3 points, in row order; ``options``: the
+    polygons' tolerance, and every part and hole (``Detections.rings``) when asked."""
     polygons: list[NDArray[np.float32]] = []
+    rings: list[list[Ring]] | None = [] if options.rings else None
     rows: list[int] = []
+    tolerance = options.tolerance_px
     for row, mask_hw, x0, y0 in masks:
-        polygon = mask_polygon_at(mask_hw, x0, y0) if mask_hw.size else None
-        if polygon is not None:
-            polygons.append(polygon)
+        if not mask_hw.size:
+            continue
+        if rings is None:
+            polygon = mask_polygon_at(mask_hw, x0, y0, tolerance)
+            if polygon is not None:
+                polygons.append(polygon)
+                rows.append(row)
+            continue
+        # One contour pass for both: the first ring is the largest part's outline, mask_polygon_at's polygon.
+        found = mask_rings_at(mask_hw, x0, y0, tolerance)
+        if found:
+            polygons.append(found[0][0])
             rows.append(row)
+            rings.append(found)
     if not rows:
-        return Detections.empty()
+        return Detections.empty() if rings is None else Detections.empty_with_rings()
     kept = np.asarray(rows, dtype=np.int64)
     return Detections(
         boxes_xyxy=np.ascontiguousarray(boxes_xyxy[kept]),
         confidence=np.ascontiguousarray(scores[kept], dtype=np.float32),
         class_id=np.ascontiguousarray(classes[kept], dtype=np.int64),
         polygons=polygons,
+        rings=rings,
     )
 
 
@@ -107,15 +126,18 @@ def _proto_detections(
     overlap: float | None,
     max_detections: int,
     fast_letterbox: bool = False,
+    options: PolygonOptions = EXACT,
 ) -> Detections:
     """Candidates -> NMS (``overlap`` None: none) -> frame boxes -> box-cropped masks -> polygons.
 
-    ``sizes``: ``(input_hw, frame_hw)``; ``fast_letterbox``: :func:`~agent.masks.proto_masks_in_boxes`'.
+    ``sizes``: ``(input_hw, frame_hw)``; ``fast_letterbox``: :func:`~agent.masks.proto_masks_in_boxes`';
+    ``options``: :func:`_assemble`'s.
     """
     boxes_in_xyxy, scores, classes, coeffs_of = cands
     input_hw, frame_hw = sizes
+    empty = Detections.empty_with_rings() if options.rings else Detections.empty()
     if scores.size == 0 or max_detections <= 0:
-        return Detections.empty()
+        return empty
     picked: NDArray[np.intp] | None = None
     if scores.size > MAX_NMS_CANDIDATES:
         picked = np.sort(np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES])
@@ -125,13 +147,13 @@ def _proto_detections(
     else:
         keep = nms_xyxy(boxes_in_xyxy, scores, classes, overlap, max_keep=max_detections)
     if keep.size == 0:
-        return Detections.empty()
+        return empty
     boxes = boxes_to_frame(boxes_in_xyxy[keep], placement, frame_hw)
     coeffs = coeffs_of(keep if picked is None else picked[keep])
     masks = proto_masks_in_boxes(
         coeffs, protos_chw, boxes, placement, input_hw, frame_hw, fast_letterbox=fast_letterbox
     )
-    return _assemble(boxes, scores[keep], classes[keep], masks)
+    return _assemble(boxes, scores[keep], classes[keep], masks, options)
 
 
 def _yolov8_candidates(pred: NDArray[Any], num_classes: int, confidence: float) -> _Candidates:
@@ -188,6 +210,7 @@ def decode_yolov8_seg(
     confidence: float,
     overlap: float,
     max_detections: int = 300,
+    polygons: PolygonOptions = EXACT,
 ) -> Detections:
     """Detections in frame pixels from a YOLOv8/YOLO11-seg export's two outputs, under the letterbox.
 
@@ -211,11 +234,12 @@ def decode_yolov8_seg(
             f"decode_yolov8_seg: output0 has {pred.shape[0]} rows; needs 4 + classes + {num_masks} (protos)"
         )
     if max_detections <= 0 or pred.shape[1] == 0:
-        return Detections.empty()
+        return Detections.empty_with_rings() if polygons.rings else Detections.empty()
     input_hw, frame_hw = check_hw("input_hw", input_hw), check_hw("frame_hw", frame_hw)
     placement = letterbox_placement(params, frame_hw, input_hw)
     cands = _yolov8_candidates(pred, num_classes, confidence)
-    return _proto_detections(cands, protos_chw, placement, (input_hw, frame_hw), overlap, max_detections, True)
+    sizes = (input_hw, frame_hw)
+    return _proto_detections(cands, protos_chw, placement, sizes, overlap, max_detections, True, polygons)
 
 
 def decode_yolov8_placed(
@@ -228,6 +252,7 @@ def decode_yolov8_placed(
     confidence: float,
     overlap: float,
     max_detections: int = 300,
+    polygons: PolygonOptions = EXACT,
 ) -> Detections:
     """YOLOv8 / YOLO11 ``-seg`` layout under any placement (a Roboflow package's resize, a static crop)."""
     pred, protos_chw, num_masks = _yolo_outputs(output0, protos)
@@ -235,7 +260,8 @@ def decode_yolov8_placed(
     if num_classes < 1:
         raise ValueError(f"output0 has {pred.shape[0]} rows; needs 4 + classes + {num_masks} (protos)")
     cands = _yolov8_candidates(pred, num_classes, confidence)
-    return _proto_detections(cands, protos_chw, placement, (input_hw, frame_hw), overlap, max_detections)
+    sizes = (input_hw, frame_hw)
+    return _proto_detections(cands, protos_chw, placement, sizes, overlap, max_detections, options=polygons)
 
 
 def decode_yolov5_seg(
@@ -249,6 +275,7 @@ def decode_yolov5_seg(
     overlap: float,
     max_detections: int = 300,
     score: Literal["product", "objectness"] = "product",
+    polygons: PolygonOptions = EXACT,
 ) -> Detections:
     """YOLOv5-seg: ``output0 [1, N, 5+nc+nm]``, rows ``cx, cy, w, h, objectness, nc class scores, nm coeffs``.
 
@@ -260,7 +287,8 @@ def decode_yolov5_seg(
     if num_classes < 1:
         raise ValueError(f"output0 rows have {pred.shape[1]} values; need 5 + classes + {num_masks} (protos)")
     cands = _yolov5_candidates(pred, num_classes, confidence, score)
-    return _proto_detections(cands, protos_chw, placement, (input_hw, frame_hw), overlap, max_detections)
+    sizes = (input_hw, frame_hw)
+    return _proto_detections(cands, protos_chw, placement, sizes, overlap, max_detections, options=polygons)
 
 
 def decode_end2end_seg(
@@ -272,6 +300,7 @@ def decode_end2end_seg(
     frame_hw: tuple[int, int],
     confidence: float,
     max_detections: int = 300,
+    polygons: PolygonOptions = EXACT,
 ) -> Detections:
     """NMS-free YOLO (YOLO26 ``end2end``): ``output0 [1, K, 6+nm]`` = ``x1, y1, x2, y2`` (input pixels), score,
     class index, ``nm`` coefficients. Kept: ``score > confidence``, highest first, at most ``max_detections``;
@@ -281,7 +310,8 @@ def decode_end2end_seg(
     if pred.shape[1] != 6 + num_masks:
         raise ValueError(f"output0 rows have {pred.shape[1]} values; an end-to-end export has 6 + {num_masks}")
     cands = _end2end_candidates(pred, confidence)
-    return _proto_detections(cands, protos_chw, placement, (input_hw, frame_hw), None, max_detections)
+    sizes = (input_hw, frame_hw)
+    return _proto_detections(cands, protos_chw, placement, sizes, None, max_detections, options=polygons)
 
 
 def decode_rfdetr_seg(
@@ -296,6 +326,7 @@ def decode_rfdetr_seg(
     max_detections: int = 300,
     num_classes: int | None = None,
     background_slot: int | None = None,
+    polygons: PolygonOptions = EXACT,
 ) -> Detections:
     """RF-DETR segmentation, as RF-DETR's ``PostProcess`` and Roboflow's server decode it.
 
@@ -314,7 +345,7 @@ def decode_rfdetr_seg(
             f"RF-DETR outputs disagree: dets {boxes_q4.shape}, labels {logits_qc.shape}, masks {masks_qhw.shape}"
         )
     if max_detections <= 0 or logits_qc.size == 0:
-        return Detections.empty()
+        return Detections.empty_with_rings() if polygons.rings else Detections.empty()
     flat = sigmoid(logits_qc).reshape(-1)
     top = np.argsort(-flat, kind="stable")[: min(max_detections, flat.size)]
     top = top[flat[top] > confidence]
@@ -330,4 +361,4 @@ def decode_rfdetr_seg(
     scale = np.array([in_w, in_h, in_w, in_h], dtype=np.float32)
     boxes = boxes_to_frame(xywh_to_xyxy(boxes_q4[query]) * scale, placement, frame_hw)
     instance_masks = logit_masks(masks_qhw, query, placement, input_hw, frame_hw)
-    return _assemble(boxes, flat[top].astype(np.float32), cls, instance_masks)
+    return _assemble(boxes, flat[top].astype(np.float32), cls, instance_masks, polygons)

@@ -15,7 +15,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from agent.detections import Detections
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
 from agent.placement import letterbox_content_hw
+from agent.polygons import EXACT, PolygonOptions
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, prepare
 from agent.runtime import (
     DEFAULT_PROVIDERS,
@@ -64,6 +65,9 @@ DEFAULT_IMGSZ = 640
 
 CLASS_NAME_FILES = ("classes.txt", "class_names.txt")
 """Files beside the model, one class name a line, read when the metadata has no ``names``."""
+
+Runner = Callable[[NDArray[np.float32]], tuple[NDArray[np.float32], ...]]
+"""Runs a session on a prepared ``(1, 3, H, W)`` tensor (:meth:`OnnxModel.run`)."""
 
 _NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -127,6 +131,18 @@ def _imgsz_from_metadata(metadata: Mapping[str, str]) -> tuple[int, int] | None:
     return None
 
 
+def _check_detect_args(image_bgr: NDArray[Any], confidence: float, overlap: float, max_detections: int) -> None:
+    """``ValueError`` for what :meth:`OnnxModel.detect` refuses (a threshold off 0..1, not an HxWx3 uint8 frame)."""
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence must be in 0..1, got {confidence}")
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must be in 0..1, got {overlap}")
+    if max_detections < 0:
+        raise ValueError(f"max_detections must be >= 0, got {max_detections}")
+    if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
+        raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+
+
 class OnnxModel:
     """A loaded instance-segmentation model, any format in :data:`agent.formats.FORMAT_NAMES`, from a ``.onnx``
     file or a Roboflow package directory. ``detect`` may be called from several threads."""
@@ -147,8 +163,10 @@ class OnnxModel:
         threads: int = 0,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         trt_cache_dir: str | os.PathLike[str] | None = None,
+        polygons: PolygonOptions = EXACT,
     ) -> None:
         self.path = Path(path)
+        self.polygons = polygons  # what detect() writes of each mask: tolerance, every part and hole
         options = session_options(threads)
         self.package = None
         if self.path.is_dir():
@@ -329,60 +347,54 @@ class OnnxModel:
         ``confidence`` and ``overlap`` are on the 0..1 scale: a detection needs a score strictly above
         ``confidence``; a box is suppressed by a higher-scoring one of the same class when their IoU is
         strictly above ``overlap`` (NMS-free formats, YOLO26 end-to-end and RF-DETR, have none to do). At
-        most ``max_detections`` are returned, highest confidence first.
+        most ``max_detections`` are returned, highest confidence first. Polygons as :attr:`polygons` asks
+        (:class:`~agent.polygons.PolygonOptions`: a simplification tolerance, every part and hole).
         """
-        if not 0.0 <= confidence <= 1.0:
-            raise ValueError(f"confidence must be in 0..1, got {confidence}")
-        if not 0.0 <= overlap <= 1.0:
-            raise ValueError(f"overlap must be in 0..1, got {overlap}")
-        if max_detections < 0:
-            raise ValueError(f"max_detections must be >= 0, got {max_detections}")
-        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
-            raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+        return self._detect_on(self.run, image_bgr, confidence, overlap, max_detections, frame_hw)
+
+    def _detect_on(
+        self,
+        run: Runner,
+        image_bgr: NDArray[Any],
+        confidence: float,
+        overlap: float,
+        max_detections: int,
+        frame_hw: tuple[int, int] | None,
+    ) -> Detections:
+        """:meth:`detect` with the session run by ``run`` (:meth:`run`, or a :class:`SessionPool`'s free session):
+        the frame's preparation and decoding hold no session, so another frame's run goes on beside them."""
+        _check_detect_args(image_bgr, confidence, overlap, max_detections)
         image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
         if frame_hw is None:
             frame_hw = image_hw
+        limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
-            output0, protos = self.run(tensor)
+            output0, protos = run(tensor)
             return decode_yolov8_seg(
-                output0,
-                protos,
-                params=params,
-                input_hw=self.input_hw,
-                frame_hw=frame_hw,
-                confidence=confidence,
-                overlap=overlap,
-                max_detections=max_detections,
+                output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits
             )
         if image_hw != frame_hw:  # needed_hw() asks these formats for full frames; be correct regardless
             image_bgr = np.asarray(cv2.resize(image_bgr, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR))
         tensor, placement = prepare(image_bgr, self.preprocessing, self.input_hw)
-        outputs = self.run(tensor)
+        outputs = run(tensor)
         where: dict[str, Any] = {"placement": placement, "input_hw": self.input_hw, "frame_hw": frame_hw}
+        return self._decode_placed(outputs, overlap, {**where, **limits})
+
+    def _decode_placed(
+        self, outputs: tuple[NDArray[np.float32], ...], overlap: float, common: dict[str, Any]
+    ) -> Detections:
+        """The outputs of a frame prepared by :func:`~agent.preprocess.prepare`, decoded by the layout's decoder;
+        ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
         if kind == "yolov8":
-            return decode_yolov8_placed(
-                *outputs, confidence=confidence, overlap=overlap, max_detections=max_detections, **where
-            )
+            return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":
-            return decode_yolov5_seg(
-                *outputs,
-                confidence=confidence,
-                overlap=overlap,
-                max_detections=max_detections,
-                score=self._yolov5_score,
-                **where,
-            )
+            return decode_yolov5_seg(*outputs, overlap=overlap, score=self._yolov5_score, **common)
         if kind == "end2end":
-            return decode_end2end_seg(*outputs, confidence=confidence, max_detections=max_detections, **where)
+            return decode_end2end_seg(*outputs, **common)
         return decode_rfdetr_seg(
-            *outputs,
-            confidence=confidence,
-            max_detections=max_detections,
-            num_classes=len(self.class_names),
-            background_slot=self._background_slot,
-            **where,
+            *outputs, num_classes=len(self.class_names), background_slot=self._background_slot, **common
         )
 
     def __repr__(self) -> str:
@@ -398,8 +410,10 @@ class SessionPool:
     On a small CPU a model makes poor use of intra-op threads: two sessions of one thread each, two frames in
     flight, gave 1.14x (YOLOv8n-seg) to 1.27x (the demo model) the frames/s of one session of two threads on
     2 cores, at less CPU per frame, and 1.5-1.7x the time of a lone frame (``benchmarks/sessions.py``).
-    ``detect`` takes a free session (waiting for one when all are busy); everything else is the first
-    session's.
+    ``detect`` prepares and decodes the frame itself and takes a free session only for its ``session.run``
+    (waiting for one when all are busy), so with more frames in flight than sessions a frame's CPU work goes
+    on beside the sessions' runs (``inference.local.frames_in_flight``: an accelerator's case); everything
+    else is the first session's.
     """
 
     def __init__(self, models: Sequence[OnnxModel]) -> None:
@@ -435,11 +449,13 @@ class SessionPool:
         max_detections: int = 300,
         frame_hw: tuple[int, int] | None = None,
     ) -> Detections:
+        return self.models[0]._detect_on(self.run, image_bgr, confidence, overlap, max_detections, frame_hw)
+
+    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], ...]:
+        """:meth:`OnnxModel.run` on a free session (waiting for one when all are busy)."""
         model = self._free.get()
         try:
-            return model.detect(
-                image_bgr, confidence=confidence, overlap=overlap, max_detections=max_detections, frame_hw=frame_hw
-            )
+            return model.run(tensor_nchw)
         finally:
             self._free.put(model)
 

@@ -103,15 +103,32 @@ def _nms_sweep(
 ) -> NDArray[np.intp] | None:
     """Ranks (positions in score order) of the kept boxes; None when there are too many pairs to list."""
     n = boxes.shape[0]
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    corners = tuple(np.ascontiguousarray(boxes[:, k]) for k in range(4))
+    x1, y1, x2, y2 = corners
     area = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
     # A box without area (or with a non-finite corner) has IoU 0 with every box: it never suppresses or is
     # suppressed, so only the others are swept.
     live = np.flatnonzero(np.isfinite(boxes).all(axis=1) & (area > 0))
     if live.size < 2:
         return np.arange(min(n, limit))
-    # Sort key: class blocks far apart, x1 within a block; box i can only overlap the boxes after it whose
-    # key is below key_i + width_i (a slightly wider reach is harmless: every pair is checked exactly).
+    sweep, counts = _sweep_order(x1, x2, classes, live)
+    ends = np.cumsum(counts)
+    if int(ends[-1]) > _NMS_PAIR_LIMIT:
+        return None
+    pairs = _pairs_over(corners, area, sweep, counts, ends, threshold)
+    if pairs is None:
+        return np.arange(min(n, limit))
+    return _greedy_keep(*pairs, n)[:limit]
+
+
+def _sweep_order(
+    x1: NDArray[np.float64], x2: NDArray[np.float64], classes: NDArray[np.integer], live: NDArray[np.intp]
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The live boxes in sweep order and, per position, how many boxes after it its x-span may reach.
+
+    Sort key: class blocks far apart, x1 within a block; box i can only overlap the boxes after it whose
+    key is below key_i + width_i (a slightly wider reach is harmless: every pair is checked exactly).
+    """
     left = float(x1[live].min())
     span = float(x2[live].max()) - left + 1.0
     _, class_rank = np.unique(classes[live], return_inverse=True)
@@ -121,9 +138,23 @@ def _nms_sweep(
     key = key[order]
     reach = key + (x2[sweep] - x1[sweep]) * (1.0 + 1e-9) + span * 1e-9
     counts = np.maximum(np.searchsorted(key, reach, side="right") - np.arange(sweep.size) - 1, 0)
-    ends = np.cumsum(counts)
-    if int(ends[-1]) > _NMS_PAIR_LIMIT:
-        return None
+    return sweep, counts
+
+
+def _pairs_over(
+    corners: tuple[NDArray[np.float64], ...],
+    area: NDArray[np.float64],
+    sweep: NDArray[np.intp],
+    counts: NDArray[np.intp],
+    ends: NDArray[np.intp],
+    threshold: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp]] | None:
+    """``(higher, lower)`` score ranks of every same-class pair with IoU above ``threshold``, or None if none.
+
+    The candidate pairs (each sweep position with the ``counts`` after it) are listed ``_NMS_PAIR_CHUNK``
+    at a time, which bounds the memory.
+    """
+    x1, y1, x2, y2 = corners
     lo_parts: list[NDArray[np.intp]] = []
     hi_parts: list[NDArray[np.intp]] = []
     first = 0 if int(ends[-1]) else sweep.size
@@ -148,11 +179,16 @@ def _nms_sweep(
                 hi_parts.append(np.maximum(i, j))
         first = last
     if not lo_parts:
-        return np.arange(min(n, limit))
-    lo_arr = np.concatenate(lo_parts)
+        return None
+    return np.concatenate(lo_parts), np.concatenate(hi_parts)
+
+
+def _greedy_keep(lo_arr: NDArray[np.intp], hi_arr: NDArray[np.intp], n: int) -> NDArray[np.intp]:
+    """Ranks of the boxes kept by greedy NMS over ``n`` boxes, given the suppressing pairs (``lo`` outranks
+    ``hi``): one pass in score order over plain lists, no NumPy call per box."""
     by_lo = np.argsort(lo_arr, kind="stable")
     lo = lo_arr[by_lo].tolist()
-    hi = np.concatenate(hi_parts)[by_lo].tolist()
+    hi = hi_arr[by_lo].tolist()
     removed = bytearray(n)
     k, pairs = 0, len(lo)
     while k < pairs:  # greedy in score order: a box suppresses its partners only if it was not suppressed
@@ -162,7 +198,7 @@ def _nms_sweep(
             if alive:
                 removed[hi[k]] = 1
             k += 1
-    return np.flatnonzero(np.frombuffer(bytes(removed), dtype=np.uint8) == 0)[:limit]
+    return np.flatnonzero(np.frombuffer(bytes(removed), dtype=np.uint8) == 0)
 
 
 def _nms_per_kept_box(

@@ -24,6 +24,7 @@ from agent.metrics import ResultTally
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
+from agent.polygons import PolygonOptions
 from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
@@ -71,6 +72,7 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
                     threads=local.threads,
                     providers=onnx_providers(local.providers),
                     trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
+                    polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
                 )
             )
     except ModelError as exc:
@@ -208,7 +210,7 @@ def frames_under_way(settings: Settings, camera: CameraSettings, mode: str) -> i
     A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a hosted
     slot: only live sources (and realtime files) overflow to the local model."""
     hosted = settings.inference.serverless.max_in_flight if mode in ("auto", "serverless") else 0
-    local = settings.inference.local.sessions if mode in ("auto", "local") else 0
+    local = settings.inference.local.local_runs if mode in ("auto", "local") else 0
     batch = camera.is_file and not camera.realtime
     return hosted if batch and hosted else hosted + local
 
@@ -248,7 +250,7 @@ def build(
         local=local,
         remote=remote,
         on_mode_change=on_mode_change,
-        local_slots=s.inference.local.sessions,
+        local_slots=s.inference.local.local_runs,
         local_model_id=s.local_model_id,
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)

@@ -107,6 +107,14 @@ class Points(Sequence[dict[str, float]]):
         return json.dumps(self[:], **_JSON_OPTIONS)
 
 
+def _rings(rings: Sequence[tuple[NDArray[np.floating[Any]], int]]) -> list[dict[str, Any]]:
+    """A mask's parts and holes (:data:`agent.polygons.Ring`) as the ``rings`` field: one
+    ``{"points": [...], "hole": bool, "parent": index of the part | None}`` per contour, largest part first."""
+    return [
+        {"points": Points(xy), "hole": parent >= 0, "parent": parent if parent >= 0 else None} for xy, parent in rings
+    ]
+
+
 def detections_to_api(
     det: Detections,
     class_names: Sequence[str],
@@ -140,6 +148,8 @@ def detections_to_api(
                 "points": Points(det.polygons[i]),
             }
         )
+        if det.rings is not None:  # opt-in (inference.local.polygons.rings): every part and hole
+            predictions[-1]["rings"] = _rings(det.rings[i])
     return {
         "inference_id": str(uuid.uuid4()),
         "time": round(time_s, 4),
@@ -249,26 +259,96 @@ def to_message(
     return message
 
 
+def _swap_points(prediction: Any, token: str, found: list[Points]) -> Any:
+    """``prediction`` with its :class:`Points` (``points``, and each of ``rings``' ``points``) swapped for
+    ``token``, and appended to ``found`` in the order ``json.dumps`` writes them."""
+    if not isinstance(prediction, dict):
+        return prediction
+    points, rings = prediction.get("points"), prediction.get("rings")
+    if not isinstance(points, Points) and not isinstance(rings, list):
+        return prediction
+    swapped = dict(prediction)  # same key order: json.dumps meets the tokens in the order of the texts
+    for key in prediction:
+        if key == "points" and isinstance(points, Points):
+            swapped[key] = token
+            found.append(points)
+        elif key == "rings" and isinstance(rings, list):
+            swapped[key] = [_swap_points(ring, token, found) for ring in rings]
+    return swapped
+
+
+@functools.cache
+def _coordinate_lengths() -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The lengths of :func:`_coordinate_texts`' strings."""
+    xs, ys = _coordinate_texts()
+    return np.array([len(t) for t in xs], dtype=np.int64), np.array([len(t) for t in ys], dtype=np.int64)
+
+
+def _points_json(polygons: Sequence[Points]) -> list[str]:
+    """``[p.to_json() for p in polygons]``, the whole-pixel ones written together: one table lookup and one
+    join for all their vertices, cut into polygons by character offsets (no NumPy call per polygon: a dense
+    frame has hundreds)."""
+    texts: list[str | None] = [None] * len(polygons)
+    arrays = [p._xy for p in polygons]
+    counts = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    if counts.sum():
+        xy = np.concatenate(arrays)
+        with np.errstate(invalid="ignore"):
+            # Whole, finite, 0 <= v < _TABLE_SIZE, not -0.0 ("-0.0" in JSON): per coordinate, then per vertex
+            # from the two columns (a reduction along an axis of 2 costs more than the comparisons).
+            ok = (xy >= 0) & (xy < _TABLE_SIZE) & (xy == np.floor(xy)) & ~np.signbit(xy)
+        good = ok[:, 0] & ok[:, 1]
+        starts = np.cumsum(counts) - counts
+        nonempty = counts > 0
+        whole = np.zeros(len(arrays), dtype=bool)
+        whole[nonempty] = np.logical_and.reduceat(good, starts[nonempty])
+        take = np.repeat(whole, counts)  # the vertices of the whole-pixel polygons
+        if whole.any():
+            ints = (xy if bool(whole.all()) else xy[take]).astype(np.intp)
+            x_text, y_text = _coordinate_texts()
+            x_len, y_len = _coordinate_lengths()
+            parts = np.empty((len(ints), 4), dtype=object)
+            parts[:, 0] = ',{"x":'
+            parts[:, 1] = x_text[ints[:, 0]]
+            parts[:, 2] = ',"y":'
+            parts[:, 3] = y_text[ints[:, 1]]
+            joined = "".join(parts.ravel().tolist())
+            vertex_len = x_len[ints[:, 0]] + y_len[ints[:, 1]] + (len(',{"x":') + len(',"y":'))
+            ends = np.cumsum(vertex_len)[np.cumsum(counts[whole]) - 1].tolist()
+            begin = 0
+            for i, end in zip(np.flatnonzero(whole).tolist(), ends, strict=True):
+                texts[i] = "[" + joined[begin + 1 : end] + "]"
+                begin = end
+    return [t if t is not None else p.to_json() for t, p in zip(texts, polygons, strict=True)]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`Points` in it as a list of dicts."""
+    if isinstance(value, Points):
+        return list(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, the MQTT payload. :class:`Points` are written from their arrays (whole-pixel
-    polygons ~10x faster than through dicts: most of a dense frame's payload is its vertices)."""
+    """Compact UTF-8 JSON, the MQTT payload. :class:`Points` (``points``, and ``rings`` when asked for) are
+    written from their arrays (whole-pixel polygons ~10x faster than through dicts: most of a dense frame's
+    payload is its vertices)."""
     predictions = message.get("predictions")
-    spots = []
-    if isinstance(predictions, list):
-        spots = [i for i, p in enumerate(predictions) if isinstance(p, dict) and isinstance(p.get("points"), Points)]
-    if not spots:
+    if not isinstance(predictions, list):
         return json.dumps(message, **_JSON_OPTIONS).encode()
-    assert isinstance(predictions, list)
-    texts = [predictions[i]["points"].to_json() for i in spots]
     token = f"\x00points {uuid.uuid4().hex}\x00"  # no string in a message holds it by chance
-    swapped = list(predictions)
-    for i in spots:
-        swapped[i] = {**predictions[i], "points": token}
+    found: list[Points] = []
+    swapped = [_swap_points(p, token, found) for p in predictions]
+    if not found:
+        return json.dumps(message, **_JSON_OPTIONS).encode()
+    texts = _points_json(found)
     parts = json.dumps({**message, "predictions": swapped}, **_JSON_OPTIONS).split(json.dumps(token))
-    if len(parts) != len(spots) + 1:  # only if some string held the token after all: the plain way
-        for i in spots:
-            swapped[i] = {**predictions[i], "points": list(predictions[i]["points"])}
-        return json.dumps({**message, "predictions": swapped}, **_JSON_OPTIONS).encode()
+    if len(parts) != len(texts) + 1:  # only if some string held the token after all: the plain way
+        return json.dumps({**message, "predictions": _plain(predictions)}, **_JSON_OPTIONS).encode()
     out = [parts[0]]
     for text, rest in zip(texts, parts[1:], strict=True):
         out += (text, rest)

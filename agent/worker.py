@@ -119,6 +119,9 @@ class CameraWorker:
         if in_flight > 1:
             self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=f"infer-{self.name}")
         self._pending: deque[tuple[Frame, int, Future[Outcome]]] = deque()
+        # Guards _pending and delivery: a pool's finished frame is delivered at once by its own thread (the
+        # worker may be waiting for the camera's next frame, up to a frame interval), the worker's otherwise.
+        self._delivery = threading.Lock()
         self.processed = Rate(window_s=10.0)
         self.crashed = False  # the loop died of a bug (logged); the daemon's other cameras go on
         self._detect = True  # set_detect(False): frames are read and dropped, none is inferred
@@ -175,7 +178,11 @@ class CameraWorker:
                 if not self._admit(frame):
                     continue
                 frame_id = self._ids.next()
-                self._pending.append((frame, frame_id, self._start_inference(frame)))
+                future = self._start_inference(frame)
+                with self._delivery:
+                    self._pending.append((frame, frame_id, future))
+                if self._pool is not None:  # after the append: a frame finished already is delivered now
+                    future.add_done_callback(self._delivered_by_pool)
             # Stopping (or the source ended): finish what is in flight, in order.
             while self._pending:
                 self.heartbeat.beat()
@@ -187,12 +194,23 @@ class CameraWorker:
         finally:
             self.done.set()
 
+    def _delivered_by_pool(self, _: Future[Outcome]) -> None:
+        """A pool thread's frame finished: deliver what is in order now (a bug is said, as the loop says it)."""
+        try:
+            self._complete(block=False)
+        except Exception:
+            log.exception("camera %s: delivery failed", self.name)
+            self.crashed = True
+
     def _under_way(self) -> int:
-        return sum(1 for _, _, future in self._pending if not future.done())
+        with self._delivery:
+            return sum(1 for _, _, future in self._pending if not future.done())
 
     def _wait_any(self) -> None:
         """Until some frame under way finishes, or :data:`_POLL_S` passes (the loop looks at ``stopping``)."""
-        wait([f for _, _, f in self._pending if not f.done()], timeout=_POLL_S, return_when=FIRST_COMPLETED)
+        with self._delivery:
+            under_way = [f for _, _, f in self._pending if not f.done()]
+        wait(under_way, timeout=_POLL_S, return_when=FIRST_COMPLETED)
 
     def _start_inference(self, frame: Frame) -> Future[Outcome]:
         if self._pool is not None:
@@ -205,18 +223,25 @@ class CameraWorker:
         return future
 
     def _complete(self, *, block: bool) -> None:
-        """Deliver every finished head-of-line result; wait for the head if ``block``."""
+        """Deliver every finished head-of-line result; wait (outside the lock) for the head if ``block``."""
+        if block:
+            with self._delivery:
+                head = self._pending[0][2] if self._pending else None
+            if head is not None:
+                try:
+                    head.exception(timeout=_POLL_S)
+                except TimeoutError:
+                    return
+        with self._delivery:
+            self._deliver_finished()
+
+    def _deliver_finished(self) -> None:
+        """Deliver the finished head-of-line results, in order (``_delivery`` held)."""
         while self._pending:
             frame, frame_id, future = self._pending[0]
             if not future.done():
-                if not block:
-                    return
-                try:
-                    future.exception(timeout=_POLL_S)
-                except TimeoutError:
-                    return
+                return
             self._pending.popleft()
-            block = False
             try:
                 outcome = future.result()
             except FrameFailed as exc:  # serverless mode without a local model, or the local model broke

@@ -245,3 +245,58 @@ def test_home_assistant_and_commands_sections(tmp_path: Path, section: str, valu
         _parse(tmp_path, doc)
     assert info.value.path == path
     assert reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("polygons", "expected", "error"),
+    [
+        (None, (False, 0.0), None),  # left out: points only, exact contours, as before
+        ({}, (False, 0.0), None),
+        ({"rings": True}, (True, 0.0), None),
+        ({"tolerance_px": 1.5}, (False, 1.5), None),
+        ({"rings": True, "tolerance_px": 0}, (True, 0.0), None),
+        ({"rings": "yes"}, None, ("inference.local.polygons.rings", "true or false")),
+        ({"tolerance_px": -1}, None, ("inference.local.polygons.tolerance_px", "out of range")),
+        ({"tolerance_px": "fine"}, None, ("inference.local.polygons.tolerance_px", "expected a number")),
+        ({"holes": True}, None, ("inference.local.polygons.holes", "unknown key")),
+        ("all", None, ("inference.local.polygons", "expected a mapping")),
+    ],
+)
+def test_local_polygons_section(
+    tmp_path: Path, polygons: Any, expected: tuple[bool, float] | None, error: tuple[str, str] | None
+) -> None:
+    doc = _base(tmp_path)
+    if polygons is not None:
+        doc["inference"]["local"]["polygons"] = polygons
+    if error is not None:
+        with pytest.raises(ConfigError) as info:
+            _parse(tmp_path, doc)
+        assert info.value.path == error[0] and error[1] in info.value.reason
+        return
+    local = _parse(tmp_path, doc).inference.local
+    assert (local.polygons.rings, local.polygons.tolerance_px) == expected
+
+
+@pytest.mark.parametrize(
+    ("local", "runs"),
+    [
+        ({}, 1),  # as before: one frame at a time per session
+        ({"sessions": 2}, 2),
+        ({"frames_in_flight": 3}, 3),  # an accelerator: frames' CPU work beside the session's run
+        ({"sessions": 3, "frames_in_flight": 2}, 3),  # never fewer than the sessions
+        ({"frames_in_flight": 0, "sessions": 2}, 2),
+    ],
+)
+def test_local_frames_in_flight(tmp_path: Path, local: dict[str, Any], runs: int) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["local"].update(local)
+    assert _parse(tmp_path, doc).inference.local.local_runs == runs
+
+
+@pytest.mark.parametrize(("value", "reason"), [(-1, "out of range"), (65, "out of range"), ("many", "an integer")])
+def test_local_frames_in_flight_bad_values(tmp_path: Path, value: object, reason: str) -> None:
+    doc = _base(tmp_path)
+    doc["inference"]["local"]["frames_in_flight"] = value
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == "inference.local.frames_in_flight" and reason in info.value.reason

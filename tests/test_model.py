@@ -14,9 +14,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from agent import model as model_module
 from agent import synth
 from agent.capture import reduction_factor
 from agent.model import ModelError, OnnxModel, SessionPool
+from agent.polygons import PolygonOptions
 from agent.postprocess import Detections, box_iou_xyxy, letterbox_content_hw
 from tests.onnx_models import build_single_output, build_two_inputs, build_yolov8_seg
 
@@ -605,3 +607,70 @@ def test_limit_helper_threads_leaves_opencv_and_every_openblas_one_thread() -> N
     assert result["after"] and set(result["after"].values()) == {1}  # NumPy's OpenBLAS at least
     assert len(result["capped"]) == len(result["after"])
     assert sorted(result["after"]) == sorted(result["before"])
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 2.0])
+def test_detect_with_rings_and_a_tolerance(square_model_path: Path, tolerance: float) -> None:
+    """Opt-in: every part and hole per instance, the first part being ``points``; a tolerance simplifies both."""
+    frame = scene(480, 640, 0)
+    plain = OnnxModel(square_model_path, threads=1).detect(frame, confidence=0.25, overlap=0.45)
+    options = PolygonOptions(rings=True, tolerance_px=tolerance)
+    dets = OnnxModel(square_model_path, threads=1, polygons=options).detect(frame, confidence=0.25, overlap=0.45)
+    assert plain.rings is None and dets.rings is not None and len(dets.rings) == len(dets) == len(plain) >= 5
+    np.testing.assert_array_equal(dets.boxes_xyxy, plain.boxes_xyxy)
+    for polygon, exact, rings in zip(dets.polygons, plain.polygons, dets.rings, strict=True):
+        assert rings[0][1] == -1
+        np.testing.assert_array_equal(rings[0][0], polygon)
+        assert all(-1 <= parent < len(rings) and (parent < 0 or rings[parent][1] == -1) for _, parent in rings)
+        if tolerance == 0.0:
+            np.testing.assert_array_equal(polygon, exact)
+        else:
+            assert 3 <= polygon.shape[0] <= exact.shape[0]
+    if tolerance:
+        assert sum(p.shape[0] for p in dets.polygons) < sum(p.shape[0] for p in plain.polygons)
+    empty = OnnxModel(square_model_path, threads=1, polygons=options).detect(frame, confidence=1.0, overlap=0.45)
+    assert len(empty) == 0 and empty.rings == []
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["one-model", "pool-of-one-session"])
+def test_a_frames_decode_holds_no_session(monkeypatch: pytest.MonkeyPatch, pooled: bool) -> None:
+    """frames_in_flight > sessions: frame N is decoded while frame N+1 is in session.run (the accelerator's
+    overlap). The first decode waits until the second run has started: that only happens if the decode
+    holds no session (the bound is generous: a loaded machine may be slow, a deadlock never ends)."""
+    model = OnnxModel(DEMO_MODEL, threads=1)
+    detector: OnnxModel | SessionPool = SessionPool([model]) if pooled else model
+    frame = shapes_frame(480, 640)
+    want = model.detect(frame, confidence=0.5, overlap=0.45)
+    runs_started = threading.Semaphore(0)
+    second_run = threading.Event()
+    original_run, original_decode = OnnxModel.run, model_module.decode_yolov8_seg
+    runs, decodes = [0], [0]
+    lock = threading.Lock()
+
+    def run(self: OnnxModel, tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+        with lock:
+            runs[0] += 1
+            if runs[0] == 2:
+                second_run.set()
+        runs_started.release()
+        return original_run(self, tensor)
+
+    def decode(*args: Any, **kwargs: Any) -> Detections:
+        with lock:
+            decodes[0] += 1
+            first_decode = decodes[0] == 1
+        if first_decode:
+            assert second_run.wait(60), "the second frame's run waited for the first frame's decode"
+        return original_decode(*args, **kwargs)
+
+    monkeypatch.setattr(OnnxModel, "run", run)
+    monkeypatch.setattr(model_module, "decode_yolov8_seg", decode)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(detector.detect, frame, confidence=0.5, overlap=0.45)
+        assert runs_started.acquire(timeout=60)  # the first frame is in (or past) its run
+        second = pool.submit(detector.detect, frame, confidence=0.5, overlap=0.45)
+        results = [first.result(timeout=120), second.result(timeout=120)]
+    assert second_run.is_set() and runs == [2] and decodes == [2]
+    for got in results:
+        np.testing.assert_array_equal(got.class_id, want.class_id)
+        np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=1e-3)

@@ -235,3 +235,53 @@ def test_hosted_keys_the_agent_does_not_know_pass_through_in_order() -> None:
 def test_hosted_time_that_is_not_a_number_is_left_out() -> None:
     out = parse_api_response({"time": "soon", "predictions": []}, image_wh=(4, 4))
     assert "time" not in out and out["predictions"] == [] and out["image"] == {"width": 4, "height": 4}
+
+
+def _with_rings(det: Detections, rings: list[list[tuple[np.ndarray, int]]]) -> Detections:
+    return Detections(det.boxes_xyxy, det.confidence, det.class_id, det.polygons, rings=rings)
+
+
+RING_LISTS = [
+    pytest.param([], id="no-detections"),
+    pytest.param([[]], id="a-detection-without-rings"),
+    pytest.param([[(np.array([[10, 20], [110, 20], [110, 70]], np.float32), -1)]], id="one-part"),
+    pytest.param(  # a split shape and a ring with a hole: parts first, each followed by its holes
+        [
+            [
+                (np.array([[10, 20], [110, 20], [110, 70], [10, 70]], np.float32), -1),
+                (np.array([[30, 30], [40.5, 30], [40, 40]], np.float32), 0),
+                (np.array([[1, 1], [3, 1], [3, 3]], np.float32), -1),
+            ]
+        ],
+        id="split-with-a-hole",
+    ),
+]
+
+
+@pytest.mark.parametrize("rings", RING_LISTS)
+def test_rings_in_the_api_format(rings: list[list[tuple[np.ndarray, int]]]) -> None:
+    det = _with_rings(_det(len(rings)), rings)
+    api = detections_to_api(det, ["circle", "rectangle"], image_wh=(640, 480), time_s=0.01)
+    msg = to_message(
+        api, device_id="d1", camera="cam", frame_id=7, timestamp=1.0, source="local", model_id="m", latency_ms=3.0
+    )
+    assert encode(msg) == _reference(msg)
+    decoded = json.loads(encode(msg))
+    for p, ring_list in zip(decoded["predictions"], rings, strict=True):
+        # The hosted API's keys are all there as before (supervision's from_inference reads only those).
+        assert {"x", "y", "width", "height", "confidence", "class", "class_id", "points"} <= set(p)
+        assert len(p["points"]) >= 3
+        assert [(r["hole"], r["parent"]) for r in p["rings"]] == [(k >= 0, k if k >= 0 else None) for _, k in ring_list]
+        for r, (xy, _) in zip(p["rings"], ring_list, strict=True):
+            assert set(r) == {"points", "hole", "parent"}
+            assert [[q["x"], q["y"]] for q in r["points"]] == xy.astype(float).round(1).tolist()
+
+
+def test_no_rings_field_unless_asked() -> None:
+    api = detections_to_api(_det(2), ["a", "b"], image_wh=(640, 480), time_s=0.01)
+    assert all("rings" not in p for p in api["predictions"])
+
+
+def test_detections_rings_must_match_the_instances() -> None:
+    with pytest.raises(ValueError, match="ring lists"):
+        _with_rings(_det(2), [[]])
