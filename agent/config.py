@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
+from agent.zones import LineDef, ZoneDef
+from agent.zones_config import EventSettings, read_areas, read_events
 
 __all__ = [
     "CameraSettings",
@@ -56,6 +58,8 @@ class CameraSettings:
     open_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    zones: tuple[ZoneDef, ...] = ()  # polygons for events and counts (agent/zones_config.py)
+    lines: tuple[LineDef, ...] = ()
 
     @property
     def is_file(self) -> bool:
@@ -147,6 +151,7 @@ class Settings:
     state_dir: Path
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     log_level: str = "info"
     config_path: Path | None = None
 
@@ -218,8 +223,12 @@ def parse_settings(
     state_dir = doc.path("state_dir", required=True)
     outbox = _outbox(doc.section("outbox", OutboxSettings))
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
+    events = read_events(doc.section("events", EventSettings))
     log_level = doc.choice("log_level", _LOG_LEVELS)
     doc.finish()
+    for i, cam in enumerate(cameras):
+        if (cam.zones or cam.lines) and not events.enabled:
+            raise ConfigError(f"cameras[{i}].{'zones' if cam.zones else 'lines'}", "needs events.enabled: true")
     assert state_dir is not None
     return Settings(
         device_id=device_id,
@@ -229,6 +238,7 @@ def parse_settings(
         state_dir=state_dir,
         outbox=outbox,
         health=health,
+        events=events,
         log_level=log_level,
         config_path=config_path,
     )
@@ -260,6 +270,7 @@ def _camera(c: Reader) -> CameraSettings:
     rmax = c.number_in("reconnect_max_s", 0.05, 86400.0)
     if rmax < rmin:
         raise ConfigError(c.key("reconnect_max_s"), "must be >= reconnect_min_s")
+    zones, lines = read_areas(c)
     settings = CameraSettings(
         name=name,
         source=source,
@@ -272,6 +283,8 @@ def _camera(c: Reader) -> CameraSettings:
         open_timeout_s=c.number_in("open_timeout_s", 0.5, 600.0),
         reconnect_min_s=rmin,
         reconnect_max_s=rmax,
+        zones=zones,
+        lines=lines,
     )
     c.finish()
     return settings
