@@ -19,7 +19,11 @@ Counts (:meth:`CameraEvents.counts`), as topic suffixes under ``{base}/{camera}/
 tracks in the camera: from their ``new`` to their ``end``), ``{line}/in/{class}``, ``{line}/out/{class}`` and
 ``.../all`` (crossings since the agent started). :class:`CountBoard` publishes those that changed, retained.
 
-Pure state, no I/O and no locks: one camera's frames come from its one worker, in order.
+:class:`EventStage` is what ``pipeline.Sink`` calls: events go into the outbox (kept until acknowledged,
+replayed in order with ``"replayed": true`` like results), counts to :class:`CountBoard`.
+
+No I/O of its own and no locks: one camera's frames come from its one worker, in order, and each camera has
+its own state.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.results import iso_utc
+from agent.config import Settings
+from agent.results import encode, iso_utc
 from agent.zones import Areas, Crossing, LineDef, ZoneDef, bottom_centres
 
-__all__ = ["ALL", "CameraEvents", "CountBoard", "topic_segment"]
+__all__ = ["ALL", "CameraEvents", "CountBoard", "EventStage", "topic_segment"]
 
 ALL = "all"
 _SCORE_DECIMALS = 4
@@ -294,3 +299,58 @@ class CountBoard:
         self._sent = current  # zeros kept: a new connection sends them again (bounded by zones x classes)
         self._sent_on = conn
         return sent
+
+
+class EventStage:
+    """Every camera's :class:`CameraEvents` and :class:`CountBoard`, fed by ``pipeline.Sink`` after the
+    tracker. ``put(topic, payload, created)`` is the outbox's; events go on ``topic``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topic: str,
+        put: Callable[[str, bytes, float], object],
+        publish_retained: Callable[[str, bytes], None] | None = None,
+        connection: Callable[[], object] = lambda: None,
+    ) -> None:
+        interval = settings.events.update_interval_s
+        self._topic = topic
+        self._put = put
+        self._cameras = {
+            c.name: CameraEvents(
+                c.name, device_id=settings.device_id, zones=c.zones, lines=c.lines, update_interval_s=interval
+            )
+            for c in settings.cameras
+        }
+        self._boards: dict[str, CountBoard] = {}
+        if settings.events.counts and publish_retained is not None:
+            for name in self._cameras:
+                self._boards[name] = CountBoard(settings.topic_base, name, publish_retained, connection)
+
+    def deliver(
+        self,
+        camera: str,
+        t: float,
+        frame_id: int,
+        frame_wh: tuple[int, int],
+        tracked: tuple[NDArray[Any], NDArray[Any], Sequence[str], NDArray[Any]],
+        ended: Iterable[int],
+    ) -> int:
+        """One frame's ``(tracker_ids, boxes_xyxy, classes, scores)`` and the ids that ended; returns how many
+        events went into the outbox."""
+        ids, boxes, classes, scores = tracked
+        events = self._cameras[camera].observe(t, frame_id, frame_wh, ids, boxes, classes, scores, ended)
+        for event in events:
+            self._put(self._topic, encode(event), t)
+        board = self._boards.get(camera)
+        if board is not None:
+            board.update(self._cameras[camera].counts())
+        return len(events)
+
+    def finish(self, camera: str, t: float, frame_id: int) -> int:
+        """The camera stopped: an ``end`` for each of its live tracks."""
+        events = self._cameras[camera].end_all(t, frame_id)
+        for event in events:
+            self._put(self._topic, encode(event), t)
+        return len(events)
