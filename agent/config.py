@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
+from agent.tracking import TrackingSettings
 from agent.zones import LineDef, ZoneDef
 from agent.zones_config import EventSettings, read_areas, read_events
 
@@ -34,6 +35,7 @@ __all__ = [
     "ServerlessSettings",
     "Settings",
     "TlsSettings",
+    "TrackingSettings",
     "load_settings",
     "parse_settings",
     "percent",
@@ -152,6 +154,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log_level: str = "info"
     config_path: Path | None = None
 
@@ -225,7 +228,10 @@ def parse_settings(
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
     events = read_events(doc.section("events", EventSettings))
     log_level = doc.choice("log_level", _LOG_LEVELS)
+    tracking = _tracking(doc.section("tracking", TrackingSettings))
     doc.finish()
+    if events.enabled and not tracking.enabled:
+        raise ConfigError("events.enabled", "needs tracking.enabled: true (events follow tracked objects)")
     for i, cam in enumerate(cameras):
         if (cam.zones or cam.lines) and not events.enabled:
             raise ConfigError(f"cameras[{i}].{'zones' if cam.zones else 'lines'}", "needs events.enabled: true")
@@ -241,6 +247,7 @@ def parse_settings(
         events=events,
         log_level=log_level,
         config_path=config_path,
+        tracking=tracking,
     )
 
 
@@ -425,6 +432,26 @@ def _outbox(o: Reader) -> OutboxSettings:
         synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
     )
     o.finish()
+    return settings
+
+
+def _tracking(t: Reader) -> TrackingSettings:
+    high = t.number_in("high_score", 0.0, 1.0)
+    low = t.number_in("low_score", 0.0, 1.0)
+    if low > high:
+        raise ConfigError(t.key("low_score"), f"{low:g} is above high_score ({high:g})")
+    settings = TrackingSettings(
+        enabled=t.flag("enabled"),
+        min_frames=t.int_in("min_frames", 1, 1000),
+        lost_s=t.number_in("lost_s", 0.001, 86400.0),
+        max_missed=t.int_in("max_missed", 1, 10**6),
+        high_score=high,
+        low_score=low,
+        match_iou=t.number_in("match_iou", 0.001, 1.0),
+        low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
+        class_aware=t.flag("class_aware"),
+    )
+    t.finish()
     return settings
 
 

@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 
 from agent.config import Settings
 from agent.results import encode, iso_utc
+from agent.tracking import Tracked, predictions_xyxy
 from agent.zones import Areas, Crossing, LineDef, ZoneDef, bottom_centres
 
 __all__ = ["ALL", "CameraEvents", "CountBoard", "EventStage", "topic_segment"]
@@ -328,19 +329,22 @@ class EventStage:
             for name in self._cameras:
                 self._boards[name] = CountBoard(settings.topic_base, name, publish_retained, connection)
 
-    def deliver(
-        self,
-        camera: str,
-        t: float,
-        frame_id: int,
-        frame_wh: tuple[int, int],
-        tracked: tuple[NDArray[Any], NDArray[Any], Sequence[str], NDArray[Any]],
-        ended: Iterable[int],
-    ) -> int:
-        """One frame's ``(tracker_ids, boxes_xyxy, classes, scores)`` and the ids that ended; returns how many
-        events went into the outbox."""
-        ids, boxes, classes, scores = tracked
-        events = self._cameras[camera].observe(t, frame_id, frame_wh, ids, boxes, classes, scores, ended)
+    def deliver(self, camera: str, t: float, frame_id: int, tracked: Tracked) -> int:
+        """One frame after the tracker; returns how many events went into the outbox."""
+        api = tracked.api
+        predictions = list(api.get("predictions") or [])
+        image = api.get("image") or {}
+        frame_wh = (int(image.get("width", 0)), int(image.get("height", 0)))
+        events = self._cameras[camera].observe(
+            t,
+            frame_id,
+            frame_wh,
+            tracked.ids,
+            predictions_xyxy(predictions),
+            [str(p.get("class", "")) for p in predictions],
+            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
+            [e.tracker_id for e in tracked.ended],
+        )
         for event in events:
             self._put(self._topic, encode(event), t)
         board = self._boards.get(camera)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.capture import Camera
 from agent.config import Settings
+from agent.events import EventStage
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
@@ -27,6 +28,7 @@ from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
+from agent.tracking import CameraTracks
 from agent.worker import CameraWorker, FrameIds
 
 __all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "load_local_model"]
@@ -44,11 +46,12 @@ class Topics:
     status: str
     health: str
     errors: str
+    events: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:
         base = settings.topic_base
-        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/errors")
+        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/errors", f"{base}/events")
 
 
 def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
@@ -89,18 +92,26 @@ class Sink:
     """Turns each frame's outcome into its message and puts it in the outbox: the results of frames on the
     detections topic, frames that got none on the errors topic (never shown as "no objects")."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, topics: Topics) -> None:
+    def __init__(self, settings: Settings, outbox: Outbox, topics: Topics, publisher: Publisher | None = None) -> None:
         self._device_id = settings.device_id
         self._model_id = settings.model_id
         self._outbox = outbox
         self._topics = topics
         self._warn = Throttle(log)  # one line a minute per camera and kind, with a count: not one per frame
+        cameras = [c.name for c in settings.cameras]
+        self._tracks = CameraTracks(settings.tracking, cameras) if settings.tracking.enabled else None
+        self._events = _event_stage(settings, outbox, topics, publisher) if settings.events.enabled else None
 
     def deliver(self, frame: Frame, frame_id: int, outcome: Outcome) -> None:
         # latency_ms is the whole time from capture to result: a frame that waited for its turn says so
         latency_ms = max(outcome.latency_ms, (time.time() - frame.timestamp) * 1000.0)
+        api = outcome.api
+        tracked = None
+        if self._tracks is not None:  # hosted and local results alike: one tracker per camera
+            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)
+            api = tracked.api
         message = to_message(
-            outcome.api,
+            api,
             device_id=self._device_id,
             camera=frame.camera,
             frame_id=frame_id,
@@ -111,6 +122,8 @@ class Sink:
             fallback_reason=outcome.fallback_reason,
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
+        if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
+            self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(
@@ -133,6 +146,24 @@ class Sink:
             "model_id": self._model_id,
         }
         self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp)
+
+
+def _event_stage(settings: Settings, outbox: Outbox, topics: Topics, publisher: Publisher | None) -> EventStage:
+    """Events into the outbox; counts retained through the publisher, sent again on each new connection."""
+
+    def connection() -> object:
+        if publisher is None:
+            return None
+        st = publisher.stats()
+        return (st.last_connect_time, st.reconnects) if st.connected else None
+
+    return EventStage(
+        settings,
+        topic=topics.events,
+        put=lambda topic, payload, created: outbox.put(topic, payload, created=created),
+        publish_retained=None if publisher is None else publisher.publish_retained,
+        connection=connection,
+    )
 
 
 @dataclass
@@ -214,7 +245,7 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
-    sink = Sink(s, outbox, topics)
+    sink = Sink(s, outbox, topics, publisher)
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
     hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0

@@ -20,6 +20,7 @@ def _doc(tmp_path: Path, camera: dict[str, Any] | None = None, events: dict[str,
         "inference": {"mode": "local", "local": {"model": "model.onnx"}},
         "mqtt": {"host": "127.0.0.1"},
         "state_dir": "state",
+        "tracking": {"enabled": True},
     }
     if events is not None:
         doc["events"] = events
@@ -106,3 +107,11 @@ def test_bad_zones_lines_and_events_fail_with_their_key(
     with pytest.raises(ConfigError) as info:
         parse_settings(_doc(tmp_path, camera, events), base_dir=tmp_path, env={})
     assert info.value.path == key and reason in info.value.reason, str(info.value)
+
+
+def test_events_need_tracking(tmp_path: Path) -> None:
+    doc = _doc(tmp_path, None, ON)
+    doc["tracking"] = {"enabled": False}
+    with pytest.raises(ConfigError) as info:
+        parse_settings(doc, base_dir=tmp_path, env={})
+    assert info.value.path == "events.enabled" and "tracking.enabled" in info.value.reason

@@ -1,0 +1,357 @@
+"""Tracking: one :class:`Tracker` per camera gives each detection a ``tracker_id`` that stays with the object.
+
+Interface (lane C2's zones and events build on it)::
+
+    tracker = Tracker(TrackingSettings(enabled=True))
+    ids = tracker.update(t, boxes_xyxy, classes, scores)   # np.ndarray (n,) int64
+    for track in tracker.ended:                           # the tracks that ended in that update
+        track.tracker_id, track.class_name, track.first_t, track.last_t, track.hits
+    tracker.finish()                                      # the camera stopped: every live track ends
+
+- ``t``: the frame's capture time in seconds (``Frame.timestamp``); only differences matter, so a track's
+  motion is in pixels per second whatever the sampling rate, and frames from the hosted API and the local
+  model feed one tracker alike (a track goes on unchanged across a serverless ↔ local switch).
+- ``boxes_xyxy``: (n, 4) float pixels of the frame; ``classes``: n class names (strings; class ids differ
+  between the hosted and the local model, names don't); ``scores``: (n,) confidences in 0-1.
+- ``ids[i]`` is the tracker id of detection ``i`` (>= 1, unique per tracker), or ``-1`` while its track is
+  not yet confirmed (``min_frames`` detections). A ``-1`` is not an id: callers attach no ``tracker_id`` to
+  such a detection (never a shared placeholder id, the trap of supervision issue #2578).
+- :attr:`Tracker.ended` is replaced at every :meth:`Tracker.update` with the confirmed tracks that ended in
+  it (unseen for longer than ``lost_s`` or ``max_missed`` updates). Unconfirmed tracks end silently.
+
+Association is ByteTrack's: detections at or above ``high_score`` are matched first to the live and the
+recently lost tracks by IoU with each track's predicted box (a constant-velocity model with fixed gains), then
+the lower-scored ones to the live tracks still unmatched (an occluded object scores lower, not nothing), then
+what is left of the high ones to the tentative tracks; high detections still unmatched start tentative
+tracks. The pure parts are NumPy functions named by their array layouts, tested by tables.
+
+Importing this module has no side effects; a tracker is not thread-safe (one camera's worker feeds it, in
+frame order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CameraTracks",
+    "EndedTrack",
+    "Tracked",
+    "Tracker",
+    "TrackingSettings",
+    "assign_greedy",
+    "cxcywh_to_xyxy",
+    "iou_nm_xyxy",
+    "predictions_xyxy",
+    "xyxy_to_cxcywh",
+]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingSettings:
+    """The ``tracking:`` section. Off by default: results are as before, with no ``tracker_id``."""
+
+    enabled: bool = False
+    min_frames: int = 3  # detections before a track is confirmed and its detections carry an id
+    lost_s: float = 2.0  # a track unseen for longer ends
+    max_missed: int = 30  # ... or one unseen in this many updates in a row (whichever comes first)
+    high_score: float = 0.5  # detections at or above: first-stage matching and new tracks
+    low_score: float = 0.1  # detections below are ignored; between low and high: second stage only
+    match_iou: float = 0.2  # least IoU of a high detection with a track's predicted box
+    low_match_iou: float = 0.5  # least IoU for a low detection (stricter: it may be clutter)
+    class_aware: bool = True  # a detection matches only tracks of its class
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.min_frames >= 1, "min_frames must be >= 1"),
+            (self.lost_s > 0, "lost_s must be > 0"),
+            (self.max_missed >= 1, "max_missed must be >= 1"),
+            (0.0 <= self.low_score <= self.high_score <= 1.0, "need 0 <= low_score <= high_score <= 1"),
+            (0.0 < self.match_iou <= 1.0, "match_iou must be in (0, 1]"),
+            (0.0 < self.low_match_iou <= 1.0, "low_match_iou must be in (0, 1]"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise ValueError(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class EndedTrack:
+    """A confirmed track that ended: its id, class, first and last detection times and detection count."""
+
+    tracker_id: int
+    class_name: str
+    first_t: float
+    last_t: float
+    hits: int
+
+
+# ---- pure NumPy parts -----------------------------------------------------------------------------------
+
+
+def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
+    """(n, 4) corners to (n, 4) centre and size."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+
+
+def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
+    """(n, 4) centre and size to (n, 4) corners."""
+    b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], axis=1)
+
+
+def iou_nm_xyxy(a_xyxy: F64, b_xyxy: F64) -> F64:
+    """(n, m) IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4); 0 where a union is empty."""
+    a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > _EPS, inter / np.maximum(union, _EPS), 0.0)
+
+
+def assign_greedy(cost_nm: F64, max_cost: float) -> tuple[I64, I64, I64]:
+    """Rows to columns by lowest cost first, each at most once, only pairs with cost <= ``max_cost``.
+
+    Returns ``(matches_k2, unmatched_rows, unmatched_cols)``: (k, 2) row/column pairs and the index arrays
+    of the rows and columns left over."""
+    cost = np.asarray(cost_nm, dtype=np.float64)
+    n, m = cost.shape
+    matches: list[tuple[int, int]] = []
+    if n and m:
+        rows, cols = np.nonzero(cost <= max_cost)
+        order = np.argsort(cost[rows, cols], kind="stable")
+        row_used = np.zeros(n, dtype=bool)
+        col_used = np.zeros(m, dtype=bool)
+        for r, c in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
+            if not row_used[r] and not col_used[c]:
+                row_used[r] = col_used[c] = True
+                matches.append((r, c))
+    pairs = np.array(matches, dtype=np.int64).reshape(-1, 2)
+    left_rows = np.setdiff1d(np.arange(n, dtype=np.int64), pairs[:, 0])
+    left_cols = np.setdiff1d(np.arange(m, dtype=np.int64), pairs[:, 1])
+    return pairs, left_rows, left_cols
+
+
+# ---- the tracker ----------------------------------------------------------------------------------------
+
+# Fixed gains of the constant-velocity model (a steady-state Kalman filter on centre and size).
+_ALPHA = 0.7  # how far a matched box moves the state towards the detection
+_BETA = 0.3  # how far the velocity moves towards the one the detection implies
+
+
+class Tracker:
+    """One camera's tracks. Feed every processed frame in capture order, empty ones included."""
+
+    def __init__(self, settings: TrackingSettings) -> None:
+        self.settings = settings
+        self.ended: list[EndedTrack] = []
+        self._next_id = 1
+        self._classes: dict[str, int] = {}
+        self._class_names: list[str] = []
+        # One row per track: state (cx, cy, w, h, vx, vy, vw, vh) in pixels and pixels/second.
+        self._state = np.zeros((0, 8))
+        self._last_t = np.zeros(0)  # when last matched
+        self._first_t = np.zeros(0)
+        self._hits = np.zeros(0, dtype=np.int64)
+        self._missed = np.zeros(0, dtype=np.int64)  # updates in a row without a match
+        self._ids = np.zeros(0, dtype=np.int64)  # -1 until confirmed
+        self._cls = np.zeros(0, dtype=np.int64)
+        self._t: float | None = None
+
+    def update(self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64) -> I64:
+        """The tracker id of each detection (-1: not yet confirmed) after the frame captured at ``t``."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        score = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if len(classes) != len(boxes) or len(score) != len(boxes):
+            raise ValueError("boxes_xyxy, classes and scores must have the same length")
+        cls = np.array([self._class_index(c) for c in classes], dtype=np.int64)
+        dt = 0.0 if self._t is None else max(0.0, t - self._t)
+        self._t = t
+        predicted = self._predict(dt)
+        det_track = self._associate(predicted, boxes, cls, score)
+        self._correct(t, predicted, boxes, det_track)
+        out = np.full(len(boxes), -1, dtype=np.int64)
+        has = det_track >= 0
+        out[has] = self._ids[det_track[has]]
+        # Tentative tracks must be seen in a row; confirmed ones unseen too long end.
+        s = self.settings
+        gone = ((self._ids < 0) & (self._missed > 0)) | ((t - self._last_t) > s.lost_s) | (self._missed >= s.max_missed)
+        self.ended = self._drop(~gone)
+        new = ~has & (score >= s.high_score)
+        out[new] = self._add(t, boxes[new], cls[new])
+        return out
+
+    def finish(self) -> list[EndedTrack]:
+        """End every track (the camera stopped); returns the confirmed ones, as :attr:`ended` does."""
+        keep = np.zeros(len(self._ids), dtype=bool)
+        self.ended = self._drop(keep)
+        return self.ended
+
+    @property
+    def live_count(self) -> int:
+        """Confirmed tracks not yet ended (seen now or lately)."""
+        return int(np.count_nonzero(self._ids >= 0))
+
+    # ---- steps --------------------------------------------------------------------------------------
+
+    def _class_index(self, name: str) -> int:
+        index = self._classes.get(name)
+        if index is None:
+            index = self._classes[name] = len(self._class_names)
+            self._class_names.append(name)
+        return index
+
+    def _predict(self, dt: float) -> F64:
+        """Every track's box at the new frame's time, as (n, 4) corners."""
+        cxcywh = self._state[:, :4] + self._state[:, 4:] * dt
+        cxcywh[:, 2:] = np.maximum(cxcywh[:, 2:], 1.0)
+        return cxcywh_to_xyxy(cxcywh)
+
+    def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64) -> I64:
+        """For each detection the row of its track, or -1."""
+        s = self.settings
+        det_track = np.full(len(boxes), -1, dtype=np.int64)
+        iou = iou_nm_xyxy(predicted_xyxy, boxes)
+        if s.class_aware:
+            iou = np.where(self._cls[:, None] == cls[None, :], iou, 0.0)
+        high = score >= s.high_score
+        low = (score >= s.low_score) & ~high
+        confirmed = self._ids >= 0
+        live = confirmed & (self._missed == 0)
+        free_tracks = np.ones(len(self._ids), dtype=bool)
+        stages = [
+            (confirmed, high, s.match_iou),  # 1: high detections, live and lost tracks
+            (live, low, s.low_match_iou),  # 2: low detections, live tracks left over
+            (~confirmed, high, s.match_iou),  # 3: high detections left over, tentative tracks
+        ]
+        for track_ok, det_ok, least_iou in stages:
+            rows = np.nonzero(track_ok & free_tracks)[0]
+            cols = np.nonzero(det_ok & (det_track < 0))[0]
+            pairs, _, _ = assign_greedy(1.0 - iou[np.ix_(rows, cols)], 1.0 - least_iou)
+            det_track[cols[pairs[:, 1]]] = rows[pairs[:, 0]]
+            free_tracks[rows[pairs[:, 0]]] = False
+        return det_track
+
+    def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64) -> None:
+        """Move matched tracks towards their detections, count misses, confirm those seen ``min_frames``."""
+        matched = det_track >= 0
+        rows = det_track[matched]
+        z = xyxy_to_cxcywh(boxes[matched])
+        pred = xyxy_to_cxcywh(predicted[rows])
+        residual = z - pred
+        since = np.maximum(t - self._last_t[rows], _EPS)[:, None]
+        state = self._state[rows]
+        first_motion = (self._hits[rows] == 1)[:, None]  # a second detection: the velocity the two imply
+        state[:, 4:] = np.where(first_motion, (z - state[:, :4]) / since, state[:, 4:] + _BETA * residual / since)
+        state[:, :4] = pred + _ALPHA * residual
+        self._state[rows] = state
+        self._last_t[rows] = t
+        self._hits[rows] += 1
+        self._missed += 1
+        self._missed[rows] = 0
+        promote = np.nonzero((self._ids < 0) & (self._hits >= self.settings.min_frames))[0]
+        self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
+        self._next_id += len(promote)
+
+    def _add(self, t: float, boxes: F64, cls: I64) -> I64:
+        """Start a track per detection; their ids (-1: tentative)."""
+        n = len(boxes)
+        state = np.zeros((n, 8))
+        state[:, :4] = xyxy_to_cxcywh(boxes)
+        self._state = np.concatenate([self._state, state])
+        self._last_t = np.concatenate([self._last_t, np.full(n, t)])
+        self._first_t = np.concatenate([self._first_t, np.full(n, t)])
+        self._hits = np.concatenate([self._hits, np.ones(n, dtype=np.int64)])
+        self._missed = np.concatenate([self._missed, np.zeros(n, dtype=np.int64)])
+        ids = np.full(n, -1, dtype=np.int64)
+        if self.settings.min_frames <= 1:
+            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            self._next_id += n
+        self._ids = np.concatenate([self._ids, ids])
+        self._cls = np.concatenate([self._cls, cls])
+        return ids
+
+    def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
+        """Keep the rows where ``keep``; the confirmed tracks dropped, as :class:`EndedTrack`."""
+        ended = [
+            EndedTrack(
+                int(self._ids[r]),
+                self._class_names[int(self._cls[r])],
+                float(self._first_t[r]),
+                float(self._last_t[r]),
+                int(self._hits[r]),
+            )
+            for r in np.nonzero(~keep & (self._ids >= 0))[0]
+        ]
+        self._state = self._state[keep]
+        self._last_t = self._last_t[keep]
+        self._first_t = self._first_t[keep]
+        self._hits = self._hits[keep]
+        self._missed = self._missed[keep]
+        self._ids = self._ids[keep]
+        self._cls = self._cls[keep]
+        return ended
+
+
+# ---- the pipeline's stage -------------------------------------------------------------------------------
+
+
+def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
+    """(n, 4) corners of API predictions (``x``, ``y`` the box centre, ``width``, ``height``, in pixels)."""
+    cxcywh = np.array(
+        [[float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"])] for p in predictions],
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    return cxcywh_to_xyxy(cxcywh)
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """One frame after tracking: the API object with ``tracker_id`` on its confirmed predictions, each
+    prediction's id (-1: unconfirmed) and the tracks that ended with this frame."""
+
+    api: dict[str, Any]
+    ids: I64
+    ended: list[EndedTrack]
+
+
+class CameraTracks:
+    """One :class:`Tracker` per camera, fed the API objects of both the hosted and the local path alike (so a
+    track goes on across a switch). Each camera's results come from one worker thread, in capture order."""
+
+    def __init__(self, settings: TrackingSettings, cameras: Iterable[str]) -> None:
+        self._trackers = {name: Tracker(settings) for name in cameras}
+
+    def apply(self, camera: str, t: float, api: dict[str, Any]) -> Tracked:
+        """Track one frame's predictions; a new API object (``api`` itself is not changed)."""
+        predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
+        tracker = self._trackers[camera]
+        ids = tracker.update(
+            t,
+            predictions_xyxy(predictions),
+            [str(p.get("class", "")) for p in predictions],
+            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
+        )
+        tagged = [{**p, "tracker_id": int(i)} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
+        return Tracked({**api, "predictions": tagged}, ids, tracker.ended)
+
+    def finish(self, camera: str) -> list[EndedTrack]:
+        """The camera stopped: its live tracks end."""
+        return self._trackers[camera].finish()
