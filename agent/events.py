@@ -8,7 +8,8 @@ scores; ``-1`` ids are skipped) and the tracks that ended, and returns the event
   class vote) and then at most once per ``update_interval_s`` of capture time (a change made within the
   interval goes out with the first frame after it).
 * ``event_id`` is ``{camera}-{start epoch ms}-{tracker_id}``: the same on every event of one track, unique
-  while tracker ids are unique per camera and start.
+  while tracker ids are unique per camera and start; ``message_id`` is unique per message (a repeat after a
+  lost acknowledgement has the same one, as results do).
 * ``class`` is the vote over the track (the class with the highest sum of scores), ``score`` this frame's
   confidence, ``top_score`` the highest so far; ``box`` the API's centre form (``x, y, width, height``).
 * ``current_zones`` / ``entered_zones`` (ever, in order) / ``dwell_s`` (seconds inside, per zone ever entered)
@@ -28,6 +29,7 @@ its own state.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,6 +246,7 @@ class CameraEvents:
         return {
             "type": kind,
             "event_id": track.event_id,
+            "message_id": uuid.uuid4().hex,  # at-least-once delivery may repeat a message: drop repeats by it
             "device_id": self._device_id,
             "camera": self.camera,
             "tracker_id": track.tracker_id,
