@@ -29,6 +29,7 @@ its own state.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ _XY_DECIMALS = 1
 _TIME_DECIMALS = 3
 
 
+@functools.lru_cache(maxsize=1024)
 def topic_segment(name: str) -> str:
     """A class name as one MQTT topic level: ``/``, ``+``, ``#`` and NUL become ``_`` (never empty)."""
     out = "".join("_" if ch in "/+#\0" else ch for ch in name)
@@ -212,10 +214,10 @@ class CameraEvents:
         track.score = score
         track.top_score = max(track.top_score, score)
         track.box_xyxy = box
-        track.votes[label] = track.votes.get(label, 0.0) + score
-        vote = max(track.votes.items(), key=lambda kv: kv[1])[0]
-        if track.votes[track.label] < track.votes[vote]:  # ties keep the class it had
-            track.label = vote
+        votes = track.votes
+        votes[label] = votes.get(label, 0.0) + score
+        if label != track.label and votes[label] > votes[track.label]:  # only this class's sum grew
+            track.label = label  # ties keep the class it had
             track.changed = True
 
     def _move(self, track: _Track, zones: frozenset[str], t: float) -> None:

@@ -20,7 +20,7 @@ to refuse a polygon at start.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -146,6 +146,65 @@ def points_in_polygon(anchors_xy: NDArray[Any], poly_k2: NDArray[Any]) -> NDArra
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _Edges:
+    """Every edge of a camera's polygons, side by side (1, E) per coordinate, for one pass over all zones."""
+
+    ax: FloatArray
+    ay: FloatArray
+    dx: FloatArray
+    dy: FloatArray
+    lo_x: FloatArray
+    hi_x: FloatArray
+    lo_y: FloatArray
+    hi_y: FloatArray
+    tol: FloatArray
+    starts: NDArray[np.intp]  # the first edge of each polygon
+
+    @classmethod
+    def of(cls, polys: Sequence[FloatArray]) -> _Edges:
+        a = np.concatenate([p for p in polys]) if polys else np.zeros((0, 2))
+        b = np.concatenate([np.roll(p, -1, axis=0) for p in polys]) if polys else np.zeros((0, 2))
+        starts = np.cumsum([0] + [len(p) for p in polys[:-1]]).astype(np.intp) if polys else np.zeros(0, np.intp)
+        d = b - a
+
+        def row(v: FloatArray) -> FloatArray:
+            return v.reshape(1, -1)
+
+        return cls(
+            row(a[:, 0]),
+            row(a[:, 1]),
+            row(d[:, 0]),
+            row(d[:, 1]),
+            row(np.minimum(a[:, 0], b[:, 0]) - _EPS),
+            row(np.maximum(a[:, 0], b[:, 0]) + _EPS),
+            row(np.minimum(a[:, 1], b[:, 1]) - _EPS),
+            row(np.maximum(a[:, 1], b[:, 1]) + _EPS),
+            row(1e-7 * np.maximum(np.hypot(d[:, 0], d[:, 1]), 1.0)),
+            starts,
+        )
+
+    def inside(self, anchors_xy: FloatArray) -> NDArray[np.bool_]:
+        """(n, 2) points -> (zones, n) inside, by :func:`points_in_polygon`'s rule, all zones in one pass."""
+        n = len(anchors_xy)
+        if n == 0 or len(self.starts) == 0:
+            return np.zeros((len(self.starts), n), dtype=bool)
+        px, py = anchors_xy[:, 0:1], anchors_xy[:, 1:2]
+        rx, ry = px - self.ax, py - self.ay
+        cross = self.dx * ry - self.dy * rx
+        on_edge = (np.abs(cross) <= self.tol) & (self.lo_x <= px) & (px <= self.hi_x)
+        on_edge &= (self.lo_y <= py) & (py <= self.hi_y)
+        by = self.ay + self.dy
+        straddles = (self.ay > py) != (by > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = self.ax + ry * self.dx / self.dy
+        hits = (straddles & (px < x_at)).astype(np.int32)
+        odd = np.add.reduceat(hits, self.starts, axis=1) % 2 == 1
+        edge = np.add.reduceat(on_edge.astype(np.int32), self.starts, axis=1) > 0
+        result: NDArray[np.bool_] = (odd | edge).T
+        return result
+
+
 def side_of_line(anchors_xy: NDArray[Any], start: NDArray[Any], end: NDArray[Any]) -> NDArray[np.int8]:
     """(n, 2) points -> (n,) +1 right of start->end on the image (the ``in`` side), -1 left, 0 on the line."""
     p = np.asarray(anchors_xy, dtype=np.float64).reshape(-1, 2)
@@ -215,16 +274,17 @@ class _Membership:
 @dataclass(slots=True)
 class _Side:
     side: int  # the confirmed side, +1 / -1
-    last_xy: FloatArray  # the last anchor seen on the confirmed side
+    last_xy: tuple[float, float]  # the last anchor seen on the confirmed side
     pending: int = 0  # the other side while it is being confirmed
     streak: int = 0
-    first_xy: FloatArray | None = None  # the first anchor seen on the pending side
+    first_xy: tuple[float, float] | None = None  # the first anchor seen on the pending side
 
 
 @dataclass(slots=True)
 class _Track:
-    zones: dict[str, _Membership] = field(default_factory=dict)
-    lines: dict[str, _Side] = field(default_factory=dict)
+    zones: list[_Membership]  # one per zone, in the camera's order
+    lines: list[_Side | None]  # one per line; None until the track was seen on a side
+    place: frozenset[str] = frozenset()
 
 
 class Areas:
@@ -237,6 +297,7 @@ class Areas:
         self._tracks: dict[int, _Track] = {}
         self._wh: tuple[int, int] | None = None
         self._polys: list[FloatArray] = []
+        self._edges = _Edges.of([])
         self._segs: list[tuple[FloatArray, FloatArray]] = []
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
@@ -244,6 +305,7 @@ class Areas:
             return
         self._wh = frame_wh
         self._polys = [_to_pixels(z.points, z.units, frame_wh) for z in self.zones]
+        self._edges = _Edges.of(self._polys)
         self._segs = []
         for ln in self.lines:
             s, e = _to_pixels((ln.start, ln.end), ln.units, frame_wh)
@@ -261,44 +323,50 @@ class Areas:
         keep = ids >= 0
         ids, xy = ids[keep], xy[keep]
         self._geometry(frame_wh)
-        inside = [points_in_polygon(xy, poly) for poly in self._polys]
-        sides = [side_of_line(xy, s, e) for s, e in self._segs]
+        # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
+        inside = self._edges.inside(xy).tolist()
+        sides = [side_of_line(xy, s, e).tolist() for s, e in self._segs]
+        points = [(x, y) for x, y in xy.tolist()]
         places: dict[int, frozenset[str]] = {}
         crossings: list[Crossing] = []
+        zones, lines = self.zones, self.lines
         for i, tid in enumerate(ids.tolist()):
-            track = self._tracks.setdefault(tid, _Track())
-            names = []
-            for z, zone in enumerate(self.zones):
-                if _observe_zone(track.zones.setdefault(zone.name, _Membership()), bool(inside[z][i]), zone.inertia):
-                    names.append(zone.name)
-            places[tid] = frozenset(names)
-            for k, line in enumerate(self.lines):
-                direction = self._observe_line(track, line, k, int(sides[k][i]), xy[i])
+            track = self._tracks.get(tid)
+            if track is None:
+                track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
+            flipped = False
+            for z, zone in enumerate(zones):
+                flipped |= _observe_zone(track.zones[z], inside[z][i], zone.inertia)
+            if flipped:
+                track.place = frozenset(zone.name for z, zone in enumerate(zones) if track.zones[z].inside)
+            places[tid] = track.place
+            for k, line in enumerate(lines):
+                direction = self._observe_line(track, k, line.inertia, sides[k][i], points[i])
                 if direction is not None:
                     crossings.append(Crossing(tid, line.name, direction))
         return places, crossings
 
     def _observe_line(
-        self, track: _Track, line: LineDef, k: int, side: int, xy: FloatArray
+        self, track: _Track, k: int, inertia: int, side: int, xy: tuple[float, float]
     ) -> Literal["in", "out"] | None:
-        state = track.lines.get(line.name)
         if side == 0:
             return None  # on the line: neither side; nothing changes
+        state = track.lines[k]
         if state is None:
-            track.lines[line.name] = _Side(side, xy.copy())
+            track.lines[k] = _Side(side, xy)
             return None
         if side == state.side:
-            state.last_xy, state.pending, state.streak, state.first_xy = xy.copy(), 0, 0, None
+            state.last_xy, state.pending, state.streak, state.first_xy = xy, 0, 0, None
             return None
         if state.pending != side:
-            state.pending, state.streak, state.first_xy = side, 0, xy.copy()
+            state.pending, state.streak, state.first_xy = side, 0, xy
         state.streak += 1
-        if state.streak < line.inertia:
+        if state.streak < inertia:
             return None
         assert state.first_xy is not None
         s, e = self._segs[k]
-        crossed = bool(segments_cross(state.last_xy[None], state.first_xy[None], s, e)[0])
-        state.side, state.last_xy, state.pending, state.streak, state.first_xy = side, xy.copy(), 0, 0, None
+        crossed = _crosses(state.last_xy, state.first_xy, (float(s[0]), float(s[1])), (float(e[0]), float(e[1])))
+        state.side, state.last_xy, state.pending, state.streak, state.first_xy = side, xy, 0, 0, None
         if not crossed:
             return None
         return "in" if side > 0 else "out"
@@ -308,7 +376,7 @@ class Areas:
         track = self._tracks.get(tracker_id)
         if track is None:
             return frozenset()
-        return frozenset(name for name, m in track.zones.items() if m.inside)
+        return track.place
 
     def forget(self, tracker_ids: Iterable[int]) -> None:
         """Tracks that ended: their places are dropped (they are in no zone any more)."""
@@ -320,12 +388,36 @@ class Areas:
         return len(self._tracks)
 
 
+def _crosses(p0: tuple[float, float], p1: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """:func:`segments_cross` for one pair, in plain floats (it runs once per side change)."""
+
+    def orient(o: tuple[float, float], u: tuple[float, float], v: tuple[float, float]) -> float:
+        return (u[0] - o[0]) * (v[1] - o[1]) - (u[1] - o[1]) * (v[0] - o[0])
+
+    def within(o: tuple[float, float], u: tuple[float, float], q: tuple[float, float]) -> bool:
+        return (
+            min(o[0], u[0]) - _EPS <= q[0] <= max(o[0], u[0]) + _EPS
+            and min(o[1], u[1]) - _EPS <= q[1] <= max(o[1], u[1]) + _EPS
+        )
+
+    d1, d2, d3, d4 = orient(a, b, p0), orient(a, b, p1), orient(p0, p1, a), orient(p0, p1, b)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+    return (
+        (abs(d1) <= _EPS and within(a, b, p0))
+        or (abs(d2) <= _EPS and within(a, b, p1))
+        or (abs(d3) <= _EPS and within(p0, p1, a))
+        or (abs(d4) <= _EPS and within(p0, p1, b))
+    )
+
+
 def _observe_zone(state: _Membership, inside: bool, inertia: int) -> bool:
-    """One observation of a track against a zone; returns its membership after it."""
+    """One observation of a track against a zone; True if its membership flipped."""
     if inside == state.inside:
         state.streak = 0
-        return state.inside
+        return False
     state.streak += 1
     if state.streak >= inertia:
         state.inside, state.streak = inside, 0
-    return state.inside
+        return True
+    return False

@@ -188,3 +188,28 @@ def test_tracks_are_independent_and_forget_drops_state() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="2 tracker ids for 1 anchors"):
         Areas().update(np.array([1, 2]), np.zeros((1, 2)), (10, 10))
+
+
+def test_all_zones_in_one_pass_agree_with_points_in_polygon() -> None:
+    from agent.zones import _Edges
+
+    polys = [np.array(SQUARE), np.array(CONCAVE), np.array([(0.0, 0.0), (8.0, 2.0), (3.0, 9.0)])]
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(-1, 32), np.arange(-1, 32)), -1).reshape(-1, 2).astype(float)
+    pts = np.concatenate([grid, rng.uniform(-2, 32, size=(500, 2)), np.array(CONCAVE), np.array(SQUARE)])
+    got = _Edges.of(polys).inside(pts)
+    for z, poly in enumerate(polys):
+        assert got[z].tolist() == points_in_polygon(pts, poly).tolist()
+    assert _Edges.of(polys).inside(np.zeros((0, 2))).shape == (3, 0)
+    assert _Edges.of([]).inside(pts).shape == (0, len(pts))
+
+
+def test_the_scalar_crossing_test_agrees_with_segments_cross() -> None:
+    from agent.zones import _crosses
+
+    rng = np.random.default_rng(1)
+    a, b = np.array([0.0, 0.0]), np.array([10.0, 0.0])
+    ends = np.concatenate([rng.integers(-3, 14, size=(400, 4)).astype(float), rng.uniform(-3, 14, size=(400, 4))])
+    want = segments_cross(ends[:, :2], ends[:, 2:], a, b).tolist()
+    got = [_crosses((e[0], e[1]), (e[2], e[3]), (0.0, 0.0), (10.0, 0.0)) for e in ends.tolist()]
+    assert got == want
