@@ -166,6 +166,164 @@ def _run_cocoeval(coco_gt: Any, coco_dt: Any, iou_type: str, cocoeval_cls: Any) 
     return ev
 
 
+def _load_detector(model: Detector | str | os.PathLike[str]) -> tuple[Detector, str]:
+    """A loaded detector as given, or the ONNX file at a path loaded; with the name the report gives it."""
+    if not isinstance(model, str | os.PathLike):
+        return model, str(getattr(model, "path", type(model).__name__))
+    from agent.model import OnnxModel
+
+    return OnnxModel(model), str(model)
+
+
+def _read_coco(images_root: Path, ann_path: Path) -> dict[str, Any]:
+    """The annotation file, checked, with the keys pycocotools wants filled in."""
+    if not images_root.is_dir():
+        raise OSError(f"{images_root}: not a directory")
+    try:
+        doc = json.loads(ann_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ann_path}: not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not all(k in doc for k in ("images", "annotations", "categories")):
+        raise ValueError(f"{ann_path}: not a COCO file (needs images, annotations, categories)")
+    for a in doc["annotations"]:  # pycocotools wants these; many tools omit them
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            a["area"] = float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else 0.0
+    return doc
+
+
+def _limited(doc: dict[str, Any], limit: int | None, ann_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The document and its images in id order, only the first ``limit`` (and their annotations) if given."""
+    images = sorted(doc["images"], key=lambda im: int(im["id"]))
+    if limit is not None:
+        images = images[:limit]
+        keep = {int(im["id"]) for im in images}
+        doc = {**doc, "images": images, "annotations": [a for a in doc["annotations"] if a["image_id"] in keep]}
+    if not images:
+        raise ValueError(f"{ann_path}: no images")
+    return doc, images
+
+
+def _read_image(images_root: Path, im: dict[str, Any]) -> NDArray[np.uint8]:
+    path = images_root / str(im["file_name"])
+    read = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if read is None:
+        raise OSError(f"{path}: missing or not an image")
+    frame = np.asarray(read, dtype=np.uint8)
+    h, w = int(frame.shape[0]), int(frame.shape[1])
+    if (int(im.get("height", h)), int(im.get("width", w))) != (h, w):
+        raise ValueError(f"{path}: is {w}x{h}, the annotations say {im.get('width')}x{im.get('height')}")
+    return frame
+
+
+def _results_of(
+    det: Detections, image_id: int, hw: tuple[int, int], class_map: dict[int, int], mask_utils: Any
+) -> list[dict[str, Any]]:
+    """One image's detections as COCO results: box, score and the published polygon as an RLE mask."""
+    h, w = hw
+    results: list[dict[str, Any]] = []
+    for k in range(len(det.polygons)):
+        cat = class_map.get(int(det.class_id[k]))
+        if cat is None:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in det.boxes_xyxy[k])
+        poly = np.asarray(det.polygons[k], dtype=np.float64).reshape(-1)
+        rle = mask_utils.merge(mask_utils.frPyObjects([poly.tolist()], h, w))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append(
+            {
+                "image_id": image_id,
+                "category_id": cat,
+                "score": float(det.confidence[k]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "segmentation": rle,
+            }
+        )
+    return results
+
+
+def _detect_all(
+    detector: Detector,
+    images: list[dict[str, Any]],
+    images_root: Path,
+    class_map: dict[int, int],
+    mask_utils: Any,
+    *,
+    confidence: float,
+    overlap: float,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], float]:
+    """Every image through the detector: the COCO results and the seconds spent in ``detect``."""
+    results: list[dict[str, Any]] = []
+    bar = ProgressBar(len(images), "eval") if progress else None
+    infer_seconds = 0.0
+    for im in images:
+        frame = _read_image(images_root, im)
+        t0 = time.perf_counter()
+        det = detector.detect(frame, confidence=confidence, overlap=overlap, max_detections=MAX_DETECTIONS)
+        infer_seconds += time.perf_counter() - t0
+        results += _results_of(det, int(im["id"]), (int(frame.shape[0]), int(frame.shape[1])), class_map, mask_utils)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return results, infer_seconds
+
+
+def _counts(
+    doc: dict[str, Any], results: list[dict[str, Any]], categories: list[dict[str, Any]]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Ground-truth instances (not crowd) and detections per category id."""
+    gt_counts = {int(c["id"]): 0 for c in categories}
+    for a in doc["annotations"]:
+        if not a.get("iscrowd", 0) and int(a["category_id"]) in gt_counts:
+            gt_counts[int(a["category_id"])] += 1
+    dt_counts = {int(c["id"]): 0 for c in categories}
+    for r in results:
+        dt_counts[r["category_id"]] += 1
+    return gt_counts, dt_counts
+
+
+def _score(
+    coco_gt: Any, results: list[dict[str, Any]], cocoeval_cls: Any, notes: list[str]
+) -> tuple[dict[str, tuple[float, float]], dict[str, NDArray[np.float64] | None]]:
+    """(AP@0.5, AP@[.5:.95]) per kind (box, mask) and the precision arrays of each (``None``: nothing found)."""
+    summary = {"box": (0.0, 0.0), "mask": (0.0, 0.0)}
+    per_type: dict[str, NDArray[np.float64] | None] = {"box": None, "mask": None}
+    if not results:
+        notes.append("the model found nothing: every AP is 0")
+        return summary, per_type
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+    for kind, iou_type in (("box", "bbox"), ("mask", "segm")):
+        ev = _run_cocoeval(coco_gt, coco_dt, iou_type, cocoeval_cls)
+        summary[kind] = (max(float(ev.stats[1]), 0.0), max(float(ev.stats[0]), 0.0))
+        per_type[kind] = np.asarray(ev.eval["precision"], dtype=np.float64)
+    return summary, per_type
+
+
+def _per_class(
+    categories: list[dict[str, Any]],
+    gt_counts: dict[int, int],
+    dt_counts: dict[int, int],
+    per_type: dict[str, NDArray[np.float64] | None],
+) -> list[ClassAP]:
+    per_class: list[ClassAP] = []
+    for k, c in enumerate(categories):
+        cid = int(c["id"])
+        values: list[float | None] = []
+        for kind in ("box", "mask"):
+            prec = per_type[kind]
+            if gt_counts[cid] == 0:
+                values += [None, None]
+            elif prec is None:
+                values += [0.0, 0.0]
+            else:
+                values += [_ap(prec, 0, k), _ap(prec, None, k)]
+        per_class.append(ClassAP(str(c["name"]), cid, gt_counts[cid], dt_counts[cid], *values))
+    return per_class
+
+
 def evaluate(
     model: Detector | str | os.PathLike[str],
     images_dir: str | os.PathLike[str],
@@ -183,119 +341,28 @@ def evaluate(
     confidence (the default 0.01) is what AP needs. ``limit`` evaluates only the first images.
     """
     COCO, COCOeval, mask_utils = _import_pycocotools()
-    if not isinstance(model, str | os.PathLike):
-        detector: Detector = model
-        model_name = str(getattr(model, "path", type(model).__name__))
-    else:
-        from agent.model import OnnxModel
-
-        detector = OnnxModel(model)
-        model_name = str(model)
+    detector, model_name = _load_detector(model)
     images_root = Path(images_dir)
     ann_path = Path(annotations_path)
-    if not images_root.is_dir():
-        raise OSError(f"{images_root}: not a directory")
-    try:
-        doc = json.loads(ann_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{ann_path}: not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not all(k in doc for k in ("images", "annotations", "categories")):
-        raise ValueError(f"{ann_path}: not a COCO file (needs images, annotations, categories)")
-    for a in doc["annotations"]:  # pycocotools wants these; many tools omit them
-        a.setdefault("iscrowd", 0)
-        if "area" not in a:
-            a["area"] = float(a["bbox"][2] * a["bbox"][3]) if "bbox" in a else 0.0
+    doc = _read_coco(images_root, ann_path)
     notes: list[str] = []
     class_map = _class_map(detector.class_names, doc["categories"], notes)
-    images = sorted(doc["images"], key=lambda im: int(im["id"]))
-    if limit is not None:
-        images = images[:limit]
-        keep = {int(im["id"]) for im in images}
-        doc = {**doc, "images": images, "annotations": [a for a in doc["annotations"] if a["image_id"] in keep]}
-    if not images:
-        raise ValueError(f"{ann_path}: no images")
-
+    doc, images = _limited(doc, limit, ann_path)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = doc
         coco_gt.createIndex()
 
-    results: list[dict[str, Any]] = []
-    bar = ProgressBar(len(images), "eval") if progress else None
-    infer_seconds = 0.0
     started = time.monotonic()
-    for im in images:
-        path = images_root / str(im["file_name"])
-        read = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if read is None:
-            raise OSError(f"{path}: missing or not an image")
-        frame = np.asarray(read, dtype=np.uint8)
-        h, w = int(frame.shape[0]), int(frame.shape[1])
-        if (int(im.get("height", h)), int(im.get("width", w))) != (h, w):
-            raise ValueError(f"{path}: is {w}x{h}, the annotations say {im.get('width')}x{im.get('height')}")
-        t0 = time.perf_counter()
-        det = detector.detect(frame, confidence=confidence, overlap=overlap, max_detections=MAX_DETECTIONS)
-        infer_seconds += time.perf_counter() - t0
-        for k in range(len(det.polygons)):
-            cat = class_map.get(int(det.class_id[k]))
-            if cat is None:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in det.boxes_xyxy[k])
-            poly = np.asarray(det.polygons[k], dtype=np.float64).reshape(-1)
-            rle = mask_utils.merge(mask_utils.frPyObjects([poly.tolist()], h, w))
-            rle["counts"] = rle["counts"].decode("ascii")
-            results.append(
-                {
-                    "image_id": int(im["id"]),
-                    "category_id": cat,
-                    "score": float(det.confidence[k]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "segmentation": rle,
-                }
-            )
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+    results, infer_seconds = _detect_all(
+        detector, images, images_root, class_map, mask_utils, confidence=confidence, overlap=overlap, progress=progress
+    )
     elapsed = time.monotonic() - started
 
     categories = sorted(doc["categories"], key=lambda c: int(c["id"]))
-    gt_counts = {int(c["id"]): 0 for c in categories}
-    for a in doc["annotations"]:
-        if not a.get("iscrowd", 0) and int(a["category_id"]) in gt_counts:
-            gt_counts[int(a["category_id"])] += 1
-    dt_counts = {int(c["id"]): 0 for c in categories}
-    for r in results:
-        dt_counts[r["category_id"]] += 1
-
-    summary = {"box": (0.0, 0.0), "mask": (0.0, 0.0)}
-    per_type: dict[str, NDArray[np.float64] | None] = {"box": None, "mask": None}
-    if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(results)
-        for kind, iou_type in (("box", "bbox"), ("mask", "segm")):
-            ev = _run_cocoeval(coco_gt, coco_dt, iou_type, COCOeval)
-            summary[kind] = (max(float(ev.stats[1]), 0.0), max(float(ev.stats[0]), 0.0))
-            per_type[kind] = np.asarray(ev.eval["precision"], dtype=np.float64)
-    else:
-        notes.append("the model found nothing: every AP is 0")
-
+    gt_counts, dt_counts = _counts(doc, results, categories)
+    summary, per_type = _score(coco_gt, results, COCOeval, notes)
     names = {cat: detector.class_names[i] for i, cat in class_map.items()}
-    cat_index = {int(c["id"]): k for k, c in enumerate(categories)}
-    per_class: list[ClassAP] = []
-    for c in categories:
-        cid = int(c["id"])
-        k = cat_index[cid]
-        values: list[float | None] = []
-        for kind in ("box", "mask"):
-            prec = per_type[kind]
-            if gt_counts[cid] == 0:
-                values += [None, None]
-            elif prec is None:
-                values += [0.0, 0.0]
-            else:
-                values += [_ap(prec, 0, k), _ap(prec, None, k)]
-        per_class.append(ClassAP(str(c["name"]), cid, gt_counts[cid], dt_counts[cid], *values))
     return EvalReport(
         model=model_name,
         images=len(images),
@@ -307,7 +374,7 @@ def evaluate(
         box_ap=summary["box"][1],
         mask_ap50=summary["mask"][0],
         mask_ap=summary["mask"][1],
-        per_class=per_class,
+        per_class=_per_class(categories, gt_counts, dt_counts, per_type),
         class_map={names.get(cid, str(cid)): cid for cid in class_map.values()},
         seconds=elapsed,
         ms_per_image=1000 * infer_seconds / len(images),
