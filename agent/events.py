@@ -330,12 +330,14 @@ class EventStage:
             for c in settings.cameras
         }
         self._boards: dict[str, CountBoard] = {}
+        self._last: dict[str, tuple[float, int]] = {}  # each camera's last frame: capture time, frame_id
         if settings.events.counts and publish_retained is not None:
             for name in self._cameras:
                 self._boards[name] = CountBoard(settings.topic_base, name, publish_retained, connection)
 
     def deliver(self, camera: str, t: float, frame_id: int, tracked: Tracked) -> int:
         """One frame after the tracker; returns how many events went into the outbox."""
+        self._last[camera] = (t, frame_id)
         api = tracked.api
         predictions = list(api.get("predictions") or [])
         image = api.get("image") or {}
@@ -357,9 +359,17 @@ class EventStage:
             board.update(self._cameras[camera].counts())
         return len(events)
 
-    def finish(self, camera: str, t: float, frame_id: int) -> int:
-        """The camera stopped: an ``end`` for each of its live tracks."""
-        events = self._cameras[camera].end_all(t, frame_id)
+    def finish(self, camera: str, ended: Iterable[int]) -> int:
+        """The camera stopped and the tracker ended ``ended``: an ``end`` for each (and any other live track),
+        dated with the camera's last frame; the counts follow (nobody is left in its zones)."""
+        if camera not in self._last:
+            return 0
+        t, frame_id = self._last[camera]
+        cam = self._cameras[camera]
+        events = cam.end(ended, t, frame_id) + cam.end_all(t, frame_id)
         for event in events:
             self._put(self._topic, encode(event), t)
+        board = self._boards.get(camera)
+        if board is not None:
+            board.update(cam.counts())
         return len(events)

@@ -101,6 +101,7 @@ class Sink:
         cameras = [c.name for c in settings.cameras]
         self._tracks = CameraTracks(settings.tracking, cameras) if settings.tracking.enabled else None
         self._events = _event_stage(settings, outbox, topics, publisher) if settings.events.enabled else None
+        self._cameras = cameras
 
     def deliver(self, frame: Frame, frame_id: int, outcome: Outcome) -> None:
         # latency_ms is the whole time from capture to result: a frame that waited for its turn says so
@@ -124,6 +125,13 @@ class Sink:
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
         if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
             self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
+
+    def finish(self) -> None:
+        """Every camera stopped (its worker too): its live tracks end, and their events go into the outbox."""
+        if self._tracks is None or self._events is None:
+            return
+        for camera in self._cameras:
+            self._events.finish(camera, [e.tracker_id for e in self._tracks.finish(camera)])
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(
@@ -176,6 +184,7 @@ class Pipeline:
     router: Router
     publisher: Publisher
     workers: list[CameraWorker] = field(default_factory=list)
+    sink: Sink | None = None
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -193,6 +202,8 @@ class Pipeline:
             worker.camera.stop(timeout=2.0)
         for worker in self.workers:
             worker.stop(timeout=max(10.0, self.settings.inference.serverless.timeout_s * 2))
+        if self.sink is not None:
+            self.sink.finish()  # live tracks end: their events go out with the rest
         self.outbox.flush()
 
     def close(self, drain_timeout_s: float) -> None:
@@ -245,7 +256,7 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
-    sink = Sink(s, outbox, topics, publisher)
+    sink = pipeline.sink = Sink(s, outbox, topics, publisher)
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
     hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0

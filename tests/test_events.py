@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent.events import CameraEvents, CountBoard, topic_segment
+from agent.events import CameraEvents, CountBoard, EventStage, topic_segment
 from agent.zones import LineDef, ZoneDef
 
 WH = (200, 200)
@@ -141,3 +143,49 @@ def test_count_board_sends_changes_and_everything_on_a_new_connection() -> None:
     sent.clear()
     conn[0] = 2.0  # reconnected: every count again, zeros included
     assert board.update({"all/all": 0}) == 2
+
+
+def test_event_stage_puts_events_in_order_and_ends_live_tracks_when_the_camera_stops(tmp_path: Path) -> None:
+    from agent.config import parse_settings
+    from agent.tracking import Tracked
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "c.avi").write_bytes(b"")
+    settings = parse_settings(
+        {
+            "device_id": "dev",
+            "cameras": [
+                {"name": "cam0", "source": "c.avi", "lines": [{"name": "g", "start": [0, 100], "end": [200, 100]}]}
+            ],
+            "inference": {"mode": "local", "local": {"model": "m.onnx"}},
+            "state_dir": "s",
+            "tracking": {"enabled": True},
+            "events": {"enabled": True},
+        },
+        base_dir=tmp_path,
+        env={},
+    )
+    put: list[tuple[str, bytes, float]] = []
+    retained: list[tuple[str, bytes]] = []
+    stage = EventStage(
+        settings,
+        topic="p/events",
+        put=lambda *a: put.append(a),
+        publish_retained=lambda t, p: retained.append((t, p)),
+        connection=lambda: 1,
+    )
+    assert stage.finish("cam0", []) == 0  # no frame yet: nothing to end
+
+    def tracked(y: float, ended: list[Any]) -> Tracked:
+        pred = {"x": 50.0, "y": y - 5, "width": 10.0, "height": 10.0, "class": "a", "confidence": 0.9}
+        return Tracked({"image": {"width": 200, "height": 200}, "predictions": [pred]}, np.array([7]), ended)
+
+    assert stage.deliver("cam0", T0, 3, tracked(50, [])) == 1
+    assert stage.deliver("cam0", T0 + 1, 4, tracked(150, [])) == 0
+    assert ("seg-agent/dev/cam0/g/in/a", b"1") in retained and ("seg-agent/dev/cam0/all/all", b"1") in retained
+    assert stage.finish("cam0", [7]) == 1
+    kinds = [json.loads(p)["type"] for _, p, _ in put]
+    assert kinds == ["new", "end"] and all(topic == "p/events" for topic, _, _ in put)
+    end = json.loads(put[-1][1])
+    assert end["frame_id"] == 4 and put[-1][2] == T0 + 1
+    assert ("seg-agent/dev/cam0/all/all", b"0") in retained[-4:]  # the last update: nobody is left
