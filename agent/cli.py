@@ -81,16 +81,20 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="COCO box and mask mAP of a local model on an annotated image set")
     ev.add_argument("--model", "-m", required=True, help="ONNX model")
-    ev.add_argument("--images", required=True, help="directory of images")
-    ev.add_argument("--annotations", required=True, help="COCO-format annotations JSON")
+    ev.add_argument("--images", help="directory of images")
+    ev.add_argument("--annotations", help="COCO-format annotations JSON")
+    ev.add_argument("--tracks", nargs="+", help="instead: IDF1/MOTA of the tracker on clips (synth video --tracks)")
     ev.add_argument(
-        "--confidence", type=float, default=1.0, help="threshold, 0-100 (below 1: a fraction); default %(default)s"
+        "--confidence",
+        type=float,
+        default=None,
+        help="threshold, 0-100 (below 1: a fraction); default 1 (--tracks: 40)",
     )
     ev.add_argument(
         "--overlap",
         type=float,
-        default=50.0,
-        help="NMS IoU threshold, 0-100 (below 1: a fraction); default %(default)s",
+        default=None,
+        help="NMS IoU threshold, 0-100 (below 1: a fraction); default 50 (--tracks: 30)",
     )
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -223,6 +227,19 @@ def _eval(args: argparse.Namespace) -> int:
     from agent.evaluate import evaluate, format_report
     from agent.model import ModelError, OnnxModel, limit_helper_threads
 
+    if args.tracks:  # the tracker's figures (agent/evaluate_tracks.py), thresholds as the daemon's defaults
+        from agent.evaluate_tracks import main_eval_tracks
+
+        conf = 40.0 if args.confidence is None else args.confidence
+        overlap = 30.0 if args.overlap is None else args.overlap
+        try:
+            return main_eval_tracks(args.model, args.tracks, percent(conf) / 100, percent(overlap) / 100, args.json)
+        except (OSError, ValueError, ImportError) as exc:
+            raise CliError(str(exc), EXIT_FAILURE) from None
+    args.confidence = 1.0 if args.confidence is None else args.confidence
+    args.overlap = 50.0 if args.overlap is None else args.overlap
+    if not (args.images and args.annotations):
+        raise CliError("eval needs --images and --annotations (or --tracks)")
     limit_helper_threads()  # as the daemon runs: the cores are ONNX Runtime's
     try:
         model = OnnxModel(args.model)

@@ -449,7 +449,7 @@ def _tracking(t: Reader) -> TrackingSettings:
         low_score=low,
         match_iou=t.number_in("match_iou", 0.001, 1.0),
         low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
-        class_aware=t.flag("class_aware"),
+        class_cost=t.number_in("class_cost", 0.0, 10.0),
     )
     t.finish()
     return settings

@@ -57,7 +57,8 @@ def _gradient(rng: np.random.Generator, hw: tuple[int, int]) -> FloatArray:
     return out
 
 
-def background(rng: np.random.Generator, hw: tuple[int, int]) -> FloatArray:
+def background(rng: np.random.Generator, hw: tuple[int, int], *, clutter: bool = True) -> FloatArray:
+    """A textured, gradient or plain background; ``clutter`` adds lines, scribbles and text."""
     h, w = hw
     kind = rng.choice(["solid", "gradient", "noise", "pattern", "mix"], p=[0.15, 0.25, 0.25, 0.15, 0.2])
     c1, c2 = colour(rng), colour(rng)
@@ -89,7 +90,8 @@ def background(rng: np.random.Generator, hw: tuple[int, int]) -> FloatArray:
     # Fine grain (paper, fabric, sensor).
     if rng.random() < 0.5:
         bg += rng.normal(0, rng.uniform(2, 12), size=(h, w, 1)).astype(np.float32)
-    _clutter(rng, bg)
+    if clutter:
+        _clutter(rng, bg)
     return bg
 
 

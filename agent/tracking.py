@@ -48,6 +48,7 @@ __all__ = [
     "cxcywh_to_xyxy",
     "iou_nm_xyxy",
     "predictions_xyxy",
+    "refind_cost_nm",
     "xyxy_to_cxcywh",
 ]
 
@@ -65,11 +66,11 @@ class TrackingSettings:
     min_frames: int = 3  # detections before a track is confirmed and its detections carry an id
     lost_s: float = 2.0  # a track unseen for longer ends
     max_missed: int = 30  # ... or one unseen in this many updates in a row (whichever comes first)
-    high_score: float = 0.5  # detections at or above: first-stage matching and new tracks
+    high_score: float = 0.6  # detections at or above: first-stage matching and new tracks
     low_score: float = 0.1  # detections below are ignored; between low and high: second stage only
-    match_iou: float = 0.2  # least IoU of a high detection with a track's predicted box
+    match_iou: float = 0.35  # least IoU of a high detection with a track's predicted box
     low_match_iou: float = 0.5  # least IoU for a low detection (stricter: it may be clutter)
-    class_aware: bool = True  # a detection matches only tracks of its class
+    class_cost: float = 1.0  # added to the cost of a detection and a track of another class (>= 1: never)
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +80,7 @@ class TrackingSettings:
             (0.0 <= self.low_score <= self.high_score <= 1.0, "need 0 <= low_score <= high_score <= 1"),
             (0.0 < self.match_iou <= 1.0, "match_iou must be in (0, 1]"),
             (0.0 < self.low_match_iou <= 1.0, "low_match_iou must be in (0, 1]"),
+            (self.class_cost >= 0.0, "class_cost must be >= 0"),
         ]
         for ok, reason in checks:
             if not ok:
@@ -149,11 +151,29 @@ def assign_greedy(cost_nm: F64, max_cost: float) -> tuple[I64, I64, I64]:
     return pairs, left_rows, left_cols
 
 
+def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
+    """(n, m) centre distance of each detection from each track's box, in units of the track's size (the
+    geometric mean of its width and height); ``inf`` where their sizes differ by more than 2x either way."""
+    a = np.asarray(tracks_cxcywh, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(dets_cxcywh, dtype=np.float64).reshape(-1, 4)
+    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], _EPS, None))
+    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
+    area_a = np.clip(a[:, 2] * a[:, 3], _EPS, None)
+    area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
+    ratio = area_b[None, :] / area_a[:, None]
+    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+
+
 # ---- the tracker ----------------------------------------------------------------------------------------
 
-# Fixed gains of the constant-velocity model (a steady-state Kalman filter on centre and size).
-_ALPHA = 0.7  # how far a matched box moves the state towards the detection
+# Fixed gains of the constant-velocity model (a steady-state Kalman filter on the centre; the size follows
+# the detections without a velocity of its own: it changes with occlusion more than with motion).
+_ALPHA = 0.7  # how far a matched centre moves from the prediction towards the detection
 _BETA = 0.3  # how far the velocity moves towards the one the detection implies
+_ALPHA_SIZE = 0.7
+_MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
+_REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
+_REFIND_DISTANCE = 1.0  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
 
 
 class Tracker:
@@ -165,14 +185,15 @@ class Tracker:
         self._next_id = 1
         self._classes: dict[str, int] = {}
         self._class_names: list[str] = []
-        # One row per track: state (cx, cy, w, h, vx, vy, vw, vh) in pixels and pixels/second.
-        self._state = np.zeros((0, 8))
+        # One row per track: (cx, cy, w, h, vx, vy) at its last match, pixels and pixels/second.
+        self._state = np.zeros((0, 6))
         self._last_t = np.zeros(0)  # when last matched
         self._first_t = np.zeros(0)
         self._hits = np.zeros(0, dtype=np.int64)
         self._missed = np.zeros(0, dtype=np.int64)  # updates in a row without a match
         self._ids = np.zeros(0, dtype=np.int64)  # -1 until confirmed
-        self._cls = np.zeros(0, dtype=np.int64)
+        self._cls = np.zeros(0, dtype=np.int64)  # the class with the most votes
+        self._votes = np.zeros((0, 0))  # (tracks, classes seen): the scores of each track's detections
         self._t: float | None = None
 
     def update(self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64) -> I64:
@@ -182,20 +203,21 @@ class Tracker:
         if len(classes) != len(boxes) or len(score) != len(boxes):
             raise ValueError("boxes_xyxy, classes and scores must have the same length")
         cls = np.array([self._class_index(c) for c in classes], dtype=np.int64)
-        dt = 0.0 if self._t is None else max(0.0, t - self._t)
+        if self._t is not None and t < self._t:
+            raise ValueError(f"frames must come in capture order: {t} after {self._t}")
         self._t = t
-        predicted = self._predict(dt)
+        s = self.settings
+        predicted = self._predict(t)
         det_track = self._associate(predicted, boxes, cls, score)
-        self._correct(t, predicted, boxes, det_track)
+        self._correct(t, predicted, boxes, det_track, cls[det_track >= 0], score[det_track >= 0])
         out = np.full(len(boxes), -1, dtype=np.int64)
         has = det_track >= 0
         out[has] = self._ids[det_track[has]]
         # Tentative tracks must be seen in a row; confirmed ones unseen too long end.
-        s = self.settings
         gone = ((self._ids < 0) & (self._missed > 0)) | ((t - self._last_t) > s.lost_s) | (self._missed >= s.max_missed)
         self.ended = self._drop(~gone)
         new = ~has & (score >= s.high_score)
-        out[new] = self._add(t, boxes[new], cls[new])
+        out[new] = self._add(t, boxes[new], cls[new], score[new])
         return out
 
     def finish(self) -> list[EndedTrack]:
@@ -216,64 +238,80 @@ class Tracker:
         if index is None:
             index = self._classes[name] = len(self._class_names)
             self._class_names.append(name)
+            self._votes = np.concatenate([self._votes, np.zeros((len(self._votes), 1))], axis=1)
         return index
 
-    def _predict(self, dt: float) -> F64:
-        """Every track's box at the new frame's time, as (n, 4) corners."""
-        cxcywh = self._state[:, :4] + self._state[:, 4:] * dt
-        cxcywh[:, 2:] = np.maximum(cxcywh[:, 2:], 1.0)
+    def _predict(self, t: float) -> F64:
+        """Every track's box at ``t``, as (n, 4) corners: moved on from its last match at its velocity, for
+        :data:`_MAX_COAST_S` at most (an object hidden for longer may have stopped or turned)."""
+        coast = np.minimum(t - self._last_t, _MAX_COAST_S)[:, None]
+        cxcywh = self._state[:, :4].copy()
+        cxcywh[:, :2] += self._state[:, 4:] * coast
         return cxcywh_to_xyxy(cxcywh)
 
     def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64) -> I64:
-        """For each detection the row of its track, or -1."""
+        """For each detection the row of its track, or -1 (ByteTrack's stages, plus one that finds lost
+        tracks again by distance when the box has changed too much for IoU)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
-        iou = iou_nm_xyxy(predicted_xyxy, boxes)
-        if s.class_aware:
-            iou = np.where(self._cls[:, None] == cls[None, :], iou, 0.0)
+        penalty = np.inf if s.class_cost >= 1.0 else s.class_cost  # 1 or more: never, in every stage
+        other_class = np.where(self._cls[:, None] != cls[None, :], penalty, 0.0)
+        by_iou = 1.0 - iou_nm_xyxy(predicted_xyxy, boxes) + other_class
+        # the longer a track has been lost, the farther from its predicted box it may be found
+        unseen = (self._t or 0.0) - self._last_t
+        reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
+        near = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy), xyxy_to_cxcywh(boxes)) / reach[:, None] + other_class
         high = score >= s.high_score
         low = (score >= s.low_score) & ~high
         confirmed = self._ids >= 0
-        live = confirmed & (self._missed == 0)
+        lost = confirmed & (self._missed > 0)
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
-            (confirmed, high, s.match_iou),  # 1: high detections, live and lost tracks
-            (live, low, s.low_match_iou),  # 2: low detections, live tracks left over
-            (~confirmed, high, s.match_iou),  # 3: high detections left over, tentative tracks
+            (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
+            (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
+            (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
+            (~confirmed, high, by_iou, 1.0 - s.match_iou),  # 4: tentative tracks
+            (~confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 5: ... kept by low detections too
         ]
-        for track_ok, det_ok, least_iou in stages:
+        for track_ok, det_ok, cost, bound in stages:
             rows = np.nonzero(track_ok & free_tracks)[0]
             cols = np.nonzero(det_ok & (det_track < 0))[0]
-            pairs, _, _ = assign_greedy(1.0 - iou[np.ix_(rows, cols)], 1.0 - least_iou)
+            pairs, _, _ = assign_greedy(cost[np.ix_(rows, cols)], bound)
             det_track[cols[pairs[:, 1]]] = rows[pairs[:, 0]]
             free_tracks[rows[pairs[:, 0]]] = False
         return det_track
 
-    def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64) -> None:
-        """Move matched tracks towards their detections, count misses, confirm those seen ``min_frames``."""
+    def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64, cls: I64, score: F64) -> None:
+        """Move matched tracks towards their detections (``cls``, ``score``: theirs, a vote for the track's
+        class), count misses, confirm those seen ``min_frames`` times."""
         matched = det_track >= 0
         rows = det_track[matched]
         z = xyxy_to_cxcywh(boxes[matched])
         pred = xyxy_to_cxcywh(predicted[rows])
-        residual = z - pred
+        residual = z[:, :2] - pred[:, :2]
         since = np.maximum(t - self._last_t[rows], _EPS)[:, None]
         state = self._state[rows]
         first_motion = (self._hits[rows] == 1)[:, None]  # a second detection: the velocity the two imply
-        state[:, 4:] = np.where(first_motion, (z - state[:, :4]) / since, state[:, 4:] + _BETA * residual / since)
-        state[:, :4] = pred + _ALPHA * residual
+        implied = (z[:, :2] - state[:, :2]) / since
+        state[:, 4:] = np.where(first_motion, implied, state[:, 4:] + _BETA * residual / since)
+        state[:, :2] = pred[:, :2] + _ALPHA * residual
+        state[:, 2:4] = pred[:, 2:4] + _ALPHA_SIZE * (z[:, 2:] - pred[:, 2:])
         self._state[rows] = state
         self._last_t[rows] = t
         self._hits[rows] += 1
+        if len(rows):
+            np.add.at(self._votes, (rows, cls), score)
+            self._cls[rows] = np.argmax(self._votes[rows], axis=1)
         self._missed += 1
         self._missed[rows] = 0
         promote = np.nonzero((self._ids < 0) & (self._hits >= self.settings.min_frames))[0]
         self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
         self._next_id += len(promote)
 
-    def _add(self, t: float, boxes: F64, cls: I64) -> I64:
+    def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""
         n = len(boxes)
-        state = np.zeros((n, 8))
+        state = np.zeros((n, 6))
         state[:, :4] = xyxy_to_cxcywh(boxes)
         self._state = np.concatenate([self._state, state])
         self._last_t = np.concatenate([self._last_t, np.full(n, t)])
@@ -286,6 +324,9 @@ class Tracker:
             self._next_id += n
         self._ids = np.concatenate([self._ids, ids])
         self._cls = np.concatenate([self._cls, cls])
+        votes = np.zeros((n, self._votes.shape[1]))
+        votes[np.arange(n), cls] = score
+        self._votes = np.concatenate([self._votes, votes])
         return ids
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
@@ -307,6 +348,7 @@ class Tracker:
         self._missed = self._missed[keep]
         self._ids = self._ids[keep]
         self._cls = self._cls[keep]
+        self._votes = self._votes[keep]
         return ended
 
 

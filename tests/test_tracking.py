@@ -16,6 +16,7 @@ from agent.tracking import (
     cxcywh_to_xyxy,
     iou_nm_xyxy,
     predictions_xyxy,
+    refind_cost_nm,
     xyxy_to_cxcywh,
 )
 
@@ -170,9 +171,9 @@ def _config(tmp_path: Path, tracking: object) -> dict[str, object]:
 def test_tracking_section_is_off_by_default_and_parsed(tmp_path: Path) -> None:
     assert parse_settings(_config(tmp_path, None), base_dir=tmp_path, env={}).tracking == TrackingSettings()
     assert TrackingSettings().enabled is False
-    doc = _config(tmp_path, {"enabled": True, "min_frames": 5, "lost_s": 1.5, "class_aware": False})
+    doc = _config(tmp_path, {"enabled": True, "min_frames": 5, "lost_s": 1.5, "class_cost": 1.0})
     got = parse_settings(doc, base_dir=tmp_path, env={}).tracking
-    assert (got.enabled, got.min_frames, got.lost_s, got.class_aware) == (True, 5, 1.5, False)
+    assert (got.enabled, got.min_frames, got.lost_s, got.class_cost) == (True, 5, 1.5, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -190,3 +191,82 @@ def test_tracking_section_errors_name_the_key(tmp_path: Path, tracking: object, 
     with pytest.raises(ConfigError) as info:
         parse_settings(_config(tmp_path, tracking), base_dir=tmp_path, env={})
     assert info.value.path == where
+
+
+# ---- scenes: crossings, misses, occlusion -------------------------------------------------------------
+
+
+def _run(tracker: Tracker, frames: list[tuple[list[tuple[float, float]], list[str], list[float]]], fps: float = 10.0):  # type: ignore[no-untyped-def]
+    return [
+        tracker.update(i / fps, _boxes(*centres), classes, np.array(scores, float)).tolist()
+        for i, (centres, classes, scores) in enumerate(frames)
+    ]
+
+
+def test_two_objects_of_one_class_crossing_keep_their_ids() -> None:
+    # one moves right, one left, on the same line: their boxes overlap fully at the crossing
+    frames = [([(100 + 10 * k, 200), (400 - 10 * k, 200)], ["a", "a"], [0.9, 0.9]) for k in range(31)]
+    ids = _run(Tracker(ON), frames)
+    first = ids[3]
+    assert -1 not in first
+    for k, row in enumerate(ids[3:], start=3):
+        if k != 15:  # at k == 15 both boxes coincide: either order is right
+            assert row == first, (k, row)
+
+
+def test_a_short_miss_keeps_the_id_and_a_long_one_ends_the_track() -> None:
+    tracker = Tracker(TrackingSettings(enabled=True, lost_s=1.0))
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    gap = ([], [], [])
+    ids = _run(tracker, [seen] * 5 + [gap] * 5 + [seen] * 2)  # 0.5 s unseen
+    assert ids[4] == ids[10] == ids[11] == [1]
+    ids = _run(Tracker(TrackingSettings(enabled=True, lost_s=1.0)), [seen] * 5 + [gap] * 12 + [seen] * 4)
+    assert ids[4] == [1] and ids[17] == [-1] and ids[19] == [2]  # a new track, a new id, never 1 again
+
+
+def test_an_occluded_object_found_again_where_its_motion_takes_it() -> None:
+    # moving 8 px a frame (80 px/s); hidden for 6 frames: comes back 56 px on, no overlap with where it was
+    frames = [([(100.0 + 8 * k, 100.0)], ["a"], [0.9]) if not 5 <= k < 11 else ([], [], []) for k in range(16)]
+    ids = _run(Tracker(ON), frames)
+    assert ids[4] == [1] and ids[11] == [1] and ids[15] == [1]
+
+
+def test_low_scores_continue_a_track_but_never_start_one() -> None:
+    tracker = Tracker(ON)  # high_score 0.6, low_score 0.1
+    frames = [([(100.0 + 5 * k, 100.0)], ["a"], [0.9 if k < 4 else 0.3]) for k in range(8)]
+    ids = _run(tracker, frames)
+    assert ids[3] == [1] and ids[7] == [1]  # the partly hidden object keeps its id at a low score
+    ids = _run(Tracker(ON), [([(100.0, 100.0)], ["a"], [0.3])] * 6)
+    assert ids[-1] == [-1]
+
+
+def test_another_class_does_not_continue_a_track_by_default() -> None:
+    frames = [([(100.0, 100.0)], ["a"], [0.9])] * 4 + [([(100.0, 100.0)], ["b"], [0.9])] * 4
+    ids = _run(Tracker(ON), frames)
+    assert ids[3] == [1] and ids[5] == [-1] and ids[6] == ids[7] == [2]
+    # class_cost below the IoU's slack: the same box continues, whatever the class says
+    ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=0.2)), frames)
+    assert ids[7] == [1]
+
+
+def test_frames_out_of_order_are_refused() -> None:
+    tracker = Tracker(ON)
+    tracker.update(1.0, np.zeros((0, 4)), [], np.zeros(0))
+    with pytest.raises(ValueError, match="capture order"):
+        tracker.update(0.5, np.zeros((0, 4)), [], np.zeros(0))
+
+
+@pytest.mark.parametrize(
+    ("tracks", "dets", "finite"),
+    [
+        (np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 0), bool)),
+        ([[0, 0, 10, 10]], [[5, 0, 10, 10]], [[True]]),
+        ([[0, 0, 10, 10]], [[0, 0, 30, 30]], [[False]]),  # 9x the area: not the same object
+        ([[0, 0, 0, 0]], [[0, 0, 10, 10]], [[False]]),  # degenerate track box
+    ],
+)
+def test_refind_cost_nm(tracks: object, dets: object, finite: object) -> None:
+    got = refind_cost_nm(np.asarray(tracks, float), np.asarray(dets, float))
+    np.testing.assert_array_equal(np.isfinite(got), np.asarray(finite, bool).reshape(got.shape))
+    if got.size and np.isfinite(got[0, 0]) and np.asarray(tracks).size:
+        assert got[0, 0] == pytest.approx(0.5)  # 5 px off a 10 px box
