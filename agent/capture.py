@@ -123,6 +123,7 @@ class Camera:
         self._worker: threading.Thread | None = None
         self._hung: list[threading.Thread] = []
         self._gen = 0
+        self._fps = settings.fps  # set_fps() changes it; the running attempt reads it on its next frame
         # guarded by _lock
         self._state = CameraState.STOPPED
         self._last_error: str | None = None
@@ -210,6 +211,18 @@ class Camera:
                 width=self._width,
                 height=self._height,
             )
+
+    def fps(self) -> float:
+        """The sampling rate now: ``cameras[].fps`` until :meth:`set_fps` changes it."""
+        return self._fps
+
+    def set_fps(self, fps: float) -> None:
+        """A new sampling rate (0: every frame), taken up by the running opening from its next frame on."""
+        if fps < 0:
+            raise ValueError("fps must be >= 0")
+        if fps != self._fps:
+            log.info("camera %s: sampling at %g fps (was %g)", self._name, fps, self._fps)
+        self._fps = float(fps)
 
     @property
     def ended(self) -> bool:

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 from agent import __version__
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from agent.config import Settings
 
 __all__ = ["main"]
@@ -99,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    watch = sub.add_parser(
+        "watch", help="print what an agent publishes on its broker, one readable line per message, until Ctrl-C"
+    )
+    watch.add_argument("--config", "-c", default="config.yaml", help="the agent's configuration (default: %(default)s)")
+    watch.add_argument("--raw", action="store_true", help="print each message's topic and payload as they came")
+
     synth = sub.add_parser(
         "synth",
         add_help=False,
@@ -124,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _infer(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "watch":
+            return _watch(Path(args.config), raw=args.raw)
     except CliError as exc:
         print(f"seg-agent: error: {exc}", file=sys.stderr)
         return exc.code
@@ -147,8 +158,28 @@ def _check_config(path: Path) -> int:
     settings = _load(path)
     json.dump(settings_summary(settings), sys.stdout, indent=2)
     print()
+    if settings.inference.mode != "serverless" and settings.inference.local.model is not None:
+        print(_check_model(settings), file=sys.stderr)
     print(f"{path}: OK", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_model(settings: Settings) -> str:
+    """Loads the local model as ``run`` would: a file that only looks like a model fails here, not at run."""
+    from agent.model import OnnxModel
+    from agent.pipeline import StartupError, load_local_model
+
+    try:
+        loaded = load_local_model(settings)
+    except StartupError as exc:
+        raise CliError(str(exc)) from None
+    model = loaded if isinstance(loaded, OnnxModel) else loaded.models[0]
+    names = model.class_names
+    shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+    return (
+        f"inference.local.model: {model.path}: {model.layout.kind} model, input {model.input_hw[1]}x"
+        f"{model.input_hw[0]}, {len(names)} classes ({shown}), providers {', '.join(model.providers)}"
+    )
 
 
 def _run(path: Path, log_level: str | None) -> int:
@@ -182,8 +213,6 @@ def _run(path: Path, log_level: str | None) -> int:
 def _infer(args: argparse.Namespace) -> int:
     import time
 
-    import cv2
-
     from agent.config import percent
     from agent.model import ModelError, OnnxModel, limit_helper_threads
     from agent.results import detections_to_api, encode
@@ -199,9 +228,10 @@ def _infer(args: argparse.Namespace) -> int:
         raise CliError(f"--model: {exc}") from None
     status = EXIT_OK
     for image_path in args.images:
-        image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-        if image is None:
-            print(f"seg-agent: error: {image_path}: not a readable image", file=sys.stderr)
+        try:
+            image = _read_image(Path(image_path))
+        except CliError as exc:
+            print(f"seg-agent: error: {image_path}: {exc}", file=sys.stderr)
             status = EXIT_FAILURE
             continue
         start = time.perf_counter()
@@ -220,6 +250,43 @@ def _infer(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(encode(api) + b"\n")
         sys.stdout.flush()
     return status
+
+
+def _watch(path: Path, *, raw: bool) -> int:
+    from agent.watch import watch
+
+    settings = _load(path)
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        watch(settings, raw=raw, out=out)
+    except OSError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    return EXIT_OK
+
+
+def _read_image(path: Path) -> NDArray[np.uint8]:
+    """The image in ``path`` as BGR; the error says which of the ways a file can fail this one took. The bytes
+    are read here, not by ``cv2.imread``, which says only "None" and prints a warning of its own."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CliError("no such file") from None
+    except IsADirectoryError:
+        raise CliError("is a directory, not an image file") from None
+    except OSError as exc:
+        raise CliError(f"cannot read: {exc.strerror or exc}") from None
+    if not data:
+        raise CliError("empty file (0 bytes)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CliError(f"not an image OpenCV can decode ({len(data)} bytes; JPEG, PNG, BMP, TIFF, WebP are)")
+    return np.asarray(image, np.uint8)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -25,15 +25,19 @@ from agent.zones_config import EventSettings, read_areas, read_events
 
 __all__ = [
     "CameraSettings",
+    "CommandsSettings",
     "ConfigError",
     "HealthSettings",
+    "HomeAssistantSettings",
     "InferenceSettings",
     "LocalSettings",
+    "MetricsSettings",
     "MqttSettings",
     "OutboxSettings",
     "Secret",
     "ServerlessSettings",
     "Settings",
+    "SnapshotSettings",
     "TlsSettings",
     "TrackingSettings",
     "load_settings",
@@ -145,6 +149,34 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSettings:
+    enabled: bool = False  # an annotated JPEG per camera, retained on {topic_base}/{camera}/snapshot
+    height: int = 480  # pixels (the width keeps the frame's aspect); 0 = the frame's own height
+    quality: int = 80  # JPEG quality to start from (lowered, then the height, until the image fits)
+    max_bytes: int = 250_000  # larger images are skipped (and counted)
+    interval_s: float = 10.0  # at most one per camera this often
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = False  # Prometheus text exposition at http://{host}:{port}/metrics
+    port: int = 9108
+    host: str = "127.0.0.1"  # loopback by default: set 0.0.0.0 (or an address) to let a remote Prometheus in
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantSettings:
+    discovery: bool = False  # retained MQTT discovery of one device per agent (agent.homeassistant)
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix; its birth topic is {prefix}/status
+    classes: tuple[str, ...] = ()  # count sensors per camera for these classes (empty: the local model's)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsSettings:
+    enabled: bool = False  # detect/mode/fps .../set topics (agent.commands); security rests on the broker's ACL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     device_id: str
     cameras: tuple[CameraSettings, ...]
@@ -157,6 +189,10 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log_level: str = "info"
     config_path: Path | None = None
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    home_assistant: HomeAssistantSettings = field(default_factory=HomeAssistantSettings)
+    commands: CommandsSettings = field(default_factory=CommandsSettings)
 
     @property
     def topic_base(self) -> str:
@@ -228,6 +264,10 @@ def parse_settings(
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
     events = read_events(doc.section("events", EventSettings))
     log_level = doc.choice("log_level", _LOG_LEVELS)
+    snapshots = _snapshots(doc.section("snapshots", SnapshotSettings))
+    metrics = _metrics(doc.section("metrics", MetricsSettings))
+    home_assistant = _home_assistant(doc.section("home_assistant", HomeAssistantSettings))
+    commands = _commands(doc.section("commands", CommandsSettings))
     tracking = _tracking(doc.section("tracking", TrackingSettings))
     doc.finish()
     if events.enabled and not tracking.enabled:
@@ -247,6 +287,10 @@ def parse_settings(
         events=events,
         log_level=log_level,
         config_path=config_path,
+        snapshots=snapshots,
+        metrics=metrics,
+        home_assistant=home_assistant,
+        commands=commands,
         tracking=tracking,
     )
 
@@ -432,6 +476,48 @@ def _outbox(o: Reader) -> OutboxSettings:
         synchronous=o.choice("synchronous", get_args(Synchronous)),  # type: ignore[arg-type]
     )
     o.finish()
+    return settings
+
+
+def _snapshots(r: Reader) -> SnapshotSettings:
+    settings = SnapshotSettings(
+        enabled=r.flag("enabled"),
+        height=r.int_in("height", 0, 4320),
+        quality=r.int_in("quality", 10, 100),
+        max_bytes=r.int_in("max_bytes", 1000, 256 * 1024 * 1024),  # MQTT's own limit is 256 MiB
+        interval_s=r.number_in("interval_s", 0.1, 86400.0),
+    )
+    r.finish()
+    return settings
+
+
+def _metrics(r: Reader) -> MetricsSettings:
+    settings = MetricsSettings(enabled=r.flag("enabled"), port=r.int_in("port", 1, 65535), host=r.text("host"))
+    if not settings.host.strip():
+        raise ConfigError(r.key("host"), "must not be empty (127.0.0.1: this machine only; 0.0.0.0: every address)")
+    r.finish()
+    return settings
+
+
+_DISCOVERY_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+
+
+def _home_assistant(h: Reader) -> HomeAssistantSettings:
+    prefix = h.text("prefix")
+    if not _DISCOVERY_PREFIX_RE.match(prefix):
+        raise ConfigError(h.key("prefix"), "use letters, digits, '_', '-' and '/' between levels (an MQTT topic)")
+    classes = tuple(h.list_of_str("classes"))
+    for i, name in enumerate(classes):
+        if not name or any(c in name for c in "+#/"):
+            raise ConfigError(f"{h.key('classes')}[{i}]", "a class name, without '/', '+' or '#' (part of a topic)")
+    settings = HomeAssistantSettings(discovery=h.flag("discovery"), prefix=prefix, classes=classes)
+    h.finish()
+    return settings
+
+
+def _commands(c: Reader) -> CommandsSettings:
+    settings = CommandsSettings(enabled=c.flag("enabled"))
+    c.finish()
     return settings
 
 

@@ -71,12 +71,35 @@ def read_yaml(path: Path) -> object:
     except OSError as exc:
         raise ConfigError("", f"cannot read configuration file {path}: {exc.strerror or exc}") from None
     try:
+        _reject_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), "")
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError("", f"{path}: {problem}{where}") from None
+
+
+def _reject_duplicate_keys(node: yaml.Node | None, path: str, seen: set[int] | None = None) -> None:
+    """A key given twice in one mapping is an error at its path (YAML itself would keep the last silently)."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:  # an alias is checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in first_line:
+                    raise ConfigError(where, f"duplicate key (lines {first_line[key]} and {line}); give it once")
+                first_line[key] = line
+            _reject_duplicate_keys(value_node, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, f"{path}[{i}]", seen)
 
 
 def expect_mapping(value: object, path: str) -> dict[str, Any]:

@@ -22,8 +22,10 @@ from typing import Any
 from agent import __version__
 from agent.config import Settings
 from agent.health import report, status_line
+from agent.metrics import MetricsServer, start_metrics
 from agent.model import limit_helper_threads, onnx_providers
 from agent.pipeline import Pipeline, StartupError, build, load_local_model
+from agent.remote import Remote, attach
 from agent.sdnotify import Notifier
 
 __all__ = ["DRAIN_TIMEOUT_S", "Agent", "AgentState", "StartupError", "load_local_model", "onnx_providers"]
@@ -54,6 +56,8 @@ class Agent:
         self.started_at = time.monotonic()
         self.notifier = Notifier.from_env(self._environ)
         self._pipeline: Pipeline | None = None
+        self._metrics: MetricsServer | None = None
+        self._remote: Remote | None = None
         self._threads: list[threading.Thread] = []
         self._health_now = threading.Event()
         self._state = AgentState.STARTING
@@ -82,7 +86,9 @@ class Agent:
         log.debug("one thread for OpenCV and for %s", ", ".join(capped) or "no OpenBLAS found")
         pipeline = build(s, stopping=self.stopping, on_mode_change=self._mode_changed, on_frame=self.first_frame.set)
         self._pipeline = pipeline
+        self._remote = attach(s, pipeline)  # commands and discovery: before the cameras open and the first connect
         pipeline.start()
+        self._metrics = start_metrics(pipeline) if s.metrics.enabled else None
         self._spawn(self._health_loop, "health")
         self._spawn(self._watchdog_loop, "watchdog")
         self._state = AgentState.RUNNING
@@ -107,9 +113,13 @@ class Agent:
         self.stopping.set()
         self.notifier.stopping()
         log.info("stopping: finishing in-flight frames")
+        if self._remote is not None:
+            self._remote.stop()
         pipeline.stop()
         self._publish_health()
         pipeline.close(DRAIN_TIMEOUT_S)
+        if self._metrics is not None:
+            self._metrics.stop()
         for thread in self._threads:
             thread.join(timeout=2.0)
         self.notifier.close()
@@ -124,7 +134,7 @@ class Agent:
     def health(self) -> dict[str, Any]:
         p = self._pipeline
         assert p is not None, "health() before the pipeline was built"
-        return report(
+        doc = report(
             state=self._state,
             settings=self.settings,
             uptime_s=time.monotonic() - self.started_at,
@@ -133,6 +143,9 @@ class Agent:
             outbox=p.outbox.stats(),
             mqtt=p.publisher.stats(),
         )
+        if self._remote is not None and (commands := self._remote.stats()) is not None:
+            doc["commands"] = commands
+        return doc
 
     def _publish_health(self) -> None:
         p = self._pipeline
@@ -165,8 +178,8 @@ class Agent:
             return False
         if any(w.heartbeat.age() > window_s for w in live):
             return False
-        ages = [w.processed.age() for w in live]
-        return any(a is not None and a <= window_s for a in ages)
+        ages = [w.processed.age() if w.detecting else w.camera.status().last_frame_age_s for w in live]
+        return any(a is not None and a <= window_s for a in ages)  # detection off: frames still read
 
     def _watchdog_loop(self) -> None:
         """READY=1 after the first frame; then WATCHDOG=1 every half WatchdogSec, but only while frames move."""

@@ -44,6 +44,8 @@ def report(
         cam = asdict(w.camera.status())
         cam.pop("name", None)
         counted = per_camera.get(w.name, {})
+        cam["detect"] = w.detecting
+        cam["frames_paused"] = w.frames_paused
         cam["fps_processed"] = w.processed.rate()
         cam["frames_processed"] = w.processed.total
         cam["frames_gated"] = counted.get("gated", 0)

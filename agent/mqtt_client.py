@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent.config import MqttSettings, TlsSettings
 
-__all__ = ["OFFLINE", "ONLINE", "describe_error", "new_client", "stop_network_thread"]
+__all__ = ["OFFLINE", "ONLINE", "configure_tls", "describe_error", "new_client", "stop_network_thread"]
 
 log = logging.getLogger("agent.publisher")
 _paho_log = logging.getLogger("agent.publisher.paho")
@@ -49,7 +49,7 @@ def new_client(settings: MqttSettings, client_id: str, status_topic: str) -> mqt
     if settings.username:
         client.username_pw_set(settings.username, settings.password.reveal() or None)
     if settings.tls is not None:
-        _configure_tls(client, settings.tls)
+        configure_tls(client, settings.tls)
     client.will_set(status_topic, OFFLINE, qos=1, retain=True)
     client.max_inflight_messages_set(settings.max_in_flight)
     client.max_queued_messages_set(0)
@@ -76,7 +76,7 @@ def stop_network_thread(client: mqtt.Client) -> None:
         log.warning("paho's network thread did not stop in %gs; leaving it behind", _LOOP_STOP_WAIT_S)
 
 
-def _configure_tls(client: mqtt.Client, tls: TlsSettings) -> None:
+def configure_tls(client: mqtt.Client, tls: TlsSettings) -> None:
     client.tls_set(
         ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
         certfile=str(tls.certfile) if tls.certfile else None,

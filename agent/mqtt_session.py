@@ -13,7 +13,8 @@ rest on:
   also when it arrives before ``publish()`` has returned the mid.
 
 The retained status topic says ``online`` on every connect and ``offline`` on a clean stop or, through the
-broker's last will, when the agent dies.
+broker's last will, when the agent dies. Subscriptions (:meth:`MqttSession.subscribe`, QoS 1) are made again
+on every connect; their handlers and the connect hooks run on paho's thread and must only hand work on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -35,7 +37,10 @@ from agent.config import MqttSettings
 from agent.mqtt_client import OFFLINE, ONLINE, describe_error, new_client, stop_network_thread
 from agent.outbox import Outbox
 
-__all__ = ["MqttSession", "PublisherStats", "Sent", "Window"]
+__all__ = ["Handler", "MqttSession", "PublisherStats", "Sent", "Window"]
+
+Handler = Callable[[str, bytes, bool], None]
+"""A subscription's handler: ``(topic, payload, retained)``, called on paho's thread: it must not block."""
 
 log = logging.getLogger("agent.publisher")
 
@@ -138,6 +143,8 @@ class MqttSession:
         self._last_error: str | None = None
         self._last_connect_time: float | None = None
         self._logged_failure: str | None = None
+        self._subscriptions: list[tuple[str, Handler]] = []  # guarded by _lock
+        self._connect_hooks: list[Callable[[], object]] = []
 
     @property
     def closing(self) -> bool:
@@ -160,6 +167,7 @@ class MqttSession:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         self._client = client
         log.info(
@@ -184,6 +192,18 @@ class MqttSession:
                 log.debug("not connected: retained message for %s dropped", topic)
                 return
             self._send_retained(client, topic, payload, qos)
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Receive ``topic_filter`` (QoS 1) from the next connect on, or at once if connected."""
+        with self._lock:
+            self._subscriptions.append((topic_filter, handler))
+            now = self._connected and not self._closing
+        if now and self._client is not None:
+            self._client.subscribe(topic_filter, qos=1)
+
+    def on_connected(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` after every successful connect (on paho's thread: it must not block)."""
+        self._connect_hooks.append(hook)
 
     def await_window(self, max_in_flight: int, timeout: float) -> Window | None:
         """What may be sent now; None (after waiting up to ``timeout`` for a connect, PUBACK or shut) if nothing
@@ -320,7 +340,12 @@ class MqttSession:
                     with self._lock:
                         self._connected = True
                         self._cond.notify_all()
+                        filters = [(f, 1) for f, _ in self._subscriptions]
+                    if filters:
+                        client.subscribe(filters)
             self._outbox.wake()
+            if not closing:
+                self._run_connect_hooks()
             depth = self._outbox.stats().depth
             log.info(
                 "%s broker %s%s",
@@ -332,6 +357,22 @@ class MqttSession:
                 log.debug("dropped %d messages from paho's queue; they are resent from the outbox", stale)
         except Exception:
             log.exception("on_connect failed")
+
+    def _run_connect_hooks(self) -> None:
+        for hook in self._connect_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("connect hook failed")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            handlers = [h for f, h in self._subscriptions if mqtt.topic_matches_sub(f, msg.topic)]
+        for handler in handlers:
+            try:
+                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+            except Exception:
+                log.exception("handler for %s failed", msg.topic)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` block: the exception is still being handled.

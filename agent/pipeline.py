@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.capture import Camera
-from agent.config import Settings
+from agent.config import CameraSettings, Settings
 from agent.events import EventStage
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
+from agent.metrics import ResultTally
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -28,10 +29,11 @@ from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
 from agent.serverless import ServerlessClient
+from agent.snapshots import Snapshots
 from agent.tracking import CameraTracks
 from agent.worker import CameraWorker, FrameIds
 
-__all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "load_local_model"]
+__all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "frames_under_way", "load_local_model"]
 
 log = logging.getLogger("agent.daemon")
 
@@ -92,7 +94,18 @@ class Sink:
     """Turns each frame's outcome into its message and puts it in the outbox: the results of frames on the
     detections topic, frames that got none on the errors topic (never shown as "no objects")."""
 
-    def __init__(self, settings: Settings, outbox: Outbox, topics: Topics, publisher: Publisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        topics: Topics,
+        taps: Sequence[Callable[[Frame, int, Outcome], None]] = (),
+        *,
+        publisher: Publisher | None = None,
+    ) -> None:
+        """``taps``: called with each result once it is in the outbox (snapshots, metrics); each must be quick.
+        ``publisher``: where the retained counts of ``events`` go (none: no counts)."""
+        self._taps = tuple(taps)
         self._device_id = settings.device_id
         self._model_id = settings.model_id
         self._outbox = outbox
@@ -109,7 +122,7 @@ class Sink:
         api = outcome.api
         tracked = None
         if self._tracks is not None:  # hosted and local results alike: one tracker per camera
-            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)
+            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)  # .ids, .ended: for events
             api = tracked.api
         message = to_message(
             api,
@@ -125,6 +138,11 @@ class Sink:
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
         if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
             self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
+        for tap in self._taps:
+            try:
+                tap(frame, frame_id, outcome)
+            except Exception as exc:  # the result is out already; a side feature must not stop the camera
+                self._warn.log(logging.ERROR, f"tap/{tap.__qualname__}", "%s failed: %r", tap.__qualname__, exc)
 
     def finish(self) -> None:
         """Every camera stopped (its worker too): its live tracks end, and their events go into the outbox."""
@@ -184,12 +202,16 @@ class Pipeline:
     router: Router
     publisher: Publisher
     workers: list[CameraWorker] = field(default_factory=list)
+    snapshots: Snapshots | None = None  # snapshots.enabled
+    tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
     sink: Sink | None = None
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
         self.outbox.start()
         self.publisher.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         for worker in self.workers:
             worker.camera.start()
             worker.start()
@@ -208,12 +230,25 @@ class Pipeline:
 
     def close(self, drain_timeout_s: float) -> None:
         """After :meth:`stop` (and a last health message): the broker link, then the files and the client."""
+        if self.snapshots is not None:
+            self.snapshots.stop()
         self.publisher.stop(timeout=drain_timeout_s)
         depth = self.outbox.stats().depth
         if depth:
             log.warning("stopped with %d result(s) not yet delivered; they stay in the outbox", depth)
         self.outbox.stop()
         self.router.close()
+
+
+def frames_under_way(settings: Settings, camera: CameraSettings, mode: str) -> int:
+    """How many of ``camera``'s frames may be under way in inference ``mode``: the hosted calls (the router
+    holds them to max_in_flight) plus, in auto mode, the local runs of frames that found every hosted call busy.
+    A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a hosted
+    slot: only live sources (and realtime files) overflow to the local model."""
+    hosted = settings.inference.serverless.max_in_flight if mode in ("auto", "serverless") else 0
+    local = settings.inference.local.sessions if mode in ("auto", "local") else 0
+    batch = camera.is_file and not camera.realtime
+    return hosted if batch and hosted else hosted + local
 
 
 def build(
@@ -256,11 +291,11 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
-    sink = pipeline.sink = Sink(s, outbox, topics, publisher)
-    # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
-    # mode, the local runs of frames that found every hosted call busy.
-    hosted_calls = s.inference.serverless.max_in_flight if remote is not None else 0
-    local_runs = s.inference.local.sessions if local is not None else 0
+    if s.snapshots.enabled:
+        pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
+    pipeline.tally = ResultTally() if s.metrics.enabled else None
+    taps = [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None]
+    sink = pipeline.sink = Sink(s, outbox, topics, taps, publisher=publisher)
     decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
         model_hw=None if local is None else local.needed_hw,
         upload_hw=None if remote is None else remote.upload_hw,
@@ -269,14 +304,10 @@ def build(
     )
     for cam_settings in s.cameras:
         camera = Camera(cam_settings, decode=decode)
-        # A file read in batch (realtime: false) waits for the worker, so nothing is lost by waiting for a
-        # hosted slot: only live sources (and realtime files) overflow to the local model.
-        batch = cam_settings.is_file and not cam_settings.realtime
-        in_flight = hosted_calls if batch and hosted_calls else hosted_calls + local_runs
         worker = CameraWorker(
             camera,
             FrameIds(cam_settings.name, outbox),
-            in_flight=in_flight,
+            in_flight=frames_under_way(s, cam_settings, mode),
             admit=router.admit,
             infer=router.infer,
             deliver=sink.deliver,

@@ -43,7 +43,7 @@ from enum import StrEnum
 
 from agent.config import MqttSettings
 from agent.mqtt_client import OFFLINE, ONLINE
-from agent.mqtt_session import MqttSession, PublisherStats, Sent, Window
+from agent.mqtt_session import Handler, MqttSession, PublisherStats, Sent, Window
 from agent.outbox import Outbox, OutboxEntry
 
 __all__ = ["OFFLINE", "ONLINE", "Publisher", "PublisherStats", "mark_replayed"]
@@ -115,6 +115,15 @@ class Publisher:
     def publish_retained(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """A latest-value message (health): not kept anywhere; dropped while disconnected."""
         self._session.publish_retained(topic, payload, qos)
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Receive ``topic_filter`` on every connection; ``handler(topic, payload, retained)`` runs on paho's
+        thread and must only hand the message on."""
+        self._session.subscribe(topic_filter, handler)
+
+    def on_connected(self, hook: Callable[[], object]) -> None:
+        """``hook()`` after every (re)connect, on paho's thread: it must only hand work on."""
+        self._session.on_connected(hook)
 
     def drain(self, timeout: float) -> bool:
         """Waits until the outbox is empty (everything acknowledged); False on timeout."""

@@ -50,6 +50,8 @@ class Sink(Protocol):
 
     def attempt_done(self) -> None: ...
 
+    def fps(self) -> float: ...  # the sampling rate now (cameras[].fps, or as a command set it)
+
 
 class Attempt:
     """One open-and-read attempt (one worker thread). Shared by the worker and the supervisor."""
@@ -154,10 +156,14 @@ class Attempt:
         return False
 
     def _read_live(self) -> None:
-        sampler = LiveSampler(self._s.fps, self._clock())
+        fps = self._sink.fps()
+        sampler = LiveSampler(fps, self._clock())
         bad = 0
         pos = 0
         while not self.stale():
+            if self._sink.fps() != fps:
+                fps = self._sink.fps()
+                sampler.set_fps(fps, self._clock())
             if not self._grab():
                 self._live_read_failed()
                 return
@@ -195,10 +201,14 @@ class Attempt:
             log.warning("camera %s: file reports %r fps; assuming 30", s.name, file_fps)
             file_fps = 30.0
         k, base = self._sink.file_progress()
-        timeline = FileTimeline(file_fps, s.fps, realtime=s.realtime, k=k, base=base, now=self._clock())
+        fps = self._sink.fps()
+        timeline = FileTimeline(file_fps, fps, realtime=s.realtime, k=k, base=base, now=self._clock())
         index = -1  # in-file index of the last grabbed frame of this pass
         bad = 0
         while not self.stale():
+            if self._sink.fps() != fps:
+                fps = self._sink.fps()
+                timeline.set_fps(fps)
             target = timeline.target(self._clock())
             if s.realtime:
                 # Wait for the sample's time first, then read the frames skipped before it (packets, cheap) in

@@ -153,8 +153,10 @@ def parse_api_response(obj: object, *, scale: float = 1.0, image_wh: tuple[int, 
 
     ``scale`` multiplies every coordinate (the frame was downsized by ``1/scale`` before upload);
     ``image`` is set to the original frame size. Predictions whose polygon has fewer than 3 points are
-    dropped, as consumers' parsers drop them. Keys the hosted API may omit are tolerated and kept out.
-    Raises ``ValueError`` with the reason when the object isn't the API's response.
+    dropped, as consumers' parsers drop them. Keys the hosted API may omit are tolerated and kept out;
+    keys this agent doesn't know (``mask_format``, ``resolved_model``, ...) pass through unchanged, in the
+    server's order (their values are not rescaled). Raises ``ValueError`` with the reason when the object
+    isn't the API's response.
     """
     if not isinstance(obj, dict):
         raise ValueError(f"response is {type(obj).__name__}, not a JSON object")
@@ -186,24 +188,25 @@ def parse_api_response(obj: object, *, scale: float = 1.0, image_wh: tuple[int, 
             ]
         except (KeyError, TypeError):
             raise ValueError(f"predictions[{i}].points holds an entry that is not {{x, y}}") from None
-        out: dict[str, Any] = {k: round(v, _XY_DECIMALS) for k, v in box.items()}
-        out["confidence"] = confidence
-        out["class"] = name
-        for key in ("class_id", "detection_id", "tracker_id"):
-            if key in p:
-                out[key] = p[key]
-        out["points"] = pts
-        predictions.append(out)
+        checked: dict[str, Any] = {k: round(v, _XY_DECIMALS) for k, v in box.items()}
+        checked.update(confidence=confidence, points=pts)
+        checked["class"] = name
+        predictions.append(_in_order(p, checked))
     predictions.sort(key=lambda q: -float(q["confidence"]))
-    result: dict[str, Any] = {}
-    if "inference_id" in obj:
-        result["inference_id"] = obj["inference_id"]
     time_value = obj.get("time")
-    if isinstance(time_value, int | float) and not isinstance(time_value, bool):
-        result["time"] = time_value
-    result["image"] = {"width": int(image_wh[0]), "height": int(image_wh[1])}
-    result["predictions"] = predictions
-    return result
+    time_ok = isinstance(time_value, int | float) and not isinstance(time_value, bool)
+    raw = {k: v for k, v in obj.items() if k != "time" or time_ok}
+    return _in_order(
+        raw, {"image": {"width": int(image_wh[0]), "height": int(image_wh[1])}, "predictions": predictions}
+    )
+
+
+def _in_order(raw: Mapping[str, Any], checked: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw``'s keys in ``raw``'s order, each with its ``checked`` value where there is one."""
+    out = {key: checked.get(key, value) for key, value in raw.items()}
+    for key, value in checked.items():
+        out.setdefault(key, value)
+    return out
 
 
 def _number(value: object) -> float:

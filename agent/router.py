@@ -197,6 +197,35 @@ class Router:
         with self._lock:
             return str(self._policy.mode)
 
+    @property
+    def configured_mode(self) -> str:
+        """``inference.mode`` as it is now (``auto``, ``serverless`` or ``local``; see :meth:`set_mode`)."""
+        with self._lock:
+            return self._policy.configured
+
+    def modes(self) -> tuple[str, ...]:
+        """The values :meth:`set_mode` accepts: those whose parts (local model, hosted client) were built."""
+        local, remote = self._local is not None, self._remote is not None
+        return tuple(m for m, ok in (("auto", local and remote), ("serverless", remote), ("local", local)) if ok)
+
+    def class_names(self) -> list[str]:
+        """The local model's class names as results say them (``class_map`` applied); empty without one."""
+        if self._local is None:
+            return []
+        cmap = self._settings.local.class_map
+        return list(dict.fromkeys(cmap.get(n, n) for n in self._local.class_names))
+
+    def set_mode(self, mode: str) -> None:
+        """Change ``inference.mode`` at runtime; ValueError for a mode this router has no parts for."""
+        if mode not in self.modes():
+            raise ValueError(f"mode {mode!r} needs parts this agent did not load (it offers {', '.join(self.modes())})")
+        with self._lock:
+            changes = self._policy.reconfigure(
+                self._clock(), mode, has_local=self._local is not None, has_remote=self._remote is not None
+            )
+            self._events.extend((str(c.mode), c.reason) for c in changes)
+        self._flush_events()
+
     def admit(self, frame: Frame) -> bool:
         """Change gate (and, in ``serverless`` mode, the call caps): ``False`` = skip this frame.
 

@@ -221,6 +221,25 @@ class RoutePolicy:
         self._streak: _Streak | None = None
         self._cameras: dict[str, _CameraState] = {}
 
+    def reconfigure(self, now: float, configured: str, *, has_local: bool, has_remote: bool) -> tuple[ModeChange, ...]:
+        """A runtime change of ``inference.mode`` (a command): the mode it leads to, probing afresh."""
+        if configured == self.configured:
+            return ()
+        was_remote = self.use_remote
+        self.configured = configured
+        self.use_remote = configured != "local" and has_remote
+        self.fallback = configured != "serverless" and has_local
+        self._down_mode = Mode.LOCAL if self.fallback else Mode.UNAVAILABLE
+        why = f"inference mode set to {configured} at runtime"
+        if not self.use_remote:
+            return self._set_mode(now, Mode.LOCAL, why)
+        if not was_remote or self.mode == Mode.SERVERLESS:
+            self.next_probe_at = now
+            return self._set_mode(now, Mode.SERVERLESS, f"{why}; serverless API not called yet")
+        if self.mode in (Mode.LOCAL, Mode.UNAVAILABLE):  # still down: the other kind of down
+            return self._set_mode(now, self._down_mode, self.reason)
+        return ()  # auth_error / config_error hold until a probe answers
+
     # ------------------------------------------------------------------ per camera
 
     def camera(self, name: str) -> _CameraState:

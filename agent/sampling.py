@@ -21,6 +21,15 @@ class LiveSampler:
         self._period = 1.0 / fps if fps > 0 else 0.0
         self._next_due = now
 
+    @property
+    def fps(self) -> float:
+        return 1.0 / self._period if self._period else 0.0
+
+    def set_fps(self, fps: float, now: float) -> None:
+        """A new rate from ``now`` on: the next frame is due at most one new period away."""
+        self._period = 1.0 / fps if fps > 0 else 0.0
+        self._next_due = min(self._next_due, now + self._period)
+
     def due(self, now: float) -> bool:
         """Whether a frame grabbed at ``now`` is to be decoded and handed out (else it is skipped)."""
         return not self._period or now >= self._next_due - 0.1 * self._period
@@ -50,6 +59,13 @@ class FileTimeline:
         self.k = k
         self.base = base
         self._anchor = now - math.ceil(k * self._ratio - 1e-6) / file_fps  # realtime: when file time 0 was
+
+    def set_fps(self, fps: float) -> None:
+        """A new sampling rate from the next sample on; the file's own clock (realtime) is kept."""
+        frame = math.ceil(self.k * self._ratio - 1e-6)  # the next sample's frame, across loops
+        self.rate = fps if 0 < fps < self.file_fps else self.file_fps
+        self._ratio = self.file_fps / self.rate
+        self.k = math.ceil(frame / self._ratio - 1e-6)
 
     def target(self, now: float) -> int:
         """The in-file index (this pass) of the next sample; in realtime, when behind, the newest one due."""

@@ -107,6 +107,7 @@ class CameraWorker:
         self.name = camera.status().name
         self._ids = frame_ids
         self._in_flight = in_flight
+        self._max_in_flight = in_flight  # set_in_flight() may lower it (a mode change), never raise it past this
         self._admit = admit
         self._infer_one = infer
         self._deliver = deliver
@@ -120,12 +121,29 @@ class CameraWorker:
         self._pending: deque[tuple[Frame, int, Future[Outcome]]] = deque()
         self.processed = Rate(window_s=10.0)
         self.crashed = False  # the loop died of a bug (logged); the daemon's other cameras go on
+        self._detect = True  # set_detect(False): frames are read and dropped, none is inferred
+        self.frames_paused = 0  # frames read and dropped while detection was off
         self.heartbeat = Heartbeat()
         self.done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def set_in_flight(self, n: int) -> None:
+        """At most ``n`` frames under way from now on (1 up to what the worker was built with)."""
+        self._in_flight = max(1, min(n, self._max_in_flight))
+
+    @property
+    def detecting(self) -> bool:
+        return self._detect
+
+    def set_detect(self, on: bool) -> None:
+        """Detection on or off. Off: frames are still read (the camera stays live, the watchdog fed) but none
+        is admitted, so no result follows once the frames already under way are delivered."""
+        if on != self._detect:
+            log.info("camera %s: detection %s", self.name, "on" if on else "off")
+        self._detect = on
 
     def stop(self, timeout: float) -> None:
         """Wait (at most ``timeout``) for the loop to finish its in-flight frames once ``stopping`` is set."""
@@ -151,6 +169,9 @@ class CameraWorker:
                         break
                     continue
                 self._on_frame()
+                if not self._detect:
+                    self.frames_paused += 1
+                    continue
                 if not self._admit(frame):
                     continue
                 frame_id = self._ids.next()

@@ -19,7 +19,9 @@ __all__ = ["EventSettings", "read_areas", "read_events"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _UNITS: tuple[Units, ...] = ("pixels", "fraction")
-_RESERVED = ("all",)  # the count topics' "every zone" segment
+# "all": the count topics' "every zone" level; the others are the camera's own topics (commands.py's
+# {camera}/detect/set and fps/set, snapshots.py's {camera}/snapshot), which a count topic must never be
+_RESERVED = ("all", "detect", "fps", "snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ def _name(r: Reader, taken: set[str]) -> str:
     if not _NAME_RE.match(name):
         raise ConfigError(r.key("name"), "use letters, digits, '.', '_' or '-' only (it is part of MQTT topics)")
     if name in _RESERVED:
-        raise ConfigError(r.key("name"), f"{name!r} is reserved (the count topics use it for every zone)")
+        raise ConfigError(r.key("name"), f"{name!r} is reserved (a topic of the camera's: {', '.join(_RESERVED)})")
     if name in taken:
         raise ConfigError(r.key("name"), f"duplicate name {name!r} (zones and lines of a camera share the names)")
     taken.add(name)

@@ -23,7 +23,7 @@ from tests.test_daemon import AgentProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL = ROOT / "systemd" / "mosquitto.acl"
-USERS = {"dev-a": "pw-a", "dev-b": "pw-b", "seg-consumer": "pw-c"}
+USERS = {"dev-a": "pw-a", "dev-b": "pw-b", "seg-consumer": "pw-c", "homeassistant": "pw-h"}
 
 pytestmark = pytest.mark.skipif(MOSQUITTO is None or MOSQUITTO_PASSWD is None, reason="mosquitto is not installed")
 
@@ -120,3 +120,40 @@ def test_the_agent_runs_under_the_template(broker: Mosquitto, tmp_path: Path) ->
         detections = consumer.payloads("seg-agent/dev-a/detections")
     assert {"seg-agent/dev-a/status", "seg-agent/dev-a/health", "seg-agent/dev-a/detections"} <= topics
     assert [json.loads(p)["frame_id"] for p in detections] == [1, 2, 3, 4, 5]
+
+
+def test_home_assistant_discovers_and_commands_an_agent_under_the_template(broker: Mosquitto, tmp_path: Path) -> None:
+    """The agent's subscriptions, state echoes and discovery config, and Home Assistant's side, within their rights."""
+    model = build_yolov8_seg(tmp_path / "m.onnx", imgsz=(256, 256), class_names=["circle", "square"])
+    video = write_video(tmp_path / "v.avi", frames=10, fps=10.0)
+    config = write_config(
+        tmp_path,
+        model,
+        broker.port,
+        {"source": str(video), "loop": True, "fps": 5},
+        device_id="dev-a",
+        commands={"enabled": True},
+        home_assistant={"discovery": True},
+    )
+    doc = yaml.safe_load(config.read_text())
+    doc["mqtt"].update(username="dev-a", password="${DEV_A_PASSWORD}")
+    config.write_text(json.dumps(doc))
+    topics = ["homeassistant/device/+/config", "seg-agent/+/+/detect/state"]
+    with Subscriber(broker.port, topics, username="homeassistant", password=USERS["homeassistant"]) as ha:
+        agent = AgentProcess(config, env={"DEV_A_PASSWORD": USERS["dev-a"]})
+        ops = _Client(broker.port, "homeassistant")
+        try:
+            assert ha.wait_for_count(1, "homeassistant/device/dev-a/config", 60.0), agent.log
+            assert ha.wait_for_payload("seg-agent/dev-a/cam0/detect/state", b"ON", 10.0), agent.log
+            ops.publish("seg-agent/dev-a/cam0/detect/set", b"OFF")
+            assert ha.wait_for_payload("seg-agent/dev-a/cam0/detect/state", b"OFF", 10.0), agent.log
+            sent = len(ha.received("homeassistant/device/dev-a/config"))
+            ops.publish("homeassistant/status", b"online")
+            assert ha.wait_for_count(sent + 1, "homeassistant/device/dev-a/config", 10.0), agent.log
+            agent.signal(15)
+            assert agent.wait(30) == 0, agent.log
+        finally:
+            ops.close()
+            agent.close()
+    cmps = json.loads(ha.received("homeassistant/device/dev-a/config")[0].payload)["cmps"]
+    assert {"cam0_count_circle", "cam0_count_square", "cam0_detect", "mode"} <= set(cmps)

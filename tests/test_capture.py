@@ -1169,3 +1169,54 @@ def test_frames_are_decoded_when_the_consumer_says_so(video: Path, cameras: Call
     no_uploads = DecodePolicy(hosted=lambda: asked.append("hosted?") or True)
     cam = cameras(settings(str(video), fps=10.0, realtime=False), decode=no_uploads)
     assert all(f.image.shape == (240, 320, 3) and f.jpeg is None for f in read_all(cam)) and not asked
+
+
+# --------------------------------------------------------------------------- a new rate at runtime (a command)
+
+
+@pytest.mark.parametrize(
+    ("fps", "new_fps", "expected"),
+    [
+        (1.0, 10.0, [0, 4, 7, 10, 13]),  # faster: the next frame is due one new period away, not a second
+        (10.0, 1.0, [0, 1, 30, 60]),  # slower: the one nearly due (the new period's 10 %), then one a second
+        (5.0, 0.0, [0, 1, 2, 3, 4]),  # 0: every frame from the change on
+    ],
+)
+def test_live_sampler_takes_a_new_rate(fps: float, new_fps: float, expected: list[int]) -> None:
+    times = [i / 30 for i in range(61)]
+    sampler = LiveSampler(fps, 0.0)
+    taken = []
+    for i, now in enumerate(times):
+        if i == 1:
+            sampler.set_fps(new_fps, now)
+        if sampler.due(now):
+            taken.append(i)
+            sampler.taken(now)
+        if len(taken) == len(expected):
+            break
+    assert taken == expected
+    assert sampler.fps == new_fps
+
+
+def test_file_timeline_takes_a_new_rate_where_it_was() -> None:
+    tl = FileTimeline(30.0, 5.0, realtime=False)
+    assert file_targets(tl, 3) == [0, 6, 12]
+    tl.set_fps(10.0)  # from the next sample on, every 3rd frame, starting where the 5 fps timeline was
+    assert file_targets(tl, 3) == [18, 21, 24]
+    tl.set_fps(0.0)
+    assert file_targets(tl, 3) == [27, 28, 29]
+
+
+@pytest.mark.timeout(20)
+def test_set_fps_changes_the_running_files_sampling(video: Path, cameras: Callable[..., Camera]) -> None:
+    cam = cameras(settings(str(video), fps=5.0, realtime=False))
+    assert cam.fps() == 5.0
+    before = [index_of(f) for f in read_all(cam, limit=3)]
+    cam.set_fps(10.0)  # every 3rd frame of the 30 fps file from the next sample the opening takes on
+    after = [index_of(f) for f in read_all(cam)]
+    assert before == [0, 6, 12]
+    steps = [b - a for a, b in zip([before[-1], *after], after, strict=False)]
+    assert set(steps[:2]) <= {3, 6} and set(steps[2:]) == {3}, steps  # up to two were sampled already
+    assert cam.fps() == 10.0
+    with pytest.raises(ValueError):
+        cam.set_fps(-1.0)

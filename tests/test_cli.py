@@ -90,6 +90,20 @@ def test_bad_configs_exit_2_with_key_and_reason_no_traceback(
         assert "Traceback" not in out.stderr
 
 
+def test_check_config_loads_the_model_and_says_what_it_found(tmp_path: Path, model_path: Path) -> None:
+    out = seg_agent("check-config", "--config", str(_config(tmp_path, model_path)))
+    assert out.returncode == 0, out.stderr
+    assert "yolov8 model, input 256x256, 3 classes (circle, rectangle, triangle)" in out.stderr
+
+
+def test_check_config_rejects_a_file_that_only_looks_like_a_model(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_text("a text file named .onnx")
+    out = seg_agent("check-config", "--config", str(_config(tmp_path, bogus)))
+    assert out.returncode == 2 and "inference.local.model" in out.stderr and str(bogus) in out.stderr
+    assert "OK" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     out = seg_agent("check-config", "--config", str(tmp_path / "nope.yaml"))
     assert out.returncode == 2 and "cannot read configuration file" in out.stderr
@@ -130,10 +144,24 @@ def test_infer_prints_one_api_json_line_per_image(tmp_path: Path, model_path: Pa
             assert 0 <= p["x"] <= w and 0 <= p["y"] <= h
 
 
-def test_infer_with_a_missing_image_reports_it_and_continues(tmp_path: Path, model_path: Path) -> None:
-    good = tmp_path / "ok.png"
-    cv2.imwrite(str(good), np.zeros((64, 64, 3), np.uint8))
-    out = seg_agent("infer", "--model", str(model_path), str(tmp_path / "missing.jpg"), str(good))
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: p.write_text("hello, not a picture"), "not an image OpenCV can decode (20 bytes"),
+    ],
+    ids=["missing", "empty", "directory", "not-an-image"],
+)
+def test_infer_says_why_an_image_is_unusable_and_keeps_opencv_quiet(
+    tmp_path: Path, model_path: Path, make: Any, reason: str
+) -> None:
+    bad = tmp_path / "frame.jpg"
+    make(bad)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((64, 64, 3), 200, np.uint8))
+    out = seg_agent("infer", "--model", str(model_path), str(bad), str(good))
     assert out.returncode == 1
-    assert "missing.jpg: not a readable image" in out.stderr
-    assert len(out.stdout.splitlines()) == 1
+    assert out.stderr.startswith(f"seg-agent: error: {bad}: {reason}") and len(out.stderr.splitlines()) == 1
+    assert "WARN" not in out.stderr and len(out.stdout.splitlines()) == 1  # the good image still ran

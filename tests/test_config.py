@@ -158,6 +158,30 @@ def test_load_settings_reports_yaml_errors_with_line(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "where", "lines"),
+    [
+        ("device_id: a\ndevice_id: b\n", "device_id", "lines 1 and 2"),
+        ("mqtt:\n  host: a\n  port: 1\n  host: b\n", "mqtt.host", "lines 2 and 4"),
+        ("cameras:\n  - name: c\n    fps: 1\n    fps: 2\n", "cameras[0].fps", "lines 3 and 4"),
+    ],
+)
+def test_duplicate_yaml_keys_are_rejected_with_their_path(tmp_path: Path, text: str, where: str, lines: str) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.path == where and lines in str(info.value)
+
+
+def test_the_same_key_in_two_mappings_is_no_duplicate(tmp_path: Path) -> None:
+    doc = _base(tmp_path)
+    doc["cameras"].append({**doc["cameras"][0], "name": "cam1"})  # name, source, fps twice, in two mappings
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert [c.name for c in load_settings(path).cameras] == ["cam0", "cam1"]
+
+
 def test_settings_are_frozen(tmp_path: Path) -> None:
     s = _parse(tmp_path, _base(tmp_path))
     with pytest.raises(AttributeError):
@@ -198,3 +222,26 @@ def test_local_results_name_the_local_model(tmp_path: Path) -> None:
     assert s.local_model_id == Path(doc["inference"]["local"]["model"]).stem
     _set(doc, "inference.local.model_id", "shapes-v2")
     assert _parse(tmp_path, doc).local_model_id == "shapes-v2"
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "path", "reason"),
+    [
+        ("home_assistant", {"discovery": "yes"}, "home_assistant.discovery", "true or false"),
+        ("home_assistant", {"prefix": "ha/#"}, "home_assistant.prefix", "an MQTT topic"),
+        ("home_assistant", {"prefix": ""}, "home_assistant.prefix", "an MQTT topic"),
+        ("home_assistant", {"classes": ["person", "a/b"]}, "home_assistant.classes[1]", "without '/'"),
+        ("home_assistant", {"clases": []}, "home_assistant.clases", "unknown key"),
+        ("commands", {"enabled": 1}, "commands.enabled", "true or false"),
+        ("commands", {"enable": True}, "commands.enable", "unknown key"),
+    ],
+)
+def test_home_assistant_and_commands_sections(tmp_path: Path, section: str, value: Any, path: str, reason: str) -> None:
+    doc = _base(tmp_path)
+    assert _parse(tmp_path, doc).home_assistant.discovery is False  # off by default
+    assert _parse(tmp_path, doc).commands.enabled is False
+    doc[section] = value
+    with pytest.raises(ConfigError) as info:
+        _parse(tmp_path, doc)
+    assert info.value.path == path
+    assert reason in info.value.reason

@@ -118,7 +118,7 @@ def test_sink_events_and_counts_match_the_ground_truth_across_an_outage(
     publisher.start()
     try:
         assert sub.wait_until(lambda: publisher.stats().connected, 10)
-        sink = Sink(settings, outbox, topics, publisher)
+        sink = Sink(settings, outbox, topics, publisher=publisher)
         image = np.zeros((1, 1, 3), np.uint8)
         for i in range(scene.FRAMES):
             if i == 10:

@@ -214,3 +214,24 @@ def test_points_read_as_a_sequence_of_dicts() -> None:
         {"x": 10.0, "y": 70.0},
     ]
     assert all(type(v) is float for q in points for v in q.values())
+
+
+def test_hosted_keys_the_agent_does_not_know_pass_through_in_order() -> None:
+    raw = {
+        "inference_id": "abc",
+        "time": 0.2,
+        "image": {"width": 320, "height": 240},
+        "predictions": [{**_pred(0.9), "mask_format": "polygon", "detection_id": "d1"}],
+        "resolved_model": "proj/3",
+    }
+    out = parse_api_response(raw, scale=2.0, image_wh=(640, 480))
+    assert list(out) == ["inference_id", "time", "image", "predictions", "resolved_model"]
+    assert out["resolved_model"] == "proj/3" and out["image"] == {"width": 640, "height": 480}
+    (p,) = out["predictions"]
+    assert p["mask_format"] == "polygon" and p["detection_id"] == "d1"
+    assert list(p)[: len(raw["predictions"][0])] == list(raw["predictions"][0])  # the server's order
+
+
+def test_hosted_time_that_is_not_a_number_is_left_out() -> None:
+    out = parse_api_response({"time": "soon", "predictions": []}, image_wh=(4, 4))
+    assert "time" not in out and out["predictions"] == [] and out["image"] == {"width": 4, "height": 4}

@@ -1031,3 +1031,29 @@ def test_local_results_name_the_local_model(fake: FakeRoboflow) -> None:
     router.close()
     hosted = make_router(fake).infer(frame_of("cam0", draw_scene()))
     assert hosted.source == "serverless" and hosted.model_id == MODEL
+
+
+# --------------------------------------------------------------------------- a runtime change of mode (a command)
+
+
+def test_set_mode_switches_the_way_and_refuses_missing_parts(fake: FakeRoboflow) -> None:
+    modes = ModeLog()
+    router = make_router(fake, on_mode_change=modes)
+    assert router.modes() == ("auto", "serverless", "local") and router.configured_mode == "auto"
+    assert router.infer(frame_of("cam0", draw_scene())).source == "serverless"
+    router.set_mode("local")
+    calls = fake.calls()
+    out = router.infer(frame_of("cam0", draw_scene()))
+    assert out.source == "local" and out.fallback_reason is None and fake.calls() == calls
+    assert modes.modes == ["local"] and router.configured_mode == "local"
+    router.set_mode("serverless")
+    assert router.infer(frame_of("cam0", draw_scene())).source == "serverless"
+    assert modes.modes == ["local", "serverless"] and router.stats()["configured_mode"] == "serverless"
+    router.close()
+
+    local_only = make_router(fake, mode="local")
+    assert local_only.modes() == ("local",)
+    with pytest.raises(ValueError, match="did not load"):
+        local_only.set_mode("auto")
+    assert local_only.configured_mode == "local"
+    local_only.close()

@@ -212,3 +212,41 @@ def test_no_problem_and_an_honest_reason_before_the_first_answer() -> None:
     p.call_done("cam")
     p.succeeded(0.1, probe=False, endpoint="e")
     assert p.reason == "serverless API answers"
+
+
+# --------------------------------------------------------------------------- a runtime change of mode (a command)
+
+
+@pytest.mark.parametrize(
+    ("start", "down", "to", "mode", "way", "changed"),
+    [
+        ("auto", False, "local", Mode.LOCAL, Way.LOCAL, True),
+        ("auto", False, "serverless", Mode.SERVERLESS, Way.REMOTE, False),
+        ("auto", True, "serverless", Mode.UNAVAILABLE, Way.FAIL, True),  # still down, no local fallback now
+        ("auto", True, "local", Mode.LOCAL, Way.LOCAL, False),
+        ("local", False, "auto", Mode.SERVERLESS, Way.REMOTE, True),  # hosted again: tried on the next frame
+        ("serverless", True, "auto", Mode.LOCAL, Way.LOCAL, True),  # down: the local model takes over
+        ("local", False, "local", Mode.LOCAL, Way.LOCAL, False),  # no change
+    ],
+)
+def test_reconfigure(start: str, down: bool, to: str, mode: Mode, way: Way, changed: bool) -> None:
+    p = policy(start)
+    if down:
+        p.decide(0.0, "cam")
+        p.call_done("cam")
+        p.failed(0.1, kind="connect", detail="cannot reach", retry_after=None, probe=False)
+        assert p.mode in (Mode.LOCAL, Mode.UNAVAILABLE)
+    changes = p.reconfigure(1.0, to, has_local=True, has_remote=True)
+    assert p.configured == to and p.mode == mode
+    assert [c.mode for c in changes] == ([mode] if changed else [])
+    assert p.decide(1.0, "cam").way == way
+
+
+def test_reconfigure_keeps_a_configuration_error_until_a_probe_answers() -> None:
+    p = policy("auto")
+    p.decide(0.0, "cam")
+    p.call_done("cam")
+    p.failed(0.1, kind="auth", detail="403", retry_after=None, probe=False, status=403)
+    assert p.mode == Mode.AUTH_ERROR
+    assert p.reconfigure(1.0, "serverless", has_local=True, has_remote=True) == ()
+    assert p.mode == Mode.AUTH_ERROR and not p.fallback

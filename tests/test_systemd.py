@@ -199,9 +199,15 @@ def test_install_script_is_executable_bash() -> None:
     assert "set -euo pipefail" in INSTALL.read_text(encoding="utf-8")
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-def test_install_script_is_shellcheck_clean() -> None:
-    result = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, timeout=60)
+SHELL_SCRIPTS = [INSTALL, *sorted((ROOT / "scripts").glob("*.sh"))]
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (scripts/test.sh installs it)"
+)
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_are_shellcheck_clean(script: Path) -> None:
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

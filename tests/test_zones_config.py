@@ -75,6 +75,8 @@ def test_zones_and_lines_are_read_with_defaults(tmp_path: Path) -> None:
         ({"zones": [{"name": "z"}]}, ON, "cameras[0].zones[0].points", "required"),
         ({"zones": [{"points": SQUARE}]}, ON, "cameras[0].zones[0].name", "required"),
         ({"zones": [{"name": "all", "points": SQUARE}]}, ON, "cameras[0].zones[0].name", "reserved"),
+        ({"zones": [{"name": "detect", "points": SQUARE}]}, ON, "cameras[0].zones[0].name", "reserved"),
+        ({"lines": [{"name": "fps", "start": [0, 0], "end": [1, 1]}]}, ON, "cameras[0].lines[0].name", "reserved"),
         ({"zones": [{"name": "a/b", "points": SQUARE}]}, ON, "cameras[0].zones[0].name", "letters, digits"),
         (
             {"zones": [{"name": "z", "points": SQUARE, "units": "fraction"}]},
