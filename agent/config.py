@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args
 
 from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
 from agent.tracking import TrackingSettings
+from agent.zones import LineDef, ZoneDef
+from agent.zones_config import EventSettings, read_areas, read_events
 
 __all__ = [
     "CameraSettings",
@@ -63,6 +65,8 @@ class CameraSettings:
     open_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    zones: tuple[ZoneDef, ...] = ()  # polygons for events and counts (agent/zones_config.py)
+    lines: tuple[LineDef, ...] = ()
 
     @property
     def is_file(self) -> bool:
@@ -199,6 +203,7 @@ class Settings:
     state_dir: Path
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log_level: str = "info"
     config_path: Path | None = None
@@ -275,6 +280,7 @@ def parse_settings(
     state_dir = doc.path("state_dir", required=True)
     outbox = _outbox(doc.section("outbox", OutboxSettings))
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
+    events = read_events(doc.section("events", EventSettings))
     log_level = doc.choice("log_level", _LOG_LEVELS)
     snapshots = _snapshots(doc.section("snapshots", SnapshotSettings))
     metrics = _metrics(doc.section("metrics", MetricsSettings))
@@ -282,6 +288,11 @@ def parse_settings(
     commands = _commands(doc.section("commands", CommandsSettings))
     tracking = _tracking(doc.section("tracking", TrackingSettings))
     doc.finish()
+    if events.enabled and not tracking.enabled:
+        raise ConfigError("events.enabled", "needs tracking.enabled: true (events follow tracked objects)")
+    for i, cam in enumerate(cameras):
+        if (cam.zones or cam.lines) and not events.enabled:
+            raise ConfigError(f"cameras[{i}].{'zones' if cam.zones else 'lines'}", "needs events.enabled: true")
     assert state_dir is not None
     return Settings(
         device_id=device_id,
@@ -291,6 +302,7 @@ def parse_settings(
         state_dir=state_dir,
         outbox=outbox,
         health=health,
+        events=events,
         log_level=log_level,
         config_path=config_path,
         snapshots=snapshots,
@@ -327,6 +339,7 @@ def _camera(c: Reader) -> CameraSettings:
     rmax = c.number_in("reconnect_max_s", 0.05, 86400.0)
     if rmax < rmin:
         raise ConfigError(c.key("reconnect_max_s"), "must be >= reconnect_min_s")
+    zones, lines = read_areas(c)
     settings = CameraSettings(
         name=name,
         source=source,
@@ -339,6 +352,8 @@ def _camera(c: Reader) -> CameraSettings:
         open_timeout_s=c.number_in("open_timeout_s", 0.5, 600.0),
         reconnect_min_s=rmin,
         reconnect_max_s=rmax,
+        zones=zones,
+        lines=lines,
     )
     c.finish()
     return settings

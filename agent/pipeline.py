@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from agent.capture import Camera
 from agent.config import CameraSettings, Settings
+from agent.events import EventStage
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
 from agent.metrics import ResultTally
@@ -48,11 +49,12 @@ class Topics:
     status: str
     health: str
     errors: str
+    events: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:
         base = settings.topic_base
-        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/errors")
+        return cls(f"{base}/detections", f"{base}/status", f"{base}/health", f"{base}/errors", f"{base}/events")
 
 
 def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
@@ -100,8 +102,11 @@ class Sink:
         outbox: Outbox,
         topics: Topics,
         taps: Sequence[Callable[[Frame, int, Outcome], None]] = (),
+        *,
+        publisher: Publisher | None = None,
     ) -> None:
-        """``taps``: called with each result once it is in the outbox (snapshots, metrics); each must be quick."""
+        """``taps``: called with each result once it is in the outbox (snapshots, metrics); each must be quick.
+        ``publisher``: where the retained counts of ``events`` go (none: no counts)."""
         self._taps = tuple(taps)
         self._device_id = settings.device_id
         self._model_id = settings.model_id
@@ -110,11 +115,14 @@ class Sink:
         self._warn = Throttle(log)  # one line a minute per camera and kind, with a count: not one per frame
         cameras = [c.name for c in settings.cameras]
         self._tracks = CameraTracks(settings.tracking, cameras) if settings.tracking.enabled else None
+        self._events = _event_stage(settings, outbox, topics, publisher) if settings.events.enabled else None
+        self._cameras = cameras
 
     def deliver(self, frame: Frame, frame_id: int, outcome: Outcome) -> None:
         # latency_ms is the whole time from capture to result: a frame that waited for its turn says so
         latency_ms = max(outcome.latency_ms, (time.time() - frame.timestamp) * 1000.0)
         api = outcome.api
+        tracked = None
         if self._tracks is not None:  # hosted and local results alike: one tracker per camera
             tracked = self._tracks.apply(frame.camera, frame.timestamp, api)  # .ids, .ended: for events
             api = tracked.api
@@ -130,11 +138,20 @@ class Sink:
             fallback_reason=outcome.fallback_reason,
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
+        if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
+            self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
         for tap in self._taps:
             try:
                 tap(frame, frame_id, outcome)
             except Exception as exc:  # the result is out already; a side feature must not stop the camera
                 self._warn.log(logging.ERROR, f"tap/{tap.__qualname__}", "%s failed: %r", tap.__qualname__, exc)
+
+    def finish(self) -> None:
+        """Every camera stopped (its worker too): its live tracks end, and their events go into the outbox."""
+        if self._tracks is None or self._events is None:
+            return
+        for camera in self._cameras:
+            self._events.finish(camera, [e.tracker_id for e in self._tracks.finish(camera)])
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(
@@ -159,6 +176,24 @@ class Sink:
         self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp)
 
 
+def _event_stage(settings: Settings, outbox: Outbox, topics: Topics, publisher: Publisher | None) -> EventStage:
+    """Events into the outbox; counts retained through the publisher, sent again on each new connection."""
+
+    def connection() -> object:
+        if publisher is None:
+            return None
+        st = publisher.stats()
+        return (st.last_connect_time, st.reconnects) if st.connected else None
+
+    return EventStage(
+        settings,
+        topic=topics.events,
+        put=lambda topic, payload, created: outbox.put(topic, payload, created=created),
+        publish_retained=None if publisher is None else publisher.publish_retained,
+        connection=connection,
+    )
+
+
 @dataclass
 class Pipeline:
     """Every stage of one agent, built by :func:`build`."""
@@ -171,6 +206,7 @@ class Pipeline:
     workers: list[CameraWorker] = field(default_factory=list)
     snapshots: Snapshots | None = None  # snapshots.enabled
     tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
+    sink: Sink | None = None
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -190,6 +226,8 @@ class Pipeline:
             worker.camera.stop(timeout=2.0)
         for worker in self.workers:
             worker.stop(timeout=max(10.0, self.settings.inference.serverless.timeout_s * 2))
+        if self.sink is not None:
+            self.sink.finish()  # live tracks end: their events go out with the rest
         self.outbox.flush()
 
     def close(self, drain_timeout_s: float) -> None:
@@ -258,7 +296,8 @@ def build(
     if s.snapshots.enabled:
         pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
     pipeline.tally = ResultTally() if s.metrics.enabled else None
-    sink = Sink(s, outbox, topics, [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None])
+    taps = [t.deliver for t in (pipeline.snapshots, pipeline.tally) if t is not None]
+    sink = pipeline.sink = Sink(s, outbox, topics, taps, publisher=publisher)
     decode = DecodePolicy(  # the router's parts: what each way a frame may take needs of its pixels
         model_hw=None if local is None else local.needed_hw,
         upload_hw=None if remote is None else remote.upload_hw,

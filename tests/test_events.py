@@ -1,0 +1,191 @@
+"""Events and counts from tracked detections: new/update/end, the update rule, class votes, dwell, counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.events import CameraEvents, CountBoard, EventStage, topic_segment
+from agent.zones import LineDef, ZoneDef
+
+WH = (200, 200)
+LEFT = ZoneDef("left", ((0.0, 0.0), (100.0, 0.0), (100.0, 200.0), (0.0, 200.0)), inertia=1)
+GATE = LineDef("gate", (0.0, 100.0), (200.0, 100.0))  # downward = in
+T0 = 1_700_000_000.0
+
+
+def _box(cx: float, bottom: float, size: float = 10.0) -> list[float]:
+    return [cx - size / 2, bottom - size, cx + size / 2, bottom]
+
+
+def _frame(
+    ev: CameraEvents,
+    i: int,
+    dets: list[tuple[int, float, float, str, float]],
+    ended: tuple[int, ...] = (),
+    dt: float = 1.0,
+) -> list[dict[str, Any]]:
+    """``dets``: (tracker id, centre x, bottom y, class, score); frame ``i`` is captured at T0 + i * dt."""
+    ids = np.array([d[0] for d in dets], dtype=np.int64)
+    boxes = np.array([_box(d[1], d[2]) for d in dets], dtype=float).reshape(-1, 4)
+    return ev.observe(T0 + i * dt, i, WH, ids, boxes, [d[3] for d in dets], np.array([d[4] for d in dets]), ended)
+
+
+def _events(**kw: Any) -> CameraEvents:
+    return CameraEvents("cam0", device_id="dev", zones=[LEFT], lines=[GATE], **kw)
+
+
+def test_empty_frames_and_unconfirmed_detections_make_nothing() -> None:
+    ev = _events()
+    assert _frame(ev, 0, []) == []
+    assert _frame(ev, 1, [(-1, 50, 50, "a", 0.9), (-1, 60, 50, "a", 0.9)]) == []
+    assert ev.live == 0
+    assert ev.counts() == {"all/all": 0, "left/all": 0, "gate/in/all": 0, "gate/out/all": 0}
+
+
+def test_a_track_life_new_update_end_with_one_stable_event_id() -> None:
+    ev = _events(update_interval_s=0.0)
+    out = _frame(ev, 0, [(4, 150, 50, "car", 0.8)])
+    assert [e["type"] for e in out] == ["new"]
+    new = out[0]
+    assert new["event_id"] == f"cam0-{round(T0 * 1000)}-4" and new["tracker_id"] == 4
+    assert new["class"] == "car" and new["score"] == 0.8 and new["top_score"] == 0.8
+    assert new["box"] == {"x": 150.0, "y": 45.0, "width": 10.0, "height": 10.0}
+    assert new["current_zones"] == [] and new["entered_zones"] == [] and new["dwell_s"] == {}
+    assert new["end_time"] is None and new["frame_id"] == 0 and new["start_time"] == new["timestamp"]
+    assert _frame(ev, 1, [(4, 150, 60, "car", 0.9)]) == []  # nothing a consumer cares about changed
+    out = _frame(ev, 2, [(4, 50, 60, "car", 0.7)])  # into the left zone
+    assert [e["type"] for e in out] == ["update"]
+    assert out[0]["current_zones"] == ["left"] and out[0]["entered_zones"] == ["left"]
+    assert out[0]["top_score"] == 0.9 and out[0]["score"] == 0.7 and out[0]["dwell_s"] == {"left": 0.0}
+    _frame(ev, 3, [(4, 50, 60, "car", 0.7)])
+    out = _frame(ev, 4, [(4, 150, 60, "car", 0.7)])  # out again, after 2 s inside
+    out_4_time = out[0]["timestamp"]
+    assert out[0]["current_zones"] == [] and out[0]["dwell_s"] == {"left": 2.0}
+    out = _frame(ev, 6, [], ended=(4,))
+    assert [e["type"] for e in out] == ["end"]
+    end = out[0]
+    assert end["event_id"] == new["event_id"] and end["frame_id"] == 6
+    assert end["end_time"] == out_4_time != new["start_time"]  # the last sighting, frame 4
+    assert end["timestamp"] > end["end_time"]  # the frame that ended it
+    assert end["entered_zones"] == ["left"] and end["dwell_s"] == {"left": 2.0}
+    assert ev.live == 0 and _frame(ev, 7, [], ended=(4, 99)) == []
+
+
+def test_updates_wait_for_the_interval_and_carry_the_latest_state() -> None:
+    ev = _events(update_interval_s=5.0)
+    _frame(ev, 0, [(1, 150, 50, "a", 0.9)])
+    assert _frame(ev, 1, [(1, 50, 50, "a", 0.9)]) == []  # entered at 1 s: too soon after the new
+    assert _frame(ev, 2, [(1, 50, 50, "a", 0.9)]) == []
+    out = _frame(ev, 5, [(1, 50, 50, "a", 0.9)])
+    assert [e["type"] for e in out] == ["update"] and out[0]["dwell_s"] == {"left": 4.0}
+    assert _frame(ev, 20, [(1, 50, 50, "a", 0.9)]) == []  # no change: no update, however long
+
+
+def test_class_vote_is_the_highest_score_sum_and_a_change_is_an_update() -> None:
+    ev = _events(update_interval_s=0.0)
+    _frame(ev, 0, [(2, 150, 50, "cat", 0.6)])
+    assert _frame(ev, 1, [(2, 150, 50, "dog", 0.6)]) == []  # a tie keeps "cat"
+    out = _frame(ev, 2, [(2, 150, 50, "dog", 0.3)])
+    assert out[0]["type"] == "update" and out[0]["class"] == "dog"
+    assert ev.counts()["all/dog"] == 1 and ev.counts().get("all/cat") is None
+
+
+def test_counts_by_zone_and_class_and_line_crossings() -> None:
+    ev = _events()
+    _frame(ev, 0, [(1, 50, 50, "a", 0.9), (2, 150, 50, "b", 0.9), (3, 50, 80, "b", 0.9)])
+    c = ev.counts()
+    assert c["all/all"] == 3 and c["all/a"] == 1 and c["all/b"] == 2
+    assert c["left/all"] == 2 and c["left/a"] == 1 and c["left/b"] == 1
+    _frame(ev, 1, [(1, 50, 150, "a", 0.9), (2, 150, 150, "b", 0.9), (3, 50, 80, "b", 0.9)])  # 1, 2 go down
+    _frame(ev, 2, [(1, 50, 50, "a", 0.9), (2, 150, 150, "b", 0.9), (3, 50, 80, "b", 0.9)])  # 1 comes back
+    c = ev.counts()
+    assert (c["gate/in/all"], c["gate/in/a"], c["gate/in/b"], c["gate/out/all"], c["gate/out/a"]) == (2, 1, 1, 1, 1)
+    _frame(ev, 3, [], ended=(1, 3))
+    c = ev.counts()
+    assert c["all/all"] == 1 and c["left/all"] == 0 and "left/a" not in c
+    assert c["gate/in/all"] == 2  # crossings stay counted when the track ends
+
+
+def test_mismatched_arrays_are_refused() -> None:
+    ev = _events()
+    with pytest.raises(ValueError, match="same length"):
+        ev.observe(T0, 0, WH, np.array([1, 2]), np.zeros((2, 4)), ["a"], np.array([0.5, 0.5]))
+
+
+def test_end_all_ends_every_live_track() -> None:
+    ev = _events()
+    _frame(ev, 0, [(1, 50, 50, "a", 0.9), (2, 150, 50, "b", 0.9)])
+    assert sorted(e["tracker_id"] for e in ev.end_all(T0 + 1, 1)) == [1, 2] and ev.live == 0
+
+
+@pytest.mark.parametrize(("name", "segment"), [("car", "car"), ("a/b", "a_b"), ("#+", "__"), ("", "_")])
+def test_topic_segment(name: str, segment: str) -> None:
+    assert topic_segment(name) == segment
+
+
+def test_count_board_sends_changes_and_everything_on_a_new_connection() -> None:
+    sent: list[tuple[str, bytes]] = []
+    conn: list[object] = [None]
+    board = CountBoard("p/dev", "cam0", lambda t, p: sent.append((t, p)), lambda: conn[0])
+    assert board.update({"all/all": 1}) == 0 and sent == []  # no connection: nothing, and nothing lost
+    conn[0] = 1.0
+    assert board.update({"all/all": 1, "all/a": 1}) == 2
+    assert sorted(sent) == [("p/dev/cam0/all/a", b"1"), ("p/dev/cam0/all/all", b"1")]
+    sent.clear()
+    assert board.update({"all/all": 1, "all/a": 1}) == 0
+    assert board.update({"all/all": 0}) == 2  # "all/a" vanished: published as 0
+    assert sorted(sent) == [("p/dev/cam0/all/a", b"0"), ("p/dev/cam0/all/all", b"0")]
+    sent.clear()
+    conn[0] = 2.0  # reconnected: every count again, zeros included
+    assert board.update({"all/all": 0}) == 2
+
+
+def test_event_stage_puts_events_in_order_and_ends_live_tracks_when_the_camera_stops(tmp_path: Path) -> None:
+    from agent.config import parse_settings
+    from agent.tracking import Tracked
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "c.avi").write_bytes(b"")
+    settings = parse_settings(
+        {
+            "device_id": "dev",
+            "cameras": [
+                {"name": "cam0", "source": "c.avi", "lines": [{"name": "g", "start": [0, 100], "end": [200, 100]}]}
+            ],
+            "inference": {"mode": "local", "local": {"model": "m.onnx"}},
+            "state_dir": "s",
+            "tracking": {"enabled": True},
+            "events": {"enabled": True},
+        },
+        base_dir=tmp_path,
+        env={},
+    )
+    put: list[tuple[str, bytes, float]] = []
+    retained: list[tuple[str, bytes]] = []
+    stage = EventStage(
+        settings,
+        topic="p/events",
+        put=lambda *a: put.append(a),
+        publish_retained=lambda t, p: retained.append((t, p)),
+        connection=lambda: 1,
+    )
+    assert stage.finish("cam0", []) == 0  # no frame yet: nothing to end
+
+    def tracked(y: float, ended: list[Any]) -> Tracked:
+        pred = {"x": 50.0, "y": y - 5, "width": 10.0, "height": 10.0, "class": "a", "confidence": 0.9}
+        return Tracked({"image": {"width": 200, "height": 200}, "predictions": [pred]}, np.array([7]), ended)
+
+    assert stage.deliver("cam0", T0, 3, tracked(50, [])) == 1
+    assert stage.deliver("cam0", T0 + 1, 4, tracked(150, [])) == 0
+    assert ("seg-agent/dev/cam0/g/in/a", b"1") in retained and ("seg-agent/dev/cam0/all/all", b"1") in retained
+    assert stage.finish("cam0", [7]) == 1
+    kinds = [json.loads(p)["type"] for _, p, _ in put]
+    assert kinds == ["new", "end"] and all(topic == "p/events" for topic, _, _ in put)
+    end = json.loads(put[-1][1])
+    assert end["frame_id"] == 4 and put[-1][2] == T0 + 1
+    assert ("seg-agent/dev/cam0/all/all", b"0") in retained[-4:]  # the last update: nobody is left
