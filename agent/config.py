@@ -14,14 +14,24 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, read_yaml
+from agent.config_operate import (
+    CommandsSettings,
+    HomeAssistantSettings,
+    MetricsSettings,
+    SnapshotSettings,
+    read_commands,
+    read_home_assistant,
+    read_metrics,
+    read_snapshots,
+)
+from agent.config_reader import ConfigError, Reader, Secret, as_plain, expect_mapping, read_yaml
 from agent.tracking import TrackingSettings
 from agent.zones import LineDef, ZoneDef
-from agent.zones_config import EventSettings, read_areas, read_events
+from agent.zones_config import EventSettings, read_areas, read_events, read_tracking
 
 __all__ = [
     "CameraSettings",
@@ -167,34 +177,6 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotSettings:
-    enabled: bool = False  # an annotated JPEG per camera, retained on {topic_base}/{camera}/snapshot
-    height: int = 480  # pixels (the width keeps the frame's aspect); 0 = the frame's own height
-    quality: int = 80  # JPEG quality to start from (lowered, then the height, until the image fits)
-    max_bytes: int = 250_000  # larger images are skipped (and counted)
-    interval_s: float = 10.0  # at most one per camera this often
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsSettings:
-    enabled: bool = False  # Prometheus text exposition at http://{host}:{port}/metrics
-    port: int = 9108
-    host: str = "127.0.0.1"  # loopback by default: set 0.0.0.0 (or an address) to let a remote Prometheus in
-
-
-@dataclass(frozen=True, slots=True)
-class HomeAssistantSettings:
-    discovery: bool = False  # retained MQTT discovery of one device per agent (agent.homeassistant)
-    prefix: str = "homeassistant"  # Home Assistant's discovery prefix; its birth topic is {prefix}/status
-    classes: tuple[str, ...] = ()  # count sensors per camera for these classes (empty: the local model's)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandsSettings:
-    enabled: bool = False  # detect/mode/fps .../set topics (agent.commands); security rests on the broker's ACL
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
     device_id: str
     cameras: tuple[CameraSettings, ...]
@@ -282,11 +264,11 @@ def parse_settings(
     health = HealthSettings(interval_s=doc.section("health", HealthSettings).number_in("interval_s", 1.0, 86400.0))
     events = read_events(doc.section("events", EventSettings))
     log_level = doc.choice("log_level", _LOG_LEVELS)
-    snapshots = _snapshots(doc.section("snapshots", SnapshotSettings))
-    metrics = _metrics(doc.section("metrics", MetricsSettings))
-    home_assistant = _home_assistant(doc.section("home_assistant", HomeAssistantSettings))
-    commands = _commands(doc.section("commands", CommandsSettings))
-    tracking = _tracking(doc.section("tracking", TrackingSettings))
+    snapshots = read_snapshots(doc.section("snapshots", SnapshotSettings))
+    metrics = read_metrics(doc.section("metrics", MetricsSettings))
+    home_assistant = read_home_assistant(doc.section("home_assistant", HomeAssistantSettings))
+    commands = read_commands(doc.section("commands", CommandsSettings))
+    tracking = read_tracking(doc.section("tracking", TrackingSettings))
     doc.finish()
     if events.enabled and not tracking.enabled:
         raise ConfigError("events.enabled", "needs tracking.enabled: true (events follow tracked objects)")
@@ -505,86 +487,10 @@ def _outbox(o: Reader) -> OutboxSettings:
     return settings
 
 
-def _snapshots(r: Reader) -> SnapshotSettings:
-    settings = SnapshotSettings(
-        enabled=r.flag("enabled"),
-        height=r.int_in("height", 0, 4320),
-        quality=r.int_in("quality", 10, 100),
-        max_bytes=r.int_in("max_bytes", 1000, 256 * 1024 * 1024),  # MQTT's own limit is 256 MiB
-        interval_s=r.number_in("interval_s", 0.1, 86400.0),
-    )
-    r.finish()
-    return settings
-
-
-def _metrics(r: Reader) -> MetricsSettings:
-    settings = MetricsSettings(enabled=r.flag("enabled"), port=r.int_in("port", 1, 65535), host=r.text("host"))
-    if not settings.host.strip():
-        raise ConfigError(r.key("host"), "must not be empty (127.0.0.1: this machine only; 0.0.0.0: every address)")
-    r.finish()
-    return settings
-
-
-_DISCOVERY_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-
-
-def _home_assistant(h: Reader) -> HomeAssistantSettings:
-    prefix = h.text("prefix")
-    if not _DISCOVERY_PREFIX_RE.match(prefix):
-        raise ConfigError(h.key("prefix"), "use letters, digits, '_', '-' and '/' between levels (an MQTT topic)")
-    classes = tuple(h.list_of_str("classes"))
-    for i, name in enumerate(classes):
-        if not name or any(c in name for c in "+#/"):
-            raise ConfigError(f"{h.key('classes')}[{i}]", "a class name, without '/', '+' or '#' (part of a topic)")
-    settings = HomeAssistantSettings(discovery=h.flag("discovery"), prefix=prefix, classes=classes)
-    h.finish()
-    return settings
-
-
-def _commands(c: Reader) -> CommandsSettings:
-    settings = CommandsSettings(enabled=c.flag("enabled"))
-    c.finish()
-    return settings
-
-
-def _tracking(t: Reader) -> TrackingSettings:
-    high = t.number_in("high_score", 0.0, 1.0)
-    low = t.number_in("low_score", 0.0, 1.0)
-    if low > high:
-        raise ConfigError(t.key("low_score"), f"{low:g} is above high_score ({high:g})")
-    settings = TrackingSettings(
-        enabled=t.flag("enabled"),
-        min_frames=t.int_in("min_frames", 1, 1000),
-        lost_s=t.number_in("lost_s", 0.001, 86400.0),
-        max_missed=t.int_in("max_missed", 1, 10**6),
-        high_score=high,
-        low_score=low,
-        match_iou=t.number_in("match_iou", 0.001, 1.0),
-        low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
-        class_cost=t.number_in("class_cost", 0.0, 10.0),
-    )
-    t.finish()
-    return settings
-
-
 # --------------------------------------------------------------------------- printing
 
 
 def settings_summary(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, secrets masked (for ``check-config`` and the log)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Secret):
-            return "***" if value else ""
-        if isinstance(value, Path):
-            return str(value)
-        if is_dataclass(value) and not isinstance(value, type):
-            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, Mapping):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-
-    result: dict[str, Any] = plain(settings)
+    result: dict[str, Any] = as_plain(settings)
     return result

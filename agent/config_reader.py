@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ import yaml
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["ConfigError", "Reader", "Secret", "expect_mapping", "read_yaml"]
+__all__ = ["ConfigError", "Reader", "Secret", "as_plain", "expect_mapping", "read_yaml"]
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MISSING = object()
@@ -316,3 +316,18 @@ class Reader:
             known = sorted(self._used)
             hint = f" (known keys here: {', '.join(known)})" if known else ""
             raise ConfigError(self.key(unknown[0]), f"unknown key{hint}")
+
+
+def as_plain(value: Any) -> Any:
+    """Settings as plain data (dicts, lists, strings, numbers), secrets shown as ``***`` (or ``""`` if unset)."""
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    if isinstance(value, Path):
+        return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [as_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): as_plain(v) for k, v in value.items()}
+    return value

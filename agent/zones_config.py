@@ -1,4 +1,4 @@
-"""The ``events:`` section and each camera's ``zones:`` and ``lines:``, read for :mod:`agent.config`.
+"""The ``tracking:`` and ``events:`` sections and each camera's ``zones:`` and ``lines:``, for :mod:`agent.config`.
 
 Kept apart from :mod:`agent.config` so that its size stays in bounds; the same :class:`Reader` rules apply
 (every error names the key path, a key left out takes the dataclass field's default). A polygon that can't
@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config_reader import ConfigError, Reader
+from agent.tracking import TrackingSettings
 from agent.zones import LineDef, Units, ZoneDef, polygon_problem
 
-__all__ = ["EventSettings", "read_areas", "read_events"]
+__all__ = ["EventSettings", "read_areas", "read_events", "read_tracking"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _UNITS: tuple[Units, ...] = ("pixels", "fraction")
@@ -115,3 +116,23 @@ def read_areas(camera: Reader) -> tuple[tuple[ZoneDef, ...], tuple[LineDef, ...]
     """A camera's ``zones`` and ``lines`` (their names are unique within the camera)."""
     taken: set[str] = set()
     return _zones(camera, taken), _lines(camera, taken)
+
+
+def read_tracking(t: Reader) -> TrackingSettings:
+    high = t.number_in("high_score", 0.0, 1.0)
+    low = t.number_in("low_score", 0.0, 1.0)
+    if low > high:
+        raise ConfigError(t.key("low_score"), f"{low:g} is above high_score ({high:g})")
+    settings = TrackingSettings(
+        enabled=t.flag("enabled"),
+        min_frames=t.int_in("min_frames", 1, 1000),
+        lost_s=t.number_in("lost_s", 0.001, 86400.0),
+        max_missed=t.int_in("max_missed", 1, 10**6),
+        high_score=high,
+        low_score=low,
+        match_iou=t.number_in("match_iou", 0.001, 1.0),
+        low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
+        class_cost=t.number_in("class_cost", 0.0, 10.0),
+    )
+    t.finish()
+    return settings
