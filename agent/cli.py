@@ -51,7 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"seg-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_daemon_commands(sub)
+    _add_model_commands(sub)
+    synth = sub.add_parser(
+        "synth",
+        add_help=False,
+        help="synthetic shapes: a COCO set to evaluate on (synth coco DIR) or the demo video (synth video OUT.avi)",
+    )
+    synth.add_argument("synth_args", nargs=argparse.REMAINDER)
+    sub.add_parser("quantize", add_help=False, help="an int8 copy of a model, checked for mask AP (--help: options)")
+    return parser
 
+
+def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """run, check-config, watch: the commands that take a configuration file."""
     run = sub.add_parser("run", help="run the daemon (capture, infer, publish) until SIGTERM/SIGINT")
     run.add_argument("--config", "-c", default="config.yaml", help="configuration file (default: %(default)s)")
     run.add_argument(
@@ -64,7 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a configuration and print the effective settings (secrets masked)"
     )
     check.add_argument("--config", "-c", default="config.yaml", help="configuration file (default: %(default)s)")
+    watch = sub.add_parser(
+        "watch", help="print what an agent publishes on its broker, one readable line per message, until Ctrl-C"
+    )
+    watch.add_argument("--config", "-c", default="config.yaml", help="the agent's configuration (default: %(default)s)")
+    watch.add_argument("--raw", action="store_true", help="print each message's topic and payload as they came")
 
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """infer, eval: the commands that run a local model."""
     infer = sub.add_parser("infer", help="run images through the local model; one API-format JSON line per image")
     infer.add_argument(
         "--model", "-m", required=True, help="ONNX model file or Roboflow package directory (see README: Local models)"
@@ -101,21 +122,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    watch = sub.add_parser(
-        "watch", help="print what an agent publishes on its broker, one readable line per message, until Ctrl-C"
-    )
-    watch.add_argument("--config", "-c", default="config.yaml", help="the agent's configuration (default: %(default)s)")
-    watch.add_argument("--raw", action="store_true", help="print each message's topic and payload as they came")
-
-    synth = sub.add_parser(
-        "synth",
-        add_help=False,
-        help="synthetic shapes: a COCO set to evaluate on (synth coco DIR) or the demo video (synth video OUT.avi)",
-    )
-    synth.add_argument("synth_args", nargs=argparse.REMAINDER)
-    sub.add_parser("quantize", add_help=False, help="an int8 copy of a model, checked for mask AP (--help: options)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

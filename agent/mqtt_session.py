@@ -115,6 +115,78 @@ class _Mids:
         self._early.clear()
 
 
+class _Inbound:
+    """What the session receives: subscriptions with their handlers, and the hooks run after each connect.
+    Handlers and hooks run on paho's thread; one that raises is logged, the others still run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a leaf
+        self._subscriptions: list[tuple[str, Handler]] = []
+        self.hooks: list[Callable[[], object]] = []
+
+    def add(self, topic_filter: str, handler: Handler) -> None:
+        with self._lock:
+            self._subscriptions.append((topic_filter, handler))
+
+    def filters(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(f, 1) for f, _ in self._subscriptions]
+
+    def connected(self) -> None:
+        for hook in self.hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("connect hook failed")
+
+    def dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self._lock:
+            handlers = [h for f, h in self._subscriptions if mqtt.topic_matches_sub(f, topic)]
+        for handler in handlers:
+            try:
+                handler(topic, payload, retained)
+            except Exception:
+                log.exception("handler for %s failed", topic)
+
+
+class _Failures:
+    """The last connection failure, and its log line written once until it changes (then a debug line)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a leaf
+        self.last: str | None = None
+        self._logged: str | None = None
+
+    def note(self, message: str) -> None:
+        with self._lock:
+            self.last = message
+
+    def clear(self) -> None:
+        with self._lock:
+            self.last = self._logged = None
+
+    def unreachable(self, message: str) -> None:
+        if self._first_report_of(message):
+            log.warning("%s; retrying, results are kept in the outbox", message)
+
+    def refused(self, message: str) -> None:
+        if self._first_report_of(message):
+            log.error(
+                "%s; check mqtt.username/password and the broker's ACL; retrying with backoff, "
+                "results are kept in the outbox",
+                message,
+            )
+
+    def _first_report_of(self, message: str) -> bool:
+        with self._lock:
+            self.last = message
+            first = self._logged != message
+            self._logged = message
+        if not first:
+            log.debug("%s (still)", message)
+        return first
+
+
 class MqttSession:
     """The paho client, its callbacks and the state of its connection (see the module docstring)."""
 
@@ -140,11 +212,9 @@ class MqttSession:
         self._published = 0
         self._acked = 0
         self._connects = 0
-        self._last_error: str | None = None
+        self._failures = _Failures()
         self._last_connect_time: float | None = None
-        self._logged_failure: str | None = None
-        self._subscriptions: list[tuple[str, Handler]] = []  # guarded by _lock
-        self._connect_hooks: list[Callable[[], object]] = []
+        self._inbound = _Inbound()
 
     @property
     def closing(self) -> bool:
@@ -158,8 +228,7 @@ class MqttSession:
             client = new_client(s, self._client_id, self._status_topic)
         except (OSError, ValueError) as exc:
             message = f"TLS settings for broker {self.where} are unusable: {describe_error(exc)}"
-            with self._lock:
-                self._last_error = message
+            self._failures.note(message)
             log.error("%s; not connecting, results are kept in the outbox", message)
             return False
         client.on_pre_connect = self._on_pre_connect
@@ -195,15 +264,15 @@ class MqttSession:
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Receive ``topic_filter`` (QoS 1) from the next connect on, or at once if connected."""
+        self._inbound.add(topic_filter, handler)  # before the check: a connect under way then includes it
         with self._lock:
-            self._subscriptions.append((topic_filter, handler))
             now = self._connected and not self._closing
         if now and self._client is not None:
             self._client.subscribe(topic_filter, qos=1)
 
     def on_connected(self, hook: Callable[[], object]) -> None:
         """Call ``hook`` after every successful connect (on paho's thread: it must not block)."""
-        self._connect_hooks.append(hook)
+        self._inbound.hooks.append(hook)
 
     def await_window(self, max_in_flight: int, timeout: float) -> Window | None:
         """What may be sent now; None (after waiting up to ``timeout`` for a connect, PUBACK or shut) if nothing
@@ -296,7 +365,7 @@ class MqttSession:
                 published=self._published,
                 acked=self._acked,
                 reconnects=max(0, self._connects - 1),
-                last_error=self._last_error,
+                last_error=self._failures.last,
                 in_flight=len(self._mids.entries),
                 last_connect_time=self._last_connect_time,
             )
@@ -319,7 +388,7 @@ class MqttSession:
     ) -> None:
         try:
             if reason_code.is_failure:
-                self._connect_refused(f"broker {self.where} refused the connection: {reason_code}")
+                self._failures.refused(f"broker {self.where} refused the connection: {reason_code}")
                 return
             with self._send_lock:
                 stale = len(client.drop_out_messages())  # every QoS>0 message paho still holds
@@ -332,20 +401,19 @@ class MqttSession:
                     self._connects += 1
                     first = self._connects == 1
                     self._last_connect_time = time.time()
-                    self._last_error = None
-                    self._logged_failure = None
+                    self._failures.clear()
                     closing = self._closing
                 if not closing:
                     self._send_retained(client, self._status_topic, ONLINE, 1)
                     with self._lock:
                         self._connected = True
                         self._cond.notify_all()
-                        filters = [(f, 1) for f, _ in self._subscriptions]
+                    filters = self._inbound.filters()
                     if filters:
                         client.subscribe(filters)
             self._outbox.wake()
             if not closing:
-                self._run_connect_hooks()
+                self._inbound.connected()
             depth = self._outbox.stats().depth
             log.info(
                 "%s broker %s%s",
@@ -358,45 +426,12 @@ class MqttSession:
         except Exception:
             log.exception("on_connect failed")
 
-    def _run_connect_hooks(self) -> None:
-        for hook in self._connect_hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("connect hook failed")
-
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            handlers = [h for f, h in self._subscriptions if mqtt.topic_matches_sub(f, msg.topic)]
-        for handler in handlers:
-            try:
-                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
-            except Exception:
-                log.exception("handler for %s failed", msg.topic)
+        self._inbound.dispatch(msg.topic, bytes(msg.payload), bool(msg.retain))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError` block: the exception is still being handled.
-        message = f"broker {self.where} unreachable: {describe_error(sys.exception())}"
-        if self._first_report_of(message):
-            log.warning("%s; retrying, results are kept in the outbox", message)
-
-    def _connect_refused(self, message: str) -> None:
-        if self._first_report_of(message):
-            log.error(
-                "%s; check mqtt.username/password and the broker's ACL; retrying with backoff, "
-                "results are kept in the outbox",
-                message,
-            )
-
-    def _first_report_of(self, message: str) -> bool:
-        """Notes a connection failure; False (and a debug line) if it is the same as the last one."""
-        with self._lock:
-            self._last_error = message
-            first = self._logged_failure != message
-            self._logged_failure = message
-        if not first:
-            log.debug("%s (still)", message)
-        return first
+        self._failures.unreachable(f"broker {self.where} unreachable: {describe_error(sys.exception())}")
 
     def _on_disconnect(
         self,
@@ -414,8 +449,8 @@ class MqttSession:
             if was_connected and not closing:
                 generic = reason_code.value in (0, 0x80)  # v3.1.1 says no more than "Unspecified error"
                 why = "" if generic else f" ({reason_code})"
-                self._last_error = f"connection to broker {self.where} lost{why}"
-            message = self._last_error
+                self._failures.note(f"connection to broker {self.where} lost{why}")
+            message = self._failures.last
             self._cond.notify_all()
         self._outbox.wake()
         if was_connected and not closing:

@@ -253,6 +253,27 @@ def frames_under_way(settings: Settings, camera: CameraSettings, mode: str) -> i
     return hosted if batch and hosted else hosted + local
 
 
+def _hosted_client(s: Settings) -> ServerlessClient:
+    return ServerlessClient(
+        s.inference.serverless,
+        confidence=s.inference.confidence,
+        overlap=s.inference.overlap,
+        max_detections=s.inference.max_detections,
+        pool_size=s.inference.serverless.max_in_flight * len(s.cameras),
+    )
+
+
+def _make_state_dir(s: Settings) -> None:
+    try:
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error(
+            "state_dir %s can't be created (%s): the outbox will be kept in memory only",
+            s.state_dir,
+            exc.strerror or exc,
+        )
+
+
 def build(
     settings: Settings,
     *,
@@ -264,23 +285,8 @@ def build(
     s = settings
     mode = s.inference.mode
     local = load_local_model(s) if mode in ("auto", "local") else None
-    remote = None
-    if mode in ("auto", "serverless"):
-        remote = ServerlessClient(
-            s.inference.serverless,
-            confidence=s.inference.confidence,
-            overlap=s.inference.overlap,
-            max_detections=s.inference.max_detections,
-            pool_size=s.inference.serverless.max_in_flight * len(s.cameras),
-        )
-    try:
-        s.state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.error(
-            "state_dir %s can't be created (%s): the outbox will be kept in memory only",
-            s.state_dir,
-            exc.strerror or exc,
-        )
+    remote = _hosted_client(s) if mode in ("auto", "serverless") else None
+    _make_state_dir(s)
     topics = Topics.of(s)
     outbox = Outbox(s.state_dir / "outbox.sqlite3", s.outbox)
     router = Router(

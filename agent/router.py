@@ -135,6 +135,45 @@ class FrameFailed(Exception):
         return self.reason
 
 
+class _ClassCheck:
+    """Warns once per hosted class name the local model doesn't know (the two sides' names differ)."""
+
+    def __init__(self, known: list[str] | None) -> None:
+        self._known = None if known is None else set(known)
+        self.unknown: set[str] = set()
+
+    def check(self, api: dict[str, Any]) -> None:
+        if self._known is None:
+            return
+        for p in api.get("predictions", ()):
+            name = p.get("class")
+            if isinstance(name, str) and name not in self._known and name not in self.unknown:
+                self.unknown.add(name)
+                log.warning(
+                    "hosted model returned class %r, which the local model doesn't know;"
+                    " set inference.local.class_map so both sides use the same names",
+                    name,
+                )
+
+
+def _policy_stats(p: RoutePolicy, now: float, key: str) -> dict[str, Any]:
+    """The policy's part of :meth:`Router.stats` (reasons redacted)."""
+    return {
+        "mode": str(p.mode),
+        "configured_mode": p.configured,
+        "reason": redact(p.reason, key),
+        "mode_for_s": round(now - p.mode_since, 1),
+        "probe": {"interval_s": p.probe_interval, "next_in_s": p.next_probe_in(now), "in_flight": p.probe_in_flight},
+        **{k: p.counters[k] for k in COUNTER_NAMES},
+        "remote_failed": dict(p.remote_failed),
+        "saved": {
+            "frames_gated": p.counters["gated"],
+            "remote_calls_capped": p.counters["capped_minute"] + p.counters["capped_day"],
+        },
+        "cameras": p.camera_stats(now),
+    }
+
+
 class Router:
     """Carries out the :class:`agent.routing.RoutePolicy` for every camera's frames and keeps the state the
     health topic shows. Thread-safe: the policy is used under one lock, calls and the model run outside it."""
@@ -183,11 +222,7 @@ class Router:
         self._hosted_model_id = remote.model_id if remote is not None else ""
         self.latency = {"serverless": LatencyWindow(512), "local": LatencyWindow(512)}
         """Each result's time in :meth:`infer`, by the way it was made: the one record of inference latency."""
-        self._known_classes: set[str] | None = None
-        if local is not None:
-            cmap = settings.local.class_map
-            self._known_classes = {cmap.get(n, n) for n in local.class_names}
-        self._unknown_classes: set[str] = set()
+        self._classes = _ClassCheck(self.class_names() if local is not None else None)
         self._closed = False
 
     # ------------------------------------------------------------------ public
@@ -261,28 +296,9 @@ class Router:
     def stats(self) -> dict[str, Any]:
         """Plain data for the health topic and logs (redacted)."""
         with self._lock:
-            p = self._policy
-            now = self._clock()
-            result: dict[str, Any] = {
-                "mode": str(p.mode),
-                "configured_mode": p.configured,
-                "reason": redact(p.reason, self._key),
-                "mode_for_s": round(now - p.mode_since, 1),
-                "probe": {
-                    "interval_s": p.probe_interval,
-                    "next_in_s": p.next_probe_in(now),
-                    "in_flight": p.probe_in_flight,
-                },
-                **{k: p.counters[k] for k in COUNTER_NAMES},
-                "remote_failed": dict(p.remote_failed),
-                "saved": {
-                    "frames_gated": p.counters["gated"],
-                    "remote_calls_capped": p.counters["capped_minute"] + p.counters["capped_day"],
-                },
-                "cameras": p.camera_stats(now),
-            }
-            if self._unknown_classes:
-                result["unknown_remote_classes"] = sorted(self._unknown_classes)[:20]
+            result = _policy_stats(self._policy, self._clock(), self._key)
+            if self._classes.unknown:
+                result["unknown_remote_classes"] = sorted(self._classes.unknown)[:20]
         if self._remote is not None:
             result["client"] = self._remote.stats()
         return result
@@ -338,7 +354,7 @@ class Router:
             with self._lock:
                 endpoint = self._remote.endpoint if self._remote else "it"
                 self._apply(self._policy.succeeded(self._clock(), probe=plan.probe, endpoint=endpoint))
-                self._check_classes(api)
+                self._classes.check(api)
             latency = _ms_since(t0)
             self.latency["serverless"].add(latency)
             return Outcome(api, "serverless", latency, None, self._hosted_model_id)
@@ -384,20 +400,6 @@ class Router:
             if error.kind == "auth":
                 break
         return None, error, attempts
-
-    def _check_classes(self, api: dict[str, Any]) -> None:
-        """Warn once per hosted class name the local model doesn't know (the two sides' names differ)."""
-        if self._known_classes is None:
-            return
-        for p in api.get("predictions", ()):
-            name = p.get("class")
-            if isinstance(name, str) and name not in self._known_classes and name not in self._unknown_classes:
-                self._unknown_classes.add(name)
-                log.warning(
-                    "hosted model returned class %r, which the local model doesn't know;"
-                    " set inference.local.class_map so both sides use the same names",
-                    name,
-                )
 
     # ------------------------------------------------------------------ local
 
