@@ -132,6 +132,7 @@ class Agent:
             router=p.router,
             outbox=p.outbox.stats(),
             mqtt=p.publisher.stats(),
+            ages=p.publish_ages,
         )
 
     def _publish_health(self) -> None:

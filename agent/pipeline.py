@@ -20,6 +20,7 @@ from agent.capture import Camera
 from agent.config import Settings
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
+from agent.measures import PublishAges
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
 from agent.package import read_names_file
@@ -110,7 +111,7 @@ class Sink:
             latency_ms=latency_ms,
             fallback_reason=outcome.fallback_reason,
         )
-        self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
+        self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp, camera=frame.camera)
 
     def deliver_failure(self, frame: Frame, frame_id: int, exc: FrameFailed) -> None:
         self._warn.log(
@@ -132,7 +133,7 @@ class Sink:
             "attempts": exc.attempts,
             "model_id": self._model_id,
         }
-        self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp)
+        self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp, camera=frame.camera)
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Pipeline:
     router: Router
     publisher: Publisher
     workers: list[CameraWorker] = field(default_factory=list)
+    publish_ages: PublishAges = field(default_factory=PublishAges)  # fed by the outbox's acknowledgements
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -214,6 +216,7 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
+    outbox.on_delivered(pipeline.publish_ages.delivered)
     sink = Sink(s, outbox, topics)
     # Frames under way per camera: the hosted calls (the router holds them to max_in_flight) plus, in auto
     # mode, the local runs of frames that found every hosted call busy.
