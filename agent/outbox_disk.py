@@ -406,7 +406,7 @@ class DiskMirror:
                         if remaining <= 0:
                             action = self.commit
                             break
-                    elif self.state is DiskState.FAILED and self._entries:
+                    elif self.state is DiskState.FAILED:  # even with nothing held: the meta must reach the disk
                         remaining = self._retry_at - now
                         if remaining <= 0:
                             action = self._recover
