@@ -16,10 +16,15 @@ kernel; a blackhole is drops, not refusals). Without namespaces everything is on
 is skipped (said in the report). The state dir is a small tmpfs, so the disk can fill up.
 
 Faults, one at a time in a shuffled round robin, each for a random few seconds with calm in between:
-``agent_kill`` (SIGKILL, the outbox file read from a copy, restart), ``broker_restart`` (SIGTERM, down a few
-seconds), ``api_refuse`` (the API's port closed), ``api_hang`` (accepts, never answers), ``api_slow`` (3 s
-answers), ``corrupt_jpeg`` (every other frame mangled), ``disk_full`` (the tmpfs filled to the last block),
-``broker_blackhole`` (every packet of the broker link dropped), ``camera_drop`` (the camera's server gone).
+
+- ``agent_kill``: SIGKILL (the outbox file is read from a copy), restart;
+- ``kill_in_outage``: the broker away a few seconds, so results wait on disk, then the SIGKILL and restart;
+- ``broker_restart``: SIGTERM, down a few seconds, started again on the same port;
+- ``api_refuse`` (the API's port closed), ``api_hang`` (accepts, never answers), ``api_slow`` (3 s answers);
+- ``corrupt_jpeg``: two frames in three mangled (half garbage, or nothing decodable);
+- ``disk_full``: the tmpfs filled to the last block while the broker is away (so the held results cannot be
+  written), then the broker back with the disk still full, then room again;
+- ``broker_blackhole``: every packet of the broker link dropped; ``camera_drop``: the camera's server gone.
 
 The verifier subscribes with a persistent session (QoS 1, clean_session false) to the detections, errors and
 health topics, and reports frames captured (the agent's own counters, per run), results delivered, lost,
@@ -71,6 +76,7 @@ KEY = "chaos-key"
 MODEL_ID = "shapes/3"
 FAULTS = (
     "agent_kill",
+    "kill_in_outage",
     "broker_restart",
     "api_refuse",
     "api_hang",
@@ -515,6 +521,15 @@ class World:
             record.update(committed_on_disk=len(run.committed), reserved=run.reserved)
             self.wait(hold_s)
             self.agent.start(self.verifier)
+        elif kind == "kill_in_outage":  # results pile up on disk, then the agent dies with them there
+            self.broker.stop()
+            self.wait(hold_s)
+            self.agent.kill(self.state / "outbox.sqlite3")
+            run = self.agent.runs[-1]
+            record.update(committed_on_disk=len(run.committed), reserved=run.reserved)
+            self.agent.start(self.verifier)
+            self.wait(2.0)
+            self.broker.start()
         elif kind == "broker_restart":
             self.broker.stop()
             self.wait(hold_s)
@@ -535,14 +550,17 @@ class World:
             self.cam.stop()
             self.wait(hold_s)
             self.cam.start()
-        elif kind == "disk_full":
+        elif kind == "disk_full":  # full while the broker is away (so results must be written), then back
             filler = self.state / "filler"
             with open(filler, "wb") as f, contextlib.suppress(OSError):
                 while True:
                     f.write(b"\0" * (1 << 20))
                     f.flush()
             record["filler_mb"] = round(filler.stat().st_size / 1e6, 1)
+            self.broker.stop()
             self.wait(hold_s)
+            self.broker.start()
+            self.wait(hold_s / 2)  # delivered from memory while the disk is still full
             filler.unlink()
         elif kind == "broker_blackhole":
             self.net.blackhole(True)
@@ -604,6 +622,8 @@ class World:
         print(text)
         if args.report:
             Path(args.report).write_text(text + "\n")
+        if args.markdown:
+            Path(args.markdown).write_text(render_markdown(report))
         return 1 if report["lost"]["total"] else 0
 
     def wait_quiet(self, seconds: float) -> None:
@@ -762,6 +782,51 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
     }
 
 
+def render_markdown(r: dict[str, Any]) -> str:
+    """The report as a Markdown section: the faults, what was lost, the figures, the command."""
+    held: dict[str, float] = {}
+    for f in r["faults"]:
+        held[f["fault"]] = held.get(f["fault"], 0.0) + float(f["hold_s"])
+    lines = [
+        f"### `{r['mode']}` run, {r['minutes']:g} min, inference `{r['inference']}`, seed {r['seed']}",
+        "",
+        f"Command: `{r['command']}`; load average at the end {', '.join(f'{x:.1f}' for x in r['load_average'])}"
+        f" (2 cores shared with other work).",
+        "",
+    ]
+    if r["faults"]:
+        lines += ["| fault | times | seconds in all |", "|---|---|---|"]
+        lines += [f"| {k} | {n} | {held[k]:.0f} |" for k, n in r["fault_counts"].items()]
+        lines.append("")
+    for kind, why in r["skipped_faults"].items():
+        lines.append(f"- skipped: {kind} ({why})")
+    res, fr, age, lost = r["results"], r["frames"], r["age_s"], r["lost"]
+    lines += [
+        f"- agent runs: {len(r['agent_runs'])} ({sum(1 for a in r['agent_runs'] if a['end'] == 'kill')} SIGKILLed,"
+        f" ends: {', '.join(sorted({a['end'] for a in r['agent_runs']}))}); last exit status {r['last_exit_status']}",
+        f"- frames read {fr['frames_read']}, sampled and taken {fr['frames_sampled']}, skipped (slot replaced)"
+        f" {fr['frames_skipped']}, processed {fr['frames_processed']}, gated {fr['frames_gated']}; at most"
+        f" {r['max_frames_open']} taken frames were still under way or waiting for an earlier one at any health report",
+        f"- results delivered: {res['distinct']} distinct in {res['messages']} messages ({res['by_source']});"
+        f" {res['replayed']} replayed, {res['duplicates']} duplicates, {res['ids_used_twice']} ids used twice",
+        f"- **lost (committed, never delivered): {lost['total']}** (on disk at a kill:"
+        f" {len(lost['committed_at_kill'])}, gaps below a delivered id: {len(lost['gaps'])})",
+        f"- live results out of frame order: {res['live_order_breaks']}",
+        f"- capture to delivery: worst {age['worst']} s, worst live {age['worst_live']} s, live p50"
+        f" {age['live_p50']} s, p90 {age['live_p90']} s; longest silence between live results"
+        f" {age['longest_live_silence']} s",
+        f"- health `age_at_publish` at the end: {r['last_health_age_at_publish']}",
+        f"- health problems seen: {', '.join(r['health_problems_seen']) or 'none'}",
+    ]
+    rss = r["rss"]
+    if rss:
+        lines.append(
+            f"- RSS of the longest run ({rss['run_s']} s): {rss['start_mb']} MB after 30 s, {rss['end_mb']} MB at the"
+            f" end, peak {rss['peak_mb']} MB: {rss['growth_pct']:+.1f} %"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="how long faults are injected (default 10)")
@@ -777,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--tmpfs-mb", type=int, default=16)
     p.add_argument("--report", help="also write the JSON report here")
+    p.add_argument("--markdown", help="also write the report as a Markdown section here (for RELIABILITY.md)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, broker store)")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="seg-chaos-"))

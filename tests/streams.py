@@ -107,8 +107,9 @@ class MjpegServer:
     ``hang``: accept, answer with the HTTP headers, then send nothing (a wedged camera);
     ``hang_after``: send this many frames per connection, then go silent with the socket open;
     ``status``: anything but 200 answers with that HTTP status and closes (a camera that refuses);
-    ``corrupt``: every other frame's JPEG is mangled (its second half overwritten: a broken frame, the right
-    length). All may be changed while running (they apply to the next connection / next frame).
+    ``corrupt``: two frames in three are mangled, the right length: one with its second half overwritten (a
+    broken frame that decodes to garbage), the other all but its first two bytes (not decodable at all).
+    All may be changed while running (they apply to the next connection / next frame).
     ``connect_times`` (``time.monotonic()`` of each accepted connection) and ``open_connections``
     (connections the client has not closed yet) let tests see what the client did.
 
@@ -269,8 +270,8 @@ class MjpegServer:
                     self._idle(conn, stop)
                     return
                 jpeg = _encode(make_frame(index, self.width, self.height, self.tag))
-                if self.corrupt and index % 2:
-                    half = len(jpeg) // 2
+                if self.corrupt and index % 3:  # two in three: the second half overwritten, or no JPEG at all
+                    half = len(jpeg) // 2 if index % 3 == 1 else 2
                     jpeg = jpeg[:half] + bytes((i * 37) & 0xFF for i in range(len(jpeg) - half))
                 part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n").encode()
                 conn.sendall(part + jpeg + b"\r\n")
