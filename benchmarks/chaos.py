@@ -455,6 +455,10 @@ class World:
     @contextlib.contextmanager
     def up(self) -> Iterator[World]:
         try:
+            for kind in filter(None, self.args.skip.split(",")):
+                if kind not in FAULTS:
+                    raise SystemExit(f"--skip: unknown fault {kind!r}; one of {', '.join(FAULTS)}")
+                self.skipped[kind] = "--skip"
             self.net.setup()
             if not self.net.enabled:
                 self.skipped["broker_blackhole"] = f"no network namespace: {self.net.why_not}"
@@ -839,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inference", choices=("auto", "serverless"), default="auto")
     p.add_argument("--fps", type=float, default=4.0, help="the agent's sample rate of the 8 fps camera")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--skip",
+        default="",
+        help="faults to leave out, comma-separated (agent_kill,kill_in_outage: one agent run, for RSS)",
+    )
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--tmpfs-mb", type=int, default=16)
     p.add_argument("--report", help="also write the JSON report here")
