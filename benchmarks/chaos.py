@@ -31,7 +31,8 @@ health topics, and reports frames captured (the agent's own counters, per run), 
 duplicates, the order of live (not replayed) results, capture-to-delivery ages and the agent's RSS. Lost =
 frame ids that were committed and never delivered: the ids found in the outbox file after each SIGKILL,
 and every id of a run below one that was delivered or committed (frame ids are gap-free per run; a killed
-run's successor starts past the block it had reserved). Exit status 1 if anything committed was lost.
+run's successor starts past the block it had reserved). Exit status 1 if anything committed was lost, 2 if
+nothing at all was delivered (the soak's own set-up failed).
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ class Net:
         self.pairs = {"broker": (f"scb{tag}h", f"scb{tag}n", 1), "service": (f"scs{tag}h", f"scs{tag}n", 2)}
         self.enabled = False
         self.why_not = ""
-        self.host_ip = {k: f"10.231.{n}.1" for k, (_, _, n) in self.pairs.items()}
-        self.ns_ip = {k: f"10.231.{n}.2" for k, (_, _, n) in self.pairs.items()}
+        self.net16 = _free_net16()  # two soaks at once must not share addresses (replies would go astray)
+        self.host_ip = {k: f"{self.net16}.{n}.1" for k, (_, _, n) in self.pairs.items()}
+        self.ns_ip = {k: f"{self.net16}.{n}.2" for k, (_, _, n) in self.pairs.items()}
         self.blackholed = False
 
     def setup(self) -> None:
@@ -125,9 +127,9 @@ class Net:
             for host_if, ns_if, n in self.pairs.values():
                 sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
                 sh("ip", "link", "set", ns_if, "netns", self.ns)
-                sh("ip", "addr", "add", f"10.231.{n}.1/24", "dev", host_if)
+                sh("ip", "addr", "add", f"{self.net16}.{n}.1/24", "dev", host_if)
                 sh("ip", "link", "set", host_if, "up")
-                sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"10.231.{n}.2/24", "dev", ns_if)
+                sh("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.net16}.{n}.2/24", "dev", ns_if)
                 sh("ip", "netns", "exec", self.ns, "ip", "link", "set", ns_if, "up")
             # the blackhole must be possible here, or the fault is skipped
             self.blackhole(True)
@@ -174,6 +176,18 @@ class Net:
         for host_if, _, _ in self.pairs.values():
             sh("ip", "link", "del", host_if, check=False)
         sh("ip", "netns", "del", self.ns, check=False)
+
+
+def _free_net16() -> str:
+    """``10.N`` with no address of this machine in it (N from 200 on)."""
+    try:
+        used = sh("ip", "-o", "addr", check=False).stdout
+    except OSError:
+        used = ""
+    for n in range(200, 255):
+        if f" 10.{n}." not in used:
+            return f"10.{n}"
+    raise RuntimeError("no free 10.N.0.0/16 for the soak's links")
 
 
 # --------------------------------------------------------------------------- broker
@@ -628,6 +642,9 @@ class World:
             Path(args.report).write_text(text + "\n")
         if args.markdown:
             Path(args.markdown).write_text(render_markdown(report))
+        if not report["results"]["messages"]:
+            log("no result was delivered at all: the soak itself is broken")
+            return 2
         return 1 if report["lost"]["total"] else 0
 
     def wait_quiet(self, seconds: float) -> None:
@@ -661,17 +678,24 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
     runs = world.agent.runs
     seen: dict[int, float] = {}
     duplicates = reused = 0
+    details: list[dict[str, Any]] = []  # each duplicate and each live result out of order, for the reader
     for g in results:
         fid, ts = int(g.doc["frame_id"]), capture_time(g.doc)
         if fid in seen:
             duplicates += 1
             reused += int(abs(seen[fid] - ts) > 1e-3)  # the same id on another frame: an id used twice
+            details.append({"duplicate": fid, "replayed": bool(g.doc.get("replayed")), "at": round(g.at - world.t0, 1)})
         else:
             seen[fid] = ts
     delivered = set(seen)
     # order: live results (not replayed) must come in frame order, across restarts too
     live = [g for g in results if not g.doc.get("replayed")]
-    order_breaks = sum(1 for a, b in itertools.pairwise(live) if int(b.doc["frame_id"]) <= int(a.doc["frame_id"]))
+    breaks = [(a, b) for a, b in itertools.pairwise(live) if int(b.doc["frame_id"]) <= int(a.doc["frame_id"])]
+    order_breaks = len(breaks)
+    details += [
+        {"out_of_order": int(b.doc["frame_id"]), "after": int(a.doc["frame_id"]), "at": round(b.at - world.t0, 1)}
+        for a, b in breaks
+    ]
     # lost: per run, every id from its first to the highest delivered or committed one
     lost_on_disk: list[int] = []
     gaps: list[int] = []
@@ -764,6 +788,7 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
             "live": len(live),
             "replayed": len(results) - len(live),
             "live_order_breaks": order_breaks,
+            "details": details[:50],
         },
         "lost": {
             "total": len(lost_on_disk) + len(gaps),
@@ -815,7 +840,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f" {res['replayed']} replayed, {res['duplicates']} duplicates, {res['ids_used_twice']} ids used twice",
         f"- **lost (committed, never delivered): {lost['total']}** (on disk at a kill:"
         f" {len(lost['committed_at_kill'])}, gaps below a delivered id: {len(lost['gaps'])})",
-        f"- live results out of frame order: {res['live_order_breaks']}",
+        f"- live results out of frame order: {res['live_order_breaks']}"
+        + (f" (duplicates and breaks: {res['details']})" if res.get("details") else ""),
         f"- capture to delivery: worst {age['worst']} s, worst live {age['worst_live']} s, live p50"
         f" {age['live_p50']} s, p90 {age['live_p90']} s; longest silence between live results"
         f" {age['longest_live_silence']} s",
