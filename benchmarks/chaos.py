@@ -248,6 +248,7 @@ class Got:
     topic: str
     doc: dict[str, Any]
     run: int  # the agent run the script had started when it arrived
+    dup: bool  # the broker's redelivery flag (it resent this message to the verifier)
 
 
 class Verifier:
@@ -285,7 +286,7 @@ class Verifier:
         except ValueError:
             return
         with self._lock:
-            self.got.append(Got(time.time(), msg.topic, doc, self.run))
+            self.got.append(Got(time.time(), msg.topic, doc, self.run, bool(msg.dup)))
 
     def messages(self, suffix: str) -> list[Got]:
         with self._lock:
@@ -671,6 +672,12 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
+def _second_half_growth(samples: list[tuple[float, int]]) -> float:
+    t0, t1 = samples[0][0], samples[-1][0]
+    half = next(kb for t, kb in samples if t >= (t0 + t1) / 2)
+    return round(100.0 * (samples[-1][1] - half) / half, 1)
+
+
 def analyse(world: World, rc: int | None) -> dict[str, Any]:
     assert world.agent and world.verifier
     results = [g for g in world.verifier.got if g.topic.endswith(("/detections", "/errors"))]
@@ -684,7 +691,14 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
         if fid in seen:
             duplicates += 1
             reused += int(abs(seen[fid] - ts) > 1e-3)  # the same id on another frame: an id used twice
-            details.append({"duplicate": fid, "replayed": bool(g.doc.get("replayed")), "at": round(g.at - world.t0, 1)})
+            details.append(
+                {
+                    "duplicate": fid,
+                    "replayed": bool(g.doc.get("replayed")),
+                    "dup": g.dup,
+                    "at": round(g.at - world.t0, 1),
+                }
+            )
         else:
             seen[fid] = ts
     delivered = set(seen)
@@ -752,6 +766,9 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
             "end_mb": round(samples[-1][1] / 1024, 1),
             "peak_mb": round(max(kb for _, kb in samples) / 1024, 1),
             "growth_pct": round(100.0 * (samples[-1][1] - settled[0]) / settled[0], 1),
+            # the second half alone: what is left once the warm-up (the local model's first runs) is over
+            "second_half_growth_pct": _second_half_growth(samples),
+            "series_mb": [(round(t - t0), round(kb / 1024, 1)) for t, kb in samples[:: max(1, len(samples) // 12)]],
         }
     fault_counts: dict[str, int] = {}
     for f in world.faults:
@@ -852,7 +869,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     if rss:
         lines.append(
             f"- RSS of the longest run ({rss['run_s']} s): {rss['start_mb']} MB after 30 s, {rss['end_mb']} MB at the"
-            f" end, peak {rss['peak_mb']} MB: {rss['growth_pct']:+.1f} %"
+            f" end, peak {rss['peak_mb']} MB: {rss['growth_pct']:+.1f} %; over its second half"
+            f" {rss['second_half_growth_pct']:+.1f} %; (s, MB): {rss['series_mb']}"
         )
     return "\n".join(lines) + "\n"
 
