@@ -83,6 +83,7 @@ class CameraStatus:
     state: CameraState  # a str: "starting", "streaming", ...
     frames_read: int  # frames read from the source (grab count)
     frames_sampled: int  # frames handed out by read()
+    frames_skipped: int  # sampled frames the newest-frame slot replaced before the worker took them
     fps_in: float  # measured rate of frames read from the source, recent window
     fps_out: float  # measured rate of sampled frames handed out, recent window
     reconnects: int
@@ -131,6 +132,7 @@ class Camera:
         self._eof = False
         self._frames_read = 0
         self._sampled = 0
+        self._skipped = 0  # sampled frames replaced in the slot unread (the worker was busy)
         self._reconnects = 0
         self._last_grab: float | None = None
         self._width = 0
@@ -203,6 +205,7 @@ class Camera:
                 state=self._state,
                 frames_read=self._frames_read,
                 frames_sampled=self._sampled,
+                frames_skipped=self._skipped,
                 fps_in=self._in_rate.rate(),
                 fps_out=self._out_rate.rate(),
                 reconnects=self._reconnects,
@@ -272,6 +275,8 @@ class Camera:
                 self._cond.wait(1.0)
             if att.stale():
                 return False
+            if self._slot is not None:
+                self._skipped += 1  # the worker did not take the last one in time: counted, never silent
             self._slot = item
             self._height, self._width = item.picture.frame_hw
             if next_k is not None:

@@ -142,6 +142,7 @@ class Agent:
             router=p.router,
             outbox=p.outbox.stats(),
             mqtt=p.publisher.stats(),
+            ages=p.publish_ages,
         )
         if self._remote is not None and (commands := self._remote.stats()) is not None:
             doc["commands"] = commands

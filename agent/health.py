@@ -14,6 +14,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config import Settings
+from agent.measures import PublishAges
 from agent.outbox import OutboxStats
 from agent.publisher import PublisherStats
 from agent.results import iso_utc
@@ -34,9 +35,11 @@ def report(
     router: Router,
     outbox: OutboxStats,
     mqtt: PublisherStats,
+    ages: PublishAges | None = None,
 ) -> dict[str, Any]:
     """The retained health document: ``state`` is the daemon's (``running`` becomes ``degraded`` when
-    something is wrong), ``problems`` says what."""
+    something is wrong), ``problems`` says what. ``ages``: each camera's age of results at publish
+    (capture to the broker's acknowledgement), shown per camera as ``age_at_publish``."""
     routing = router.stats()
     per_camera = routing["cameras"]
     cameras: dict[str, Any] = {}
@@ -50,6 +53,8 @@ def report(
         cam["frames_processed"] = w.processed.total
         cam["frames_gated"] = counted.get("gated", 0)
         cam["frames_failed"] = counted.get("frames_failed", 0) + int(w.crashed)
+        if ages is not None:
+            cam["age_at_publish"] = ages.summary(w.name)
         cameras[w.name] = cam
     problems = [f"camera {n} {c['state']}" for n, c in cameras.items() if c["state"] != "streaming"]
     if outbox.degraded:

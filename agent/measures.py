@@ -1,10 +1,10 @@
 """One home for what the stages measure over time: event rates and latency windows.
 
 The stages feed these (a capture marks frames read and handed out, a worker marks frames processed, the
-router records each result's latency; its counts of what happened to each frame live with its policy, in
-:mod:`agent.routing`); :mod:`agent.health` reads them to build the
-health message. Each accumulator is small, bounded and thread-safe, and takes an injectable clock so its
-tests need no sleeping.
+router records each result's latency (its counts of what happened to each frame live with its policy, in
+:mod:`agent.routing`), the outbox reports each camera's results as the broker takes them); :mod:`agent.health`
+reads them to build the health message. Each accumulator is small, bounded and thread-safe, and takes an
+injectable clock so its tests need no sleeping.
 
 Importing this module has no side effects.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["LatencyWindow", "Rate"]
+__all__ = ["LatencyWindow", "PublishAges", "Rate"]
 
 _DEFAULT_RATE_WINDOW_S = 5.0
 
@@ -112,3 +112,32 @@ class LatencyWindow:
             return {"count": self._count, "p50_ms": None, "p90_ms": None}
         p50, p90 = np.percentile(data, [50, 90])
         return {"count": self._count, "p50_ms": round(float(p50), 1), "p90_ms": round(float(p90), 1)}
+
+
+class PublishAges:
+    """Per camera: how old results are when the broker takes them (capture to PUBACK, or to the hand-over
+    at QoS 0), over the last ``size`` results of that camera. Fed by :meth:`agent.outbox.Outbox.on_delivered`
+    with each result's capture time (``time.time()``); results held through an outage count with their
+    whole wait, which is what a consumer sees."""
+
+    def __init__(self, size: int = 256, *, clock: Callable[[], float] = time.time) -> None:
+        self._size = size
+        self._clock = clock
+        self._windows: dict[str, LatencyWindow] = {}
+        self._lock = threading.Lock()
+
+    def delivered(self, camera: str, captured: float) -> None:
+        age_ms = max(0.0, self._clock() - captured) * 1000.0
+        with self._lock:
+            window = self._windows.get(camera)
+            if window is None:
+                window = self._windows[camera] = LatencyWindow(self._size)
+        window.add(age_ms)
+
+    def summary(self, camera: str) -> dict[str, float | int | None]:
+        """``count`` (of all time), ``p50_ms`` and ``p90_ms`` (None before the first result)."""
+        with self._lock:
+            window = self._windows.get(camera)
+        if window is None:
+            return {"count": 0, "p50_ms": None, "p90_ms": None}
+        return window.summary()

@@ -96,6 +96,7 @@ class Outbox:
         self._closed = False
         self._dropped_full = 0
         self._dropped_age = 0
+        self._delivered: Callable[[str, float], None] | None = None
         self._disk = DiskMirror(
             None if path is None else Path(path), settings, self._entries, self._lock, retry_interval_s=retry_interval_s
         )
@@ -134,9 +135,10 @@ class Outbox:
 
     # ------------------------------------------------------------------ public API
 
-    def put(self, topic: str, payload: bytes, *, created: float | None = None) -> int:
+    def put(self, topic: str, payload: bytes, *, created: float | None = None, camera: str | None = None) -> int:
         """Keeps a result until it is acknowledged; returns its seq (with ``drop_newest`` on a full outbox
-        the seq of a result that was dropped at once)."""
+        the seq of a result that was dropped at once). ``camera``: whose result it is; its acknowledgement
+        is then reported to :meth:`on_delivered`'s listener."""
         if not topic:
             raise ValueError("empty topic")
         data = bytes(payload)
@@ -156,7 +158,9 @@ class Outbox:
                     old_seq, old = self._entries.popitem(last=False)
                     self._disk.removed(old_seq, old)
                     self._dropped_full += 1
-            self._entries[seq] = Held(self._topics.setdefault(topic, topic), data, stamp, replayed=False, on_disk=False)
+            self._entries[seq] = Held(
+                self._topics.setdefault(topic, topic), data, stamp, replayed=False, on_disk=False, camera=camera
+            )
             self._changed.notify_all()
             commit_now = self._disk.added(seq)
         if commit_now:
@@ -221,12 +225,21 @@ class Outbox:
             out.append(OutboxEntry(seq, item.topic, data, item.created, item.replayed))
         return out
 
+    def on_delivered(self, listener: Callable[[str, float], None] | None) -> None:
+        """``listener(camera, created)`` is called for each acknowledged entry put with a ``camera`` (on the
+        acknowledging thread, outside the outbox's lock: it must be quick and must not call the outbox).
+        Entries dropped by the bounds and an earlier run's entries are not reported."""
+        self._delivered = listener
+
     def ack(self, seq: int) -> None:
         """The entry was delivered: remove it (from disk at the next commit). Unknown seqs are ignored."""
         with self._lock:
             item = self._entries.pop(seq, None)
             if item is not None:
                 self._disk.removed(seq, item)
+            listener = self._delivered
+        if item is not None and item.camera is not None and listener is not None:
+            listener(item.camera, item.created)
 
     def flush(self) -> None:
         """Commits now (no-op in memory-only or degraded mode)."""

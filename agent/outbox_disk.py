@@ -43,10 +43,20 @@ _IDLE_WAIT_S = 60.0  # the flusher's longest sleep while nothing is dirty
 class Held:
     """One entry the outbox holds: its payload in memory until it is committed, then only on disk."""
 
-    __slots__ = ("created", "on_disk", "payload", "replayed", "topic")
+    __slots__ = ("camera", "created", "on_disk", "payload", "replayed", "topic")
 
-    def __init__(self, topic: str, payload: bytes | None, created: float, *, replayed: bool, on_disk: bool) -> None:
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes | None,
+        created: float,
+        *,
+        replayed: bool,
+        on_disk: bool,
+        camera: str | None = None,
+    ) -> None:
         self.topic = topic
+        self.camera = camera  # whose result it is, for the age at publish (not stored: an earlier run's has None)
         self.payload = payload  # None: only on disk (read back by pending())
         self.created = created
         self.replayed = replayed
@@ -396,7 +406,7 @@ class DiskMirror:
                         if remaining <= 0:
                             action = self.commit
                             break
-                    elif self.state is DiskState.FAILED and self._entries:
+                    elif self.state is DiskState.FAILED:  # even with nothing held: the meta must reach the disk
                         remaining = self._retry_at - now
                         if remaining <= 0:
                             action = self._recover

@@ -21,6 +21,7 @@ from agent.config import CameraSettings, Settings
 from agent.events import EventStage
 from agent.frames import DecodePolicy, Frame
 from agent.logs import Throttle
+from agent.measures import PublishAges
 from agent.metrics import ResultTally
 from agent.model import ModelError, OnnxModel, SessionPool, onnx_providers
 from agent.outbox import Outbox
@@ -137,7 +138,7 @@ class Sink:
             latency_ms=latency_ms,
             fallback_reason=outcome.fallback_reason,
         )
-        self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp)
+        self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp, camera=frame.camera)
         if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
             self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
         for tap in self._taps:
@@ -173,7 +174,7 @@ class Sink:
             "attempts": exc.attempts,
             "model_id": self._model_id,
         }
-        self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp)
+        self._outbox.put(self._topics.errors, encode(message), created=frame.timestamp, camera=frame.camera)
 
 
 def _event_stage(settings: Settings, outbox: Outbox, topics: Topics, publisher: Publisher | None) -> EventStage:
@@ -207,6 +208,7 @@ class Pipeline:
     snapshots: Snapshots | None = None  # snapshots.enabled
     tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
     sink: Sink | None = None
+    publish_ages: PublishAges = field(default_factory=PublishAges)  # fed by the outbox's acknowledgements
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -299,6 +301,7 @@ def build(
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
     pipeline = Pipeline(s, topics, outbox, router, publisher)
+    outbox.on_delivered(pipeline.publish_ages.delivered)
     if s.snapshots.enabled:
         pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)
     pipeline.tally = ResultTally() if s.metrics.enabled else None

@@ -104,7 +104,9 @@ class FakeRoboflow:
     """The fake hosted API. ``url`` is ``http://127.0.0.1:PORT``; the port stays the same across
     :meth:`stop`/:meth:`start`, so a stopped server means *connection refused*."""
 
-    def __init__(self, *, api_key: str = "test-key", model_id: str = "shapes/3") -> None:
+    def __init__(self, *, api_key: str = "test-key", model_id: str = "shapes/3", host: str = "127.0.0.1") -> None:
+        """``host``: the address to listen on (another interface's, for a client in a network namespace)."""
+        self.host = host
         self.api_key = api_key
         self.model_id = model_id
         self.requests: list[Recorded] = []
@@ -124,7 +126,7 @@ class FakeRoboflow:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # ----------------------------------------------------------------- control
 
@@ -172,7 +174,7 @@ class FakeRoboflow:
                     fake._conns.discard(request)
                 super().shutdown_request(request)
 
-        server = Server(("127.0.0.1", self.port), _handler_for(self))
+        server = Server((self.host, self.port), _handler_for(self))
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(

@@ -106,7 +106,9 @@ class MjpegServer:
 
     ``hang``: accept, answer with the HTTP headers, then send nothing (a wedged camera);
     ``hang_after``: send this many frames per connection, then go silent with the socket open;
-    ``status``: anything but 200 answers with that HTTP status and closes (a camera that refuses).
+    ``status``: anything but 200 answers with that HTTP status and closes (a camera that refuses);
+    ``corrupt``: two frames in three are mangled, the right length: one with its second half overwritten (a
+    broken frame that decodes to garbage), the other all but its first two bytes (not decodable at all).
     All may be changed while running (they apply to the next connection / next frame).
     ``connect_times`` (``time.monotonic()`` of each accepted connection) and ``open_connections``
     (connections the client has not closed yet) let tests see what the client did.
@@ -126,7 +128,10 @@ class MjpegServer:
         hang: bool = False,
         hang_after: int | None = None,
         status: int = 200,
+        host: str = "127.0.0.1",
     ) -> None:
+        """``host``: the address to listen on (another interface's, for a client in a network namespace)."""
+        self.host = host
         self.port = port or free_port()
         self.fps = fps
         self.width = width
@@ -135,6 +140,7 @@ class MjpegServer:
         self.hang = hang
         self.hang_after = hang_after
         self.status = status
+        self.corrupt = False
         self.connections = 0  # accepted connections since construction
         self.connect_times: list[float] = []
         self.frames_sent = 0
@@ -150,7 +156,7 @@ class MjpegServer:
             return len(self._clients)
 
     def url(self, path: str = "/stream.mjpg") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,7 +169,7 @@ class MjpegServer:
         deadline = time.monotonic() + 5.0
         while True:  # the previous incarnation's port may take a moment to free up
             try:
-                listener.bind(("127.0.0.1", self.port))
+                listener.bind((self.host, self.port))
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -264,6 +270,9 @@ class MjpegServer:
                     self._idle(conn, stop)
                     return
                 jpeg = _encode(make_frame(index, self.width, self.height, self.tag))
+                if self.corrupt and index % 3:  # two in three: the second half overwritten, or no JPEG at all
+                    half = len(jpeg) // 2 if index % 3 == 1 else 2
+                    jpeg = jpeg[:half] + bytes((i * 37) & 0xFF for i in range(len(jpeg) - half))
                 part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n").encode()
                 conn.sendall(part + jpeg + b"\r\n")
                 with self._lock:

@@ -394,6 +394,28 @@ def test_skipped_frames_are_grabbed_but_never_decoded(
     assert decoded >= 2
 
 
+def test_frames_the_slot_replaced_unread_are_counted_as_skipped(
+    server: MjpegServer, cameras: Callable[..., Camera]
+) -> None:
+    server.start()  # 30 fps, every frame sampled (fps 0): a consumer that doesn't read lets them pile up
+    cam = cameras(settings(server.url(), fps=0.0))
+    assert cam.read(10.0) is not None
+    assert wait_for(lambda: cam.status().frames_read >= 20, 15.0)  # nobody reads meanwhile
+    assert cam.read(1.0) is not None  # the newest only
+    cam.stop(timeout=2.0)
+    st = cam.status()
+    assert st.frames_skipped >= 15
+    # every frame read is accounted for: handed out, skipped, or (at most one each) left in the slot at stop
+    # and grabbed but not yet in the slot when the capture stopped
+    assert 0 <= st.frames_read - st.frames_sampled - st.frames_skipped <= 2
+
+
+def test_a_consumer_that_keeps_up_skips_nothing(video: Path, cameras: Callable[..., Camera]) -> None:
+    cam = cameras(settings(str(video), fps=5.0, realtime=False))  # batch: the capture waits for the reader
+    assert len(read_all(cam)) == 10
+    assert cam.status().frames_skipped == 0
+
+
 class FormatRecordingCamera(HookedCamera):
     """Records, per decode, whether the capture was reading raw packets (CAP_PROP_FORMAT == -1)."""
 

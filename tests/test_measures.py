@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.measures import LatencyWindow, Rate
+from agent.measures import LatencyWindow, PublishAges, Rate
 
 
 class _Clock:
@@ -67,3 +67,33 @@ def test_latency_window_percentiles_and_count() -> None:
     assert s["count"] == 5  # all time
     assert s["p50_ms"] == 3.5  # of the last 4 only
     assert s["p90_ms"] is not None and s["p90_ms"] > 50
+
+
+# --------------------------------------------------------------------------- age at publish
+
+
+@pytest.mark.parametrize(
+    ("delivered", "camera", "expected"),
+    [
+        ([], "cam0", {"count": 0, "p50_ms": None, "p90_ms": None}),  # nothing delivered yet
+        ([("cam0", 99.5)], "cam0", {"count": 1, "p50_ms": 500.0, "p90_ms": 500.0}),
+        ([("cam0", 99.5)], "cam1", {"count": 0, "p50_ms": None, "p90_ms": None}),  # per camera
+        ([("cam0", 100.0 - i / 10) for i in range(1, 11)], "cam0", {"count": 10, "p50_ms": 550.0, "p90_ms": 910.0}),
+        ([("cam0", 101.0)], "cam0", {"count": 1, "p50_ms": 0.0, "p90_ms": 0.0}),  # a clock step back: never < 0
+    ],
+)
+def test_publish_ages_table(delivered: list[tuple[str, float]], camera: str, expected: dict[str, object]) -> None:
+    ages = PublishAges(clock=_Clock(100.0))
+    for cam, captured in delivered:
+        ages.delivered(cam, captured)
+    assert ages.summary(camera) == expected
+
+
+def test_publish_ages_keep_the_last_results_and_count_all() -> None:
+    clock = _Clock(100.0)
+    ages = PublishAges(size=4, clock=clock)
+    for _ in range(10):
+        ages.delivered("cam0", 90.0)  # 10 s old: an outage
+    for _ in range(4):
+        ages.delivered("cam0", 99.9)  # then live again
+    assert ages.summary("cam0") == {"count": 14, "p50_ms": pytest.approx(100.0), "p90_ms": pytest.approx(100.0)}
