@@ -20,7 +20,7 @@ import pytest
 
 from agent import synth
 from agent.calibration import Sample, load_samples, split_holdout
-from agent.quantize import QuantizeError, _import_onnx, gate, main_quantize
+from agent.quantize import QuantizeError, _import_onnx, gate, main_quantize, median_run_ms
 from agent.quantize_graph import cpu_flags, float_head_nodes, pick_activations
 
 onnx = pytest.importorskip("onnx")
@@ -72,6 +72,7 @@ def test_quantize_writes_an_int8_model_that_loads_and_detects(
     rc, text, out = quantized
     assert rc == 0, text
     assert out.is_file() and "wrote" in text and "speed" in text and "mask AP@0.5" in text
+    assert re.search(r"1-thread CPU time fp32 [0-9.]+ ms, int8 [0-9.]+ ms: [0-9.]+x", text)  # the steady ratio
     assert re.search(r"cpu\s+\S+:", text)  # the flags the activation type was chosen from
     fp32_ap, int8_ap = _mask_ap(text)
     assert fp32_ap - int8_ap <= 0.01  # the gate let it through, so within --max-drop 1 point
@@ -292,3 +293,20 @@ def _node(op: str, inputs: list[str], output: str, name: str) -> Any:
 )
 def test_float_head_nodes(nodes: list[Any], outputs: list[str], expected: set[str]) -> None:
     assert float_head_nodes(_graph(nodes, outputs), ("Conv", "MatMul", "Gemm")) == expected
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_median_run_ms_times_each_model_on_either_clock(clock: str) -> None:
+    from agent.calibration import model_tensor
+    from agent.model import OnnxModel
+
+    models = [OnnxModel(MODEL, threads=1), OnnxModel(MODEL, threads=1)]
+    tensor = model_tensor(models[0], np.zeros((48, 64, 3), np.uint8))
+    times = median_run_ms(models, tensor, 2, clock=clock)
+    assert len(times) == 2 and all(t > 0 for t in times)  # a 416 model's run is never 0 ms of CPU or wall
+
+
+@pytest.mark.parametrize("clock", ["", "CPU", "process"])
+def test_median_run_ms_rejects_an_unknown_clock(clock: str) -> None:
+    with pytest.raises(ValueError, match="clock"):
+        median_run_ms([], np.zeros((1, 3, 8, 8), np.float32), 1, clock=clock)
