@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from agent.config_reader import ConfigError, Reader, Secret, expect_mapping, rea
 
 __all__ = [
     "CameraSettings",
+    "CommandSettings",
     "ConfigError",
     "HealthSettings",
     "InferenceSettings",
@@ -41,12 +43,22 @@ __all__ = [
 Mode = Literal["auto", "serverless", "local"]
 DropPolicy = Literal["drop_oldest", "drop_newest"]
 Synchronous = Literal["off", "normal", "full"]
+CommandFormat = Literal["mjpeg", "bgr24"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettings:
+    """``source: {command: ...}``: frames read from a program's standard output (agent/command_source.py)."""
+
+    argv: tuple[str, ...]  # run without a shell, unless shell (then ("/bin/sh", "-c", text))
+    shell: bool = False
+    format: CommandFormat = "mjpeg"  # mjpeg: JPEG images back to back (any bytes between are skipped)
 
 
 @dataclass(frozen=True, slots=True)
 class CameraSettings:
     name: str
-    source: str | int  # device index, file path, rtsp:// or http(s):// URL
+    source: str | int  # device index, file path, rtsp:// or http(s):// URL; "command: ..." for a command
     fps: float = 5.0  # frames sampled per second; 0 = every frame, as fast as the pipeline goes
     loop: bool = False  # files only: start again at the end
     realtime: bool = True  # files only: play at the file's own pace (False: every sampled frame, no drops)
@@ -56,10 +68,11 @@ class CameraSettings:
     open_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    command: CommandSettings | None = None  # source: {command: ...}
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.source, str) and "://" not in self.source
+        return self.command is None and isinstance(self.source, str) and "://" not in self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +252,13 @@ def _camera(c: Reader) -> CameraSettings:
     if not _NAME_RE.match(name):
         raise ConfigError(c.key("name"), "use letters, digits, '.', '_' or '-' only")
     source = c.value("source", required=True)
+    command = None
+    if isinstance(source, dict):
+        command = _command(c.section("source", CommandSettings))
+        source = "command: " + shlex.join(command.argv)
     if isinstance(source, bool) or not isinstance(source, int | str):
-        raise ConfigError(c.key("source"), "expected a device index, a file path or a URL")
-    if isinstance(source, str):
+        raise ConfigError(c.key("source"), "expected a device index, a file path, a URL or {command: ...}")
+    if isinstance(source, str) and command is None:
         source = source.strip()
         if not source:
             raise ConfigError(c.key("source"), "must not be empty")
@@ -272,9 +289,37 @@ def _camera(c: Reader) -> CameraSettings:
         open_timeout_s=c.number_in("open_timeout_s", 0.5, 600.0),
         reconnect_min_s=rmin,
         reconnect_max_s=rmax,
+        command=command,
     )
     c.finish()
+    if command is not None and command.format == "bgr24" and not (settings.width and settings.height):
+        raise ConfigError(c.key("width"), "format bgr24 needs the frame size: set width and height")
     return settings
+
+
+def _command(s: Reader) -> CommandSettings:
+    """``source: {command: [argv...] | "text", shell: false, format: mjpeg}``."""
+    shell = s.flag("shell")
+    raw = s.value("command", required=True)
+    if isinstance(raw, str):
+        if shell:
+            argv = ["/bin/sh", "-c", raw]
+        else:
+            try:
+                argv = shlex.split(raw)
+            except ValueError as exc:
+                raise ConfigError(s.key("command"), f"cannot split into arguments: {exc}") from None
+    elif isinstance(raw, list) and all(isinstance(a, str | int | float) and not isinstance(a, bool) for a in raw):
+        if shell:
+            raise ConfigError(s.key("shell"), "shell: true takes the command as one string")
+        argv = [str(a) for a in raw]
+    else:
+        raise ConfigError(s.key("command"), "expected a list of arguments or a string")
+    if not argv or not argv[0].strip():
+        raise ConfigError(s.key("command"), "must not be empty")
+    fmt = s.choice("format", get_args(CommandFormat))
+    s.finish()
+    return CommandSettings(argv=tuple(argv), shell=shell, format=fmt)  # type: ignore[arg-type]
 
 
 def percent(value: float) -> float:
