@@ -9,7 +9,8 @@ the supervisor: the newest-frame slot, the state machine, and reopening with bac
 open, stream ended, read error) the supervisor waits (exponential backoff) and starts another. When the
 attempt hangs inside a native OpenCV call (which Python cannot interrupt), the supervisor notices from the
 age of the newest frame, abandons it (the generation counter makes its thread stale: it releases its capture
-and exits as soon as the native call returns) and opens a new capture.
+and exits as soon as the native call returns) and opens a new capture. A source that can be unblocked
+(``interrupt()``: a command source ends its program) is interrupted when abandoned and on ``stop()``.
 
 Sampling (``settings.fps``; 0 = every frame) only decodes what it hands out: skipped frames are grabbed,
 never retrieved, and MJPEG sources are read as raw packets so that a skipped frame costs a packet read, not
@@ -43,13 +44,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from agent.command_source import CommandSource
 from agent.config import CameraSettings
 from agent.frames import DecodePolicy, Frame
 from agent.jpeg import decode_jpeg, jpeg_has_exif, jpeg_hw, reduction_factor
 from agent.logs import redact
 from agent.measures import Rate
 from agent.reading import Attempt, Sampled
-from agent.sources import PacketDecoder, SourceFactory, VideoSource
+from agent.sources import PacketDecoder, Source, SourceFactory, VideoSource
 
 __all__ = [
     "Camera",
@@ -102,16 +104,18 @@ class Camera:
         *,
         clock: Callable[[], float] = time.monotonic,
         decode: DecodePolicy | None = None,
-        source: SourceFactory = VideoSource,
+        source: SourceFactory | None = None,
     ) -> None:
         """``decode``: how frames that come as JPEGs are decoded (default: whole frames, no JPEG kept): at the
         largest reduction that covers what the consumer needs, with or without their JPEG, on this camera's
         thread or left for the consumer (``Frame.pixels``). The first frame after each opening is always
         decoded: that is what shows the source's packets are standalone JPEGs.
-        ``source(settings, decoder)``: makes the source of one opening (the hook for other backends, tests)."""
+        ``source(settings, decoder)``: makes the source of one opening (the hook for other backends, tests);
+        default: :class:`agent.command_source.CommandSource` for ``source: {command: ...}``, else OpenCV's."""
         self._settings = settings
         self._decoder = PacketDecoder(settings.name, decode or DecodePolicy())
-        self._new_source = source
+        self._new_source = source or _default_source
+        self._source: Source | None = None  # the current attempt's, for interrupt()
         self._clock = clock
         self._name = settings.name
         self._src_text = redact(str(settings.source))
@@ -190,6 +194,7 @@ class Camera:
             self._stop_evt.set()
             self._cond.notify_all()
         self._wake.set()
+        _interrupt(self._source)
         for thread in (self._supervisor, self._worker):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -344,6 +349,7 @@ class Camera:
             self._gen += 1
             gen = self._gen
         source = self._new_source(self._settings, self._decoder)
+        self._source = source
         att = Attempt(
             gen, self._settings, source, self, clock=self._clock, stopping=self._stop_evt, src_text=self._src_text
         )
@@ -377,8 +383,23 @@ class Camera:
                     att.stalled = True
                     att.error = f"{what} {now - since:.1f} s"
                     self._cond.notify_all()
+                _interrupt(self._source)
                 if self._worker is not None:
                     self._hung.append(self._worker)
                 log.debug("camera %s: abandoning capture thread #%d (%s)", self._name, att.gen, att.error)
                 return
             self._wake.wait(max(0.01, deadline - now))
+
+
+def _default_source(settings: CameraSettings, decoder: PacketDecoder) -> Source:
+    """A command's output for ``source: {command: ...}``, else OpenCV."""
+    if settings.command is not None:
+        return CommandSource(settings, decoder)
+    return VideoSource(settings, decoder)
+
+
+def _interrupt(source: Source | None) -> None:
+    """Unblock a source's pending read where it can be (a command source ends its program)."""
+    interrupt = getattr(source, "interrupt", None)
+    if interrupt is not None:
+        interrupt()

@@ -29,12 +29,14 @@ from agent.config_operate import (
     read_snapshots,
 )
 from agent.config_reader import ConfigError, Reader, Secret, as_plain, expect_mapping, read_yaml
+from agent.config_sources import CommandSettings, read_source
 from agent.tracking import TrackingSettings
 from agent.zones import LineDef, ZoneDef
 from agent.zones_config import EventSettings, read_areas, read_events, read_tracking
 
 __all__ = [
     "CameraSettings",
+    "CommandSettings",
     "CommandsSettings",
     "ConfigError",
     "HealthSettings",
@@ -65,7 +67,7 @@ Synchronous = Literal["off", "normal", "full"]
 @dataclass(frozen=True, slots=True)
 class CameraSettings:
     name: str
-    source: str | int  # device index, file path, rtsp:// or http(s):// URL
+    source: str | int  # device index, file path, rtsp:// or http(s):// URL; "command: ..." for a command
     fps: float = 5.0  # frames sampled per second; 0 = every frame, as fast as the pipeline goes
     loop: bool = False  # files only: start again at the end
     realtime: bool = True  # files only: play at the file's own pace (False: every sampled frame, no drops)
@@ -77,10 +79,11 @@ class CameraSettings:
     reconnect_max_s: float = 30.0
     zones: tuple[ZoneDef, ...] = ()  # polygons for events and counts (agent/zones_config.py)
     lines: tuple[LineDef, ...] = ()
+    command: CommandSettings | None = None  # source: {command: ...}
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.source, str) and "://" not in self.source
+        return self.command is None and isinstance(self.source, str) and "://" not in self.source
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +224,6 @@ class Settings:
 # Each section's reader fills its dataclass: a key left out takes the field's default written above.
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp", "tcp")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "coreml", "dml", "rocm", "xnnpack", "acl", "armnn")
 _TLS_PORT = 8883  # mqtt.port's default when mqtt.tls is set
@@ -299,24 +301,7 @@ def _camera(c: Reader) -> CameraSettings:
     name = c.text("name", required=True)
     if not _NAME_RE.match(name):
         raise ConfigError(c.key("name"), "use letters, digits, '.', '_' or '-' only")
-    source = c.value("source", required=True)
-    if isinstance(source, bool) or not isinstance(source, int | str):
-        raise ConfigError(c.key("source"), "expected a device index, a file path or a URL")
-    if isinstance(source, str):
-        source = source.strip()
-        if not source:
-            raise ConfigError(c.key("source"), "must not be empty")
-        if source.isdigit():
-            source = int(source)
-        elif "://" not in source:
-            resolved = c.resolve(source)
-            if not resolved.exists():
-                raise ConfigError(c.key("source"), f"file not found: {resolved}")
-            source = str(resolved)
-        elif source.split("://", 1)[0].lower() not in _SCHEMES:
-            raise ConfigError(c.key("source"), "URL scheme must be rtsp, http(s), rtmp, udp or tcp")
-    if isinstance(source, int) and source < 0:
-        raise ConfigError(c.key("source"), "device index must be >= 0")
+    source, command = read_source(c)
     rmin = c.number_in("reconnect_min_s", 0.05, 3600.0)
     rmax = c.number_in("reconnect_max_s", 0.05, 86400.0)
     if rmax < rmin:
@@ -336,8 +321,11 @@ def _camera(c: Reader) -> CameraSettings:
         reconnect_max_s=rmax,
         zones=zones,
         lines=lines,
+        command=command,
     )
     c.finish()
+    if command is not None and command.format == "bgr24" and not (settings.width and settings.height):
+        raise ConfigError(c.key("width"), "format bgr24 needs the frame size: set width and height")
     return settings
 
 

@@ -10,7 +10,9 @@
 #   systemd/install.sh --dry-run [OPTIONS]        print what would be done; changes nothing, needs no root
 #
 # Environment: PYTHON (default python3, 3.11 or newer), VENV_OPTS (e.g. "--system-site-packages" on a
-# Jetson, to use JetPack's onnxruntime-gpu and OpenCV), PIP_OPTS (e.g. "--extra-index-url URL").
+# Jetson, to use JetPack's onnxruntime-gpu and OpenCV), PIP_OPTS (e.g. "--extra-index-url URL"),
+# APT_PACKAGES (the shared libraries pip's opencv-python loads, installed with apt-get when missing;
+# default "libgl1 libglib2.0-0 libxcb1"; empty: install none).
 #
 # Idempotent: a second run upgrades the package from the checkout, reinstalls the unit and restarts the
 # service; it never overwrites /etc/seg-agent/config.yaml or the secrets file.
@@ -35,6 +37,9 @@ readonly SRC
 PYTHON=${PYTHON:-python3}
 read -r -a VENV_ARGS <<<"${VENV_OPTS:-}"
 read -r -a PIP_ARGS <<<"${PIP_OPTS:-}"
+# opencv-python's wheel links libGL.so.1, libgthread-2.0.so.0/libglib-2.0.so.0 and libxcb.so.1 from the
+# system: a bare Debian (a Raspberry Pi OS Lite, a container) lacks them and `import cv2` fails.
+read -r -a APT_ARGS <<<"${APT_PACKAGES-libgl1 libglib2.0-0 libxcb1}"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 DRY_RUN=0
@@ -117,6 +122,29 @@ ensure_user() {
     fi
 }
 
+install_system_packages() {
+    ((${#APT_ARGS[@]})) || return 0
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
+        warn "no apt-get: make sure these (or your system's equivalents) are installed: ${APT_ARGS[*]}"
+        return 0
+    fi
+    local missing=() pkg
+    for pkg in "${APT_ARGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    if ((!${#missing[@]})); then
+        say "system packages present: ${APT_ARGS[*]}"
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ((DRY_RUN)); then
+        run apt-get install -y --no-install-recommends "${missing[@]}"
+    elif ! run apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        run apt-get update -q # a fresh system may have no package lists yet
+        run apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
 install_venv() {
     if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         say "virtual environment $VENV exists"
@@ -187,7 +215,12 @@ install_unit() {
     local was_active=0
     if service_active; then was_active=1; fi
     run install -m 0644 -o root -g root "$SRC/systemd/$SERVICE.service" "$UNIT"
-    run systemctl daemon-reload
+    if [[ -d /run/systemd/system ]] || ((DRY_RUN)); then
+        run systemctl daemon-reload
+    else
+        # A chroot or an image being built: systemd reads the unit when it boots.
+        say "systemd is not running: skipping daemon-reload"
+    fi
     if ((!START)); then
         run systemctl enable "$SERVICE.service"
         return 0
@@ -211,6 +244,7 @@ install_unit() {
 do_install() {
     check_prerequisites
     ensure_user
+    install_system_packages
     install_venv
     install_models
     install_config

@@ -172,6 +172,35 @@ def test_unit_hardening(service: dict[str, list[str]], key: str, value: str) -> 
     assert value in service.get(key, []), f"{key}={value} missing (have {service.get(key)})"
 
 
+def test_unit_allows_the_board_cameras(service: dict[str, list[str]]) -> None:
+    # V4L2 (USB, CSI nodes), and what libcamera (rpicam-vid in a `command:` source) opens besides.
+    allowed = service["DeviceAllow"]
+    for device in ("char-video4linux rw", "char-media rw", "char-dma_heap rw"):
+        assert device in allowed
+    assert "video" in service["SupplementaryGroups"][0].split()
+    assert "/tmp/argus_socket" in UNIT.read_text(encoding="utf-8")  # the Jetson drop-in says why PrivateTmp=no
+
+
+def test_install_dry_run_installs_missing_system_libraries() -> None:
+    env = {**os.environ, "APT_PACKAGES": "seg-agent-surely-not-a-package"}
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--dry-run"], capture_output=True, text=True, timeout=60, cwd="/", env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    if shutil.which("apt-get") and shutil.which("dpkg-query"):
+        assert "apt-get install -y --no-install-recommends seg-agent-surely-not-a-package" in result.stdout
+    none = subprocess.run(
+        ["bash", str(INSTALL), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "APT_PACKAGES": ""},
+        check=False,
+    )
+    assert none.returncode == 0 and "apt-get" not in none.stdout
+
+
 def test_unit_does_not_hide_devices_or_block_the_network(service: dict[str, list[str]]) -> None:
     assert "PrivateDevices" not in service  # would hide /dev/video*
     assert "PrivateNetwork" not in service
