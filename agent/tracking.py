@@ -70,13 +70,14 @@ class TrackingSettings:
 
     enabled: bool = False
     min_frames: int = 3  # detections before a track is confirmed and its detections carry an id
-    lost_s: float = 2.0  # a track unseen for longer ends
-    max_missed: int = 30  # ... or one unseen in this many updates in a row (whichever comes first)
+    lost_s: float = 3.0  # a track unseen for longer ends (objects leave the frame or hide for 2-3 s)
+    max_missed: int = 60  # ... or one unseen in this many updates in a row (whichever comes first)
     high_score: float = 0.6  # detections at or above: first-stage matching and new tracks
     low_score: float = 0.1  # detections below are ignored; between low and high: second stage only
     match_iou: float = 0.35  # least IoU of a high detection with a track's predicted box
     low_match_iou: float = 0.5  # least IoU for a low detection (stricter: it may be clutter)
-    class_cost: float = 1.0  # added to the cost of a detection and a track of another class (>= 1: never)
+    class_cost: float = 0.5  # added to the cost of a detection and a track of another class (>= 1: never);
+    # below 1 a partly hidden object whose detection flips class keeps its track when the box agrees well
 
     def __post_init__(self) -> None:
         checks = [

@@ -240,13 +240,16 @@ def test_low_scores_continue_a_track_but_never_start_one() -> None:
     assert ids[-1] == [-1]
 
 
-def test_another_class_does_not_continue_a_track_by_default() -> None:
+def test_class_cost_of_one_keeps_classes_apart_and_below_a_flip_continues() -> None:
     frames = [([(100.0, 100.0)], ["a"], [0.9])] * 4 + [([(100.0, 100.0)], ["b"], [0.9])] * 4
-    ids = _run(Tracker(ON), frames)
+    ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=1.0)), frames)
     assert ids[3] == [1] and ids[5] == [-1] and ids[6] == ids[7] == [2]
     # class_cost below the IoU's slack: the same box continues, whatever the class says
     ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=0.2)), frames)
     assert ids[7] == [1]
+    assert _run(Tracker(ON), frames)[7] == [1]  # the default (0.5): a class flip on the same box continues
+    far = frames[:4] + [([(300.0, 100.0)], ["b"], [0.9])] * 4  # another class far off: a new track
+    assert _run(Tracker(ON), far)[7] == [2]
 
 
 def test_frames_out_of_order_are_refused() -> None:
