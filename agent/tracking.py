@@ -19,16 +19,19 @@ Interface (lane C2's zones and events build on it)::
 - :attr:`Tracker.ended` is replaced at every :meth:`Tracker.update` with the confirmed tracks that ended in
   it (unseen for longer than ``lost_s`` or ``max_missed`` updates). Unconfirmed tracks end silently.
 
-Association is ByteTrack's, greedy by cost in five stages: (1) detections at or above ``high_score`` to the
+Association is ByteTrack's, greedy by cost in six stages: (1) detections at or above ``high_score`` to the
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
 coasting from its last match for 1 s at most); (2) the lower-scored ones to the confirmed tracks left (an
 occluded object scores lower, not nothing); (3) high ones left to lost tracks by centre distance in track
-sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU);
+sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU), then
+low ones left to lost tracks the same way within half the distance (a partly hidden object scores lower and
+often flips class: without this stage it started a new track);
 (4, 5) what is left to the tentative tracks. High detections still unmatched start tentative tracks; a
 tentative track unmatched once is dropped. A track's class is the score-weighted vote of its detections;
-``class_cost`` >= 1 keeps classes apart. Greedy, not optimal assignment: ``scipy``'s
-``linear_sum_assignment`` gave the same figures on the evaluation clips and the same pairs at 50 objects
-(``benchmarks/tracking.py``), and is a large dependency for a Pi.
+``class_cost`` (0.5) is added to the cost across classes, so a flipped class continues a track only when the
+box agrees well (IoU >= 0.85, or within 1 track size when lost); >= 1 keeps classes apart. Greedy, not
+optimal assignment: ``scipy``'s ``linear_sum_assignment`` gave the same figures on the evaluation clips and
+the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
 The pure parts are NumPy functions named by their array layouts, tested by tables.
 
 Importing this module has no side effects; a tracker is not thread-safe (one camera's worker feeds it, in
@@ -181,6 +184,7 @@ _ALPHA_SIZE = 0.25  # sizes follow slowly: a box shrinking behind an occluder is
 _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
 _REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
 _REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
+_REFIND_LOW = 0.75  # ... for low-scored detections (stage 3b): nearer, they may be clutter
 
 
 class Tracker:
@@ -257,7 +261,7 @@ class Tracker:
         return cxcywh_to_xyxy(cxcywh)
 
     def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64) -> I64:
-        """For each detection the row of its track, or -1 (ByteTrack's stages, plus one that finds lost
+        """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
         tracks again by distance when the box has changed too much for IoU)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
@@ -277,6 +281,7 @@ class Tracker:
             (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
             (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
             (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
+            (lost, low, near, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
             (~confirmed, high, by_iou, 1.0 - s.match_iou),  # 4: tentative tracks
             (~confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 5: ... kept by low detections too
         ]

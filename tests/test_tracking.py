@@ -273,3 +273,18 @@ def test_refind_cost_nm(tracks: object, dets: object, finite: object) -> None:
     np.testing.assert_array_equal(np.isfinite(got), np.asarray(finite, bool).reshape(got.shape))
     if got.size and np.isfinite(got[0, 0]) and np.asarray(tracks).size:
         assert got[0, 0] == pytest.approx(0.5)  # 5 px off a 10 px box
+
+
+@pytest.mark.parametrize(
+    ("x", "cls", "expected"),
+    [
+        (110.0, "b", [1]),  # low score, flipped class, 10 px off a 40 px box (IoU 0.6): the lost track goes on
+        (110.0, "a", [1]),  # the same in its own class
+        (130.0, "b", [-1]),  # 30 px off and another class: too far for a low detection (it may be clutter)
+        (300.0, "a", [-1]),  # far off: a low detection starts nothing
+    ],
+)
+def test_a_lost_track_is_refound_by_a_near_low_scored_detection(x: float, cls: str, expected: list[int]) -> None:
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    frames = [seen] * 4 + [([], [], [])] + [([(x, 100.0)], [cls], [0.4])]
+    assert _run(Tracker(ON), frames)[5] == expected
