@@ -23,15 +23,18 @@ Association is ByteTrack's, greedy by cost in six stages: (1) detections at or a
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
 coasting from its last match for 1 s at most); (2) the lower-scored ones to the confirmed tracks left (an
 occluded object scores lower, not nothing); (3) high ones left to lost tracks by centre distance in track
-sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU), then
-low ones left to lost tracks the same way within half the distance (a partly hidden object scores lower and
-often flips class: without this stage it started a new track);
-(4, 5) what is left to the tentative tracks. High detections still unmatched start tentative tracks; a
-tentative track unmatched once is dropped. A track's class is the score-weighted vote of its detections;
-``class_cost`` (0.5) is added to the cost across classes, so a flipped class continues a track only when the
-box agrees well (IoU >= 0.85, or within 1 track size when lost); >= 1 keeps classes apart. Greedy, not
-optimal assignment: ``scipy``'s ``linear_sum_assignment`` gave the same figures on the evaluation clips and
-the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
+sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU), then low
+ones left to lost tracks the same way within half the distance (a partly hidden object scores lower and often
+flips class: without this stage it started a new track); (4, 5) what is left to the tentative tracks. High
+detections still unmatched start tentative tracks; a tentative track unmatched once is dropped. Fragments are
+healed: a tentative track reaching ``min_frames`` within 3 track sizes of a lost confirmed track (its
+predicted box, the reach growing with the time lost, whatever the classes unless ``class_cost`` >= 1) takes
+over that track's id instead of a new one; no published id ever changes, since the tentative track had none. A
+track's class is the score-weighted vote of its detections; ``class_cost`` (0.5) is added to the cost across
+classes, so a flipped class continues a track only when the box agrees well (IoU >= 0.85, or within 1 track
+size when lost); >= 1 keeps classes apart. Greedy, not optimal assignment: ``scipy``'s
+``linear_sum_assignment`` gave the same figures on the evaluation clips (measured before the re-finding and
+healing stages) and the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
 The pure parts are NumPy functions named by their array layouts, tested by tables.
 
 Importing this module has no side effects; a tracker is not thread-safe (one camera's worker feeds it, in
@@ -184,6 +187,7 @@ _ALPHA_SIZE = 0.25  # sizes follow slowly: a box shrinking behind an occluder is
 _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
 _REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
 _REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
+_HEAL_DISTANCE = 3.0  # a track confirmed this near a lost one (in its sizes, see refind_cost_nm) continues it
 _REFIND_LOW = 0.75  # ... for low-scored detections (stage 3b): nearer, they may be clutter
 
 
@@ -317,8 +321,33 @@ class Tracker:
         self._missed += 1
         self._missed[rows] = 0
         promote = np.nonzero((self._ids < 0) & (self._hits >= self.settings.min_frames))[0]
+        promote = self._heal(t, predicted, promote)
         self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
         self._next_id += len(promote)
+
+    def _heal(self, t: float, predicted: F64, promote: I64) -> I64:
+        """Tentative tracks about to be confirmed that continue a lost confirmed track (near its predicted
+        box, whatever the class unless ``class_cost`` >= 1: the detector flips class on partly hidden objects)
+        take over its id, hits, first time and class votes; the lost row loses its id and is dropped silently.
+        Returns the rows left to get new ids. No id is ever changed once published: the tentative rows had
+        none."""
+        lost = np.nonzero((self._ids >= 0) & (self._missed > 0))[0]
+        if not len(promote) or not len(lost):
+            return promote
+        unseen = np.clip(t - self._last_t[lost], 0.0, _MAX_COAST_S)
+        reach = 1.0 + _REFIND_GROWTH * unseen
+        cost = refind_cost_nm(xyxy_to_cxcywh(predicted[lost]), self._state[promote, :4]) / reach[:, None]
+        if self.settings.class_cost >= 1.0:  # classes kept apart: here too
+            cost[self._cls[lost][:, None] != self._cls[promote][None, :]] = np.inf
+        pairs, _, _ = assign_greedy(cost, _HEAL_DISTANCE)
+        old, new = lost[pairs[:, 0]], promote[pairs[:, 1]]
+        self._ids[new] = self._ids[old]
+        self._hits[new] += self._hits[old]
+        self._first_t[new] = self._first_t[old]
+        self._votes[new] += self._votes[old]
+        self._cls[new] = np.argmax(self._votes[new], axis=1)
+        self._ids[old] = -1  # ends silently: its id lives on in the new row
+        return np.setdiff1d(promote, new)
 
     def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""

@@ -288,3 +288,23 @@ def test_a_lost_track_is_refound_by_a_near_low_scored_detection(x: float, cls: s
     seen = ([(100.0, 100.0)], ["a"], [0.9])
     frames = [seen] * 4 + [([], [], [])] + [([(x, 100.0)], [cls], [0.4])]
     assert _run(Tracker(ON), frames)[5] == expected
+
+
+@pytest.mark.parametrize(
+    ("x", "expected_id"),
+    [
+        (180.0, 1),  # 2 track sizes off, another class: too far for stage 3, healed at confirmation
+        (250.0, 1),  # 3.75 sizes off after 0.7 s lost (reach 1.7): 2.2 < 3, healed
+        (600.0, 2),  # far off: another object, a new id
+    ],
+)
+def test_a_fragment_takes_over_the_lost_track_it_continues(x: float, expected_id: int) -> None:
+    tracker = Tracker(ON)
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    ids = _run(tracker, [seen] * 4 + [([], [], [])] * 3 + [([(x, 100.0)], ["b"], [0.9])] * 4)
+    assert ids[8] == [-1]  # the fragment had no id before it was confirmed: no published id changes
+    assert ids[9] == ids[10] == [expected_id]
+    ended = tracker.finish()
+    assert sorted(e.tracker_id for e in ended) == ([1] if expected_id == 1 else [1, 2])
+    if expected_id == 1:  # one track: its first time and all its detections, the class by the vote
+        assert (ended[0].hits, ended[0].first_t) == (8, 0.0)
