@@ -28,7 +28,8 @@ ones left to lost tracks the same way within half the distance (a partly hidden 
 flips class: without this stage it started a new track); (4, 5) what is left to the tentative tracks. High
 detections still unmatched start tentative tracks; a tentative track unmatched once is dropped. Fragments are
 healed: a tentative track reaching ``min_frames`` within 3 track sizes of a lost confirmed track (its
-predicted box, the reach growing with the time lost, whatever the classes unless ``class_cost`` >= 1) takes
+predicted box, the reach growing with the time lost, whatever the classes unless ``class_cost`` >= 1; not one
+seen since the tentative track began, away from it: that is another object) takes
 over that track's id instead of a new one; no published id ever changes, since the tentative track had none. A
 track's class is the score-weighted vote of its detections; ``class_cost`` (0.5) is added to the cost across
 classes, so a flipped class continues a track only when the box agrees well (IoU >= 0.85, or within 1 track
@@ -188,6 +189,7 @@ _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at mos
 _REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
 _REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
 _HEAL_DISTANCE = 3.0  # a track confirmed this near a lost one (in its sizes, see refind_cost_nm) continues it
+_HEAL_APART = 1.5  # ... unless that one was seen after it began and this far from where it began
 _REFIND_LOW = 0.75  # ... for low-scored detections (stage 3b): nearer, they may be clutter
 
 
@@ -204,6 +206,7 @@ class Tracker:
         self._state = np.zeros((0, 6))
         self._last_t = np.zeros(0)  # when last matched
         self._first_t = np.zeros(0)
+        self._first_box = np.zeros((0, 4))  # (cx, cy, w, h) of each track's first detection
         self._hits = np.zeros(0, dtype=np.int64)
         self._missed = np.zeros(0, dtype=np.int64)  # updates in a row without a match
         self._ids = np.zeros(0, dtype=np.int64)  # -1 until confirmed
@@ -337,6 +340,11 @@ class Tracker:
         unseen = np.clip(t - self._last_t[lost], 0.0, _MAX_COAST_S)
         reach = 1.0 + _REFIND_GROWTH * unseen
         cost = refind_cost_nm(xyxy_to_cxcywh(predicted[lost]), self._state[promote, :4]) / reach[:, None]
+        # a fragment continues a track lost before it began, or one last seen near where the fragment began;
+        # one seen since, elsewhere, is another object beside it (one appearing as a track missed a frame)
+        seen_since = self._last_t[lost][:, None] >= self._first_t[promote][None, :]
+        apart = refind_cost_nm(self._state[lost, :4], self._first_box[promote]) > _HEAL_APART
+        cost[seen_since & apart] = np.inf
         if self.settings.class_cost >= 1.0:  # classes kept apart: here too
             cost[self._cls[lost][:, None] != self._cls[promote][None, :]] = np.inf
         pairs, _, _ = assign_greedy(cost, _HEAL_DISTANCE)
@@ -357,6 +365,7 @@ class Tracker:
         self._state = np.concatenate([self._state, state])
         self._last_t = np.concatenate([self._last_t, np.full(n, t)])
         self._first_t = np.concatenate([self._first_t, np.full(n, t)])
+        self._first_box = np.concatenate([self._first_box, state[:, :4]])
         self._hits = np.concatenate([self._hits, np.ones(n, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(n, dtype=np.int64)])
         ids = np.full(n, -1, dtype=np.int64)
@@ -385,6 +394,7 @@ class Tracker:
         self._state = self._state[keep]
         self._last_t = self._last_t[keep]
         self._first_t = self._first_t[keep]
+        self._first_box = self._first_box[keep]
         self._hits = self._hits[keep]
         self._missed = self._missed[keep]
         self._ids = self._ids[keep]

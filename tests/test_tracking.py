@@ -308,3 +308,12 @@ def test_a_fragment_takes_over_the_lost_track_it_continues(x: float, expected_id
     assert sorted(e.tracker_id for e in ended) == ([1] if expected_id == 1 else [1, 2])
     if expected_id == 1:  # one track: its first time and all its detections, the class by the vote
         assert (ended[0].hits, ended[0].first_t) == (8, 0.0)
+
+
+def test_a_new_object_beside_a_track_that_missed_a_frame_gets_its_own_id() -> None:
+    # B appears 98 px (2.45 sizes) from A while A is seen; A is missed in the frame B is confirmed
+    a, b = (100.0, 100.0), (198.0, 100.0)
+    both = ([a, b], ["a", "a"], [0.9, 0.9])
+    ids = _run(Tracker(ON), [([a], ["a"], [0.9])] * 6 + [both] * 2 + [([b], ["a"], [0.9])] + [both] * 2)
+    assert ids[8] == [2]  # not A's id: A was seen beside it, so it is another object
+    assert ids[10] == [1, 2]  # A comes back under its own id
