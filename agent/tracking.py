@@ -19,16 +19,23 @@ Interface (lane C2's zones and events build on it)::
 - :attr:`Tracker.ended` is replaced at every :meth:`Tracker.update` with the confirmed tracks that ended in
   it (unseen for longer than ``lost_s`` or ``max_missed`` updates). Unconfirmed tracks end silently.
 
-Association is ByteTrack's, greedy by cost in five stages: (1) detections at or above ``high_score`` to the
+Association is ByteTrack's, greedy by cost in six stages: (1) detections at or above ``high_score`` to the
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
 coasting from its last match for 1 s at most); (2) the lower-scored ones to the confirmed tracks left (an
 occluded object scores lower, not nothing); (3) high ones left to lost tracks by centre distance in track
-sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU);
-(4, 5) what is left to the tentative tracks. High detections still unmatched start tentative tracks; a
-tentative track unmatched once is dropped. A track's class is the score-weighted vote of its detections;
-``class_cost`` >= 1 keeps classes apart. Greedy, not optimal assignment: ``scipy``'s
-``linear_sum_assignment`` gave the same figures on the evaluation clips and the same pairs at 50 objects
-(``benchmarks/tracking.py``), and is a large dependency for a Pi.
+sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU), then low
+ones left to lost tracks the same way within half the distance (a partly hidden object scores lower and often
+flips class: without this stage it started a new track); (4, 5) what is left to the tentative tracks. High
+detections still unmatched start tentative tracks; a tentative track unmatched once is dropped. Fragments are
+healed: a tentative track reaching ``min_frames`` within 3 track sizes of a lost confirmed track (its
+predicted box, the reach growing with the time lost, whatever the classes unless ``class_cost`` >= 1; not one
+seen since the tentative track began, away from it: that is another object) takes
+over that track's id instead of a new one; no published id ever changes, since the tentative track had none. A
+track's class is the score-weighted vote of its detections; ``class_cost`` (0.5) is added to the cost across
+classes, so a flipped class continues a track only when the box agrees well (IoU >= 0.85, or within 1 track
+size when lost); >= 1 keeps classes apart. Greedy, not optimal assignment: ``scipy``'s
+``linear_sum_assignment`` gave the same figures on the evaluation clips (measured before the re-finding and
+healing stages) and the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
 The pure parts are NumPy functions named by their array layouts, tested by tables.
 
 Importing this module has no side effects; a tracker is not thread-safe (one camera's worker feeds it, in
@@ -70,13 +77,14 @@ class TrackingSettings:
 
     enabled: bool = False
     min_frames: int = 3  # detections before a track is confirmed and its detections carry an id
-    lost_s: float = 2.0  # a track unseen for longer ends
-    max_missed: int = 30  # ... or one unseen in this many updates in a row (whichever comes first)
+    lost_s: float = 3.0  # a track unseen for longer ends (objects leave the frame or hide for 2-3 s)
+    max_missed: int = 60  # ... or one unseen in this many updates in a row (whichever comes first)
     high_score: float = 0.6  # detections at or above: first-stage matching and new tracks
     low_score: float = 0.1  # detections below are ignored; between low and high: second stage only
     match_iou: float = 0.35  # least IoU of a high detection with a track's predicted box
     low_match_iou: float = 0.5  # least IoU for a low detection (stricter: it may be clutter)
-    class_cost: float = 1.0  # added to the cost of a detection and a track of another class (>= 1: never)
+    class_cost: float = 0.5  # added to the cost of a detection and a track of another class (>= 1: never);
+    # below 1 a partly hidden object whose detection flips class keeps its track when the box agrees well
 
     def __post_init__(self) -> None:
         checks = [
@@ -180,6 +188,9 @@ _ALPHA_SIZE = 0.25  # sizes follow slowly: a box shrinking behind an occluder is
 _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
 _REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
 _REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
+_HEAL_DISTANCE = 3.0  # a track confirmed this near a lost one (in its sizes, see refind_cost_nm) continues it
+_HEAL_APART = 1.5  # ... unless that one was seen after it began and this far from where it began
+_REFIND_LOW = 0.75  # ... for low-scored detections (stage 3b): nearer, they may be clutter
 
 
 class Tracker:
@@ -195,6 +206,7 @@ class Tracker:
         self._state = np.zeros((0, 6))
         self._last_t = np.zeros(0)  # when last matched
         self._first_t = np.zeros(0)
+        self._first_box = np.zeros((0, 4))  # (cx, cy, w, h) of each track's first detection
         self._hits = np.zeros(0, dtype=np.int64)
         self._missed = np.zeros(0, dtype=np.int64)  # updates in a row without a match
         self._ids = np.zeros(0, dtype=np.int64)  # -1 until confirmed
@@ -256,7 +268,7 @@ class Tracker:
         return cxcywh_to_xyxy(cxcywh)
 
     def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64) -> I64:
-        """For each detection the row of its track, or -1 (ByteTrack's stages, plus one that finds lost
+        """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
         tracks again by distance when the box has changed too much for IoU)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
@@ -276,6 +288,7 @@ class Tracker:
             (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
             (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
             (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
+            (lost, low, near, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
             (~confirmed, high, by_iou, 1.0 - s.match_iou),  # 4: tentative tracks
             (~confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 5: ... kept by low detections too
         ]
@@ -311,8 +324,38 @@ class Tracker:
         self._missed += 1
         self._missed[rows] = 0
         promote = np.nonzero((self._ids < 0) & (self._hits >= self.settings.min_frames))[0]
+        promote = self._heal(t, predicted, promote)
         self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
         self._next_id += len(promote)
+
+    def _heal(self, t: float, predicted: F64, promote: I64) -> I64:
+        """Tentative tracks about to be confirmed that continue a lost confirmed track (near its predicted
+        box, whatever the class unless ``class_cost`` >= 1: the detector flips class on partly hidden objects)
+        take over its id, hits, first time and class votes; the lost row loses its id and is dropped silently.
+        Returns the rows left to get new ids. No id is ever changed once published: the tentative rows had
+        none."""
+        lost = np.nonzero((self._ids >= 0) & (self._missed > 0))[0]
+        if not len(promote) or not len(lost):
+            return promote
+        unseen = np.clip(t - self._last_t[lost], 0.0, _MAX_COAST_S)
+        reach = 1.0 + _REFIND_GROWTH * unseen
+        cost = refind_cost_nm(xyxy_to_cxcywh(predicted[lost]), self._state[promote, :4]) / reach[:, None]
+        # a fragment continues a track lost before it began, or one last seen near where the fragment began;
+        # one seen since, elsewhere, is another object beside it (one appearing as a track missed a frame)
+        seen_since = self._last_t[lost][:, None] >= self._first_t[promote][None, :]
+        apart = refind_cost_nm(self._state[lost, :4], self._first_box[promote]) > _HEAL_APART
+        cost[seen_since & apart] = np.inf
+        if self.settings.class_cost >= 1.0:  # classes kept apart: here too
+            cost[self._cls[lost][:, None] != self._cls[promote][None, :]] = np.inf
+        pairs, _, _ = assign_greedy(cost, _HEAL_DISTANCE)
+        old, new = lost[pairs[:, 0]], promote[pairs[:, 1]]
+        self._ids[new] = self._ids[old]
+        self._hits[new] += self._hits[old]
+        self._first_t[new] = self._first_t[old]
+        self._votes[new] += self._votes[old]
+        self._cls[new] = np.argmax(self._votes[new], axis=1)
+        self._ids[old] = -1  # ends silently: its id lives on in the new row
+        return np.setdiff1d(promote, new)
 
     def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""
@@ -322,6 +365,7 @@ class Tracker:
         self._state = np.concatenate([self._state, state])
         self._last_t = np.concatenate([self._last_t, np.full(n, t)])
         self._first_t = np.concatenate([self._first_t, np.full(n, t)])
+        self._first_box = np.concatenate([self._first_box, state[:, :4]])
         self._hits = np.concatenate([self._hits, np.ones(n, dtype=np.int64)])
         self._missed = np.concatenate([self._missed, np.zeros(n, dtype=np.int64)])
         ids = np.full(n, -1, dtype=np.int64)
@@ -350,6 +394,7 @@ class Tracker:
         self._state = self._state[keep]
         self._last_t = self._last_t[keep]
         self._first_t = self._first_t[keep]
+        self._first_box = self._first_box[keep]
         self._hits = self._hits[keep]
         self._missed = self._missed[keep]
         self._ids = self._ids[keep]

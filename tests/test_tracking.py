@@ -240,13 +240,16 @@ def test_low_scores_continue_a_track_but_never_start_one() -> None:
     assert ids[-1] == [-1]
 
 
-def test_another_class_does_not_continue_a_track_by_default() -> None:
+def test_class_cost_of_one_keeps_classes_apart_and_below_a_flip_continues() -> None:
     frames = [([(100.0, 100.0)], ["a"], [0.9])] * 4 + [([(100.0, 100.0)], ["b"], [0.9])] * 4
-    ids = _run(Tracker(ON), frames)
+    ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=1.0)), frames)
     assert ids[3] == [1] and ids[5] == [-1] and ids[6] == ids[7] == [2]
     # class_cost below the IoU's slack: the same box continues, whatever the class says
     ids = _run(Tracker(TrackingSettings(enabled=True, class_cost=0.2)), frames)
     assert ids[7] == [1]
+    assert _run(Tracker(ON), frames)[7] == [1]  # the default (0.5): a class flip on the same box continues
+    far = frames[:4] + [([(300.0, 100.0)], ["b"], [0.9])] * 4  # another class far off: a new track
+    assert _run(Tracker(ON), far)[7] == [2]
 
 
 def test_frames_out_of_order_are_refused() -> None:
@@ -270,3 +273,47 @@ def test_refind_cost_nm(tracks: object, dets: object, finite: object) -> None:
     np.testing.assert_array_equal(np.isfinite(got), np.asarray(finite, bool).reshape(got.shape))
     if got.size and np.isfinite(got[0, 0]) and np.asarray(tracks).size:
         assert got[0, 0] == pytest.approx(0.5)  # 5 px off a 10 px box
+
+
+@pytest.mark.parametrize(
+    ("x", "cls", "expected"),
+    [
+        (110.0, "b", [1]),  # low score, flipped class, 10 px off a 40 px box (IoU 0.6): the lost track goes on
+        (110.0, "a", [1]),  # the same in its own class
+        (130.0, "b", [-1]),  # 30 px off and another class: too far for a low detection (it may be clutter)
+        (300.0, "a", [-1]),  # far off: a low detection starts nothing
+    ],
+)
+def test_a_lost_track_is_refound_by_a_near_low_scored_detection(x: float, cls: str, expected: list[int]) -> None:
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    frames = [seen] * 4 + [([], [], [])] + [([(x, 100.0)], [cls], [0.4])]
+    assert _run(Tracker(ON), frames)[5] == expected
+
+
+@pytest.mark.parametrize(
+    ("x", "expected_id"),
+    [
+        (180.0, 1),  # 2 track sizes off, another class: too far for stage 3, healed at confirmation
+        (250.0, 1),  # 3.75 sizes off after 0.7 s lost (reach 1.7): 2.2 < 3, healed
+        (600.0, 2),  # far off: another object, a new id
+    ],
+)
+def test_a_fragment_takes_over_the_lost_track_it_continues(x: float, expected_id: int) -> None:
+    tracker = Tracker(ON)
+    seen = ([(100.0, 100.0)], ["a"], [0.9])
+    ids = _run(tracker, [seen] * 4 + [([], [], [])] * 3 + [([(x, 100.0)], ["b"], [0.9])] * 4)
+    assert ids[8] == [-1]  # the fragment had no id before it was confirmed: no published id changes
+    assert ids[9] == ids[10] == [expected_id]
+    ended = tracker.finish()
+    assert sorted(e.tracker_id for e in ended) == ([1] if expected_id == 1 else [1, 2])
+    if expected_id == 1:  # one track: its first time and all its detections, the class by the vote
+        assert (ended[0].hits, ended[0].first_t) == (8, 0.0)
+
+
+def test_a_new_object_beside_a_track_that_missed_a_frame_gets_its_own_id() -> None:
+    # B appears 98 px (2.45 sizes) from A while A is seen; A is missed in the frame B is confirmed
+    a, b = (100.0, 100.0), (198.0, 100.0)
+    both = ([a, b], ["a", "a"], [0.9, 0.9])
+    ids = _run(Tracker(ON), [([a], ["a"], [0.9])] * 6 + [both] * 2 + [([b], ["a"], [0.9])] + [both] * 2)
+    assert ids[8] == [2]  # not A's id: A was seen beside it, so it is another object
+    assert ids[10] == [1, 2]  # A comes back under its own id
