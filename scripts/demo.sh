@@ -47,7 +47,7 @@ cat <<EOF
 
 What ran: seg-agent on models/demo-seg.onnx and models/sample.avi (config.yaml), publishing to
 127.0.0.1:1883 under seg-agent/demo-device/ ($( [ $started_broker = yes ] && echo "a Mosquitto this script started and has now stopped" || echo "the broker already listening there" )).
-Raw JSON: .venv/bin/seg-agent watch --raw   (or: mosquitto_sub -h 127.0.0.1 -v -t 'seg-agent/#')
-while the agent runs: .venv/bin/seg-agent run --config config.yaml
+To see the raw JSON while an agent runs: .venv/bin/seg-agent watch --raw
+  (or: mosquitto_sub -h 127.0.0.1 -v -t 'seg-agent/#'); the agent alone: .venv/bin/seg-agent run --config config.yaml
 EOF
 exit "$status"
