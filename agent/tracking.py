@@ -118,24 +118,36 @@ class EndedTrack:
 def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
     """(n, 4) corners to (n, 4) centre and size."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    out = np.empty_like(b)
+    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
+    out[:, 2] = b[:, 2] - b[:, 0]
+    out[:, 3] = b[:, 3] - b[:, 1]
+    return out
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
     """(n, 4) centre and size to (n, 4) corners."""
     b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
     half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
-    return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], axis=1)
+    out = np.empty_like(b)
+    out[:, 0] = b[:, 0] - half_w
+    out[:, 1] = b[:, 1] - half_h
+    out[:, 2] = b[:, 0] + half_w
+    out[:, 3] = b[:, 1] + half_h
+    return out
 
 
 def iou_nm_xyxy(a_xyxy: F64, b_xyxy: F64) -> F64:
     """(n, m) IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4); 0 where a union is empty."""
     a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    # one (n, m) array per quantity, not (n, m, 2) ones: the same arithmetic, fewer passes
+    iw = np.minimum(a[:, 2:3], b[None, :, 2]) - np.maximum(a[:, 0:1], b[None, :, 0])
+    ih = np.minimum(a[:, 3:4], b[None, :, 3]) - np.maximum(a[:, 1:2], b[None, :, 1])
+    np.maximum(iw, 0.0, out=iw)
+    np.maximum(ih, 0.0, out=ih)
+    inter = iw * ih
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - inter
@@ -149,20 +161,40 @@ def assign_greedy(cost_nm: F64, max_cost: float) -> tuple[I64, I64, I64]:
     of the rows and columns left over."""
     cost = np.asarray(cost_nm, dtype=np.float64)
     n, m = cost.shape
-    matches: list[tuple[int, int]] = []
-    if n and m:
-        rows, cols = np.nonzero(cost <= max_cost)
+    rows, cols = _greedy_pairs(cost, max_cost)
+    row_left = np.ones(n, dtype=bool)
+    col_left = np.ones(m, dtype=bool)
+    row_left[rows] = False
+    col_left[cols] = False
+    pairs = np.stack([rows, cols], axis=1)
+    return pairs, np.nonzero(row_left)[0].astype(np.int64), np.nonzero(col_left)[0].astype(np.int64)
+
+
+def _greedy_pairs(cost: F64, max_cost: float) -> tuple[I64, I64]:
+    """:func:`assign_greedy`'s matches as a row index array and a column index array (the tracker's hot
+    path: nothing else is built). Candidates in row-major order, stably sorted by cost, taken greedily."""
+    rows, cols = np.nonzero(cost <= max_cost)
+    if len(rows) > 1:
         order = np.argsort(cost[rows, cols], kind="stable")
-        row_used = np.zeros(n, dtype=bool)
-        col_used = np.zeros(m, dtype=bool)
-        for r, c in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
-            if not row_used[r] and not col_used[c]:
-                row_used[r] = col_used[c] = True
-                matches.append((r, c))
-    pairs = np.array(matches, dtype=np.int64).reshape(-1, 2)
-    left_rows = np.setdiff1d(np.arange(n, dtype=np.int64), pairs[:, 0])
-    left_cols = np.setdiff1d(np.arange(m, dtype=np.int64), pairs[:, 1])
-    return pairs, left_rows, left_cols
+        rows, cols = rows[order], cols[order]
+        # each row and each column a candidate once: every candidate is a match, in that order (no loop)
+        if np.bincount(rows).max() > 1 or np.bincount(cols).max() > 1:
+            rows, cols = _greedy_loop(rows.tolist(), cols.tolist())
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def _greedy_loop(rows: list[int], cols: list[int]) -> tuple[I64, I64]:
+    row_used: set[int] = set()
+    col_used: set[int] = set()
+    out_r: list[int] = []
+    out_c: list[int] = []
+    for r, c in zip(rows, cols, strict=True):
+        if r not in row_used and c not in col_used:
+            row_used.add(r)
+            col_used.add(c)
+            out_r.append(r)
+            out_c.append(c)
+    return np.array(out_r, dtype=np.int64), np.array(out_c, dtype=np.int64)
 
 
 def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
@@ -272,17 +304,23 @@ class Tracker:
         tracks again by distance when the box has changed too much for IoU)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
+        if not len(boxes) or not len(self._ids):
+            return det_track
         penalty = np.inf if s.class_cost >= 1.0 else s.class_cost  # 1 or more: never, in every stage
         other_class = np.where(self._cls[:, None] != cls[None, :], penalty, 0.0)
         by_iou = 1.0 - iou_nm_xyxy(predicted_xyxy, boxes) + other_class
-        # the longer a track has been lost, the farther from its predicted box it may be found
-        unseen = (self._t or 0.0) - self._last_t
-        reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
-        near = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy), xyxy_to_cxcywh(boxes)) / reach[:, None] + other_class
         high = score >= s.high_score
         low = (score >= s.low_score) & ~high
         confirmed = self._ids >= 0
         lost = confirmed & (self._missed > 0)
+        lost_rows = np.nonzero(lost)[0]
+        near = np.full(by_iou.shape, np.inf)  # stage 3's cost, needed for the lost rows only
+        if len(lost_rows):
+            # the longer a track has been lost, the farther from its predicted box it may be found
+            unseen = (self._t or 0.0) - self._last_t[lost_rows]
+            reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
+            dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
+            near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
             (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
@@ -295,9 +333,11 @@ class Tracker:
         for track_ok, det_ok, cost, bound in stages:
             rows = np.nonzero(track_ok & free_tracks)[0]
             cols = np.nonzero(det_ok & (det_track < 0))[0]
-            pairs, _, _ = assign_greedy(cost[np.ix_(rows, cols)], bound)
-            det_track[cols[pairs[:, 1]]] = rows[pairs[:, 0]]
-            free_tracks[rows[pairs[:, 0]]] = False
+            if not len(rows) or not len(cols):
+                continue
+            r, c = _greedy_pairs(cost[rows][:, cols], bound)
+            det_track[cols[c]] = rows[r]
+            free_tracks[rows[r]] = False
         return det_track
 
     def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64, cls: I64, score: F64) -> None:
@@ -360,6 +400,8 @@ class Tracker:
     def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""
         n = len(boxes)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
         state = np.zeros((n, 6))
         state[:, :4] = xyxy_to_cxcywh(boxes)
         self._state = np.concatenate([self._state, state])
@@ -381,6 +423,8 @@ class Tracker:
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
         """Keep the rows where ``keep``; the confirmed tracks dropped, as :class:`EndedTrack`."""
+        if keep.all():
+            return []  # most frames: nothing ends, nothing to copy
         ended = [
             EndedTrack(
                 int(self._ids[r]),
@@ -418,11 +462,26 @@ def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
 @dataclass(frozen=True, slots=True)
 class Tracked:
     """One frame after tracking: the API object with ``tracker_id`` on its confirmed predictions, each
-    prediction's id (-1: unconfirmed) and the tracks that ended with this frame."""
+    prediction's id (-1: unconfirmed) and the tracks that ended with this frame. ``boxes_xyxy``,
+    ``classes`` and ``scores`` are the predictions as the tracker read them (``None``: read them from
+    ``api``), so the events stage does not parse the predictions a second time."""
 
     api: dict[str, Any]
     ids: I64
     ended: list[EndedTrack]
+    boxes_xyxy: F64 | None = None
+    classes: list[str] | None = None
+    scores: F64 | None = None
+
+
+def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
+    """(n, 4) corners, n class names and (n,) confidences of API predictions, in one pass over them."""
+    rows = [
+        (float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"]), float(p.get("confidence", 0.0)))
+        for p in predictions
+    ]
+    values = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return cxcywh_to_xyxy(values[:, :4]), [str(p.get("class", "")) for p in predictions], values[:, 4].copy()
 
 
 class CameraTracks:
@@ -436,14 +495,10 @@ class CameraTracks:
         """Track one frame's predictions; a new API object (``api`` itself is not changed)."""
         predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
         tracker = self._trackers[camera]
-        ids = tracker.update(
-            t,
-            predictions_xyxy(predictions),
-            [str(p.get("class", "")) for p in predictions],
-            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
-        )
-        tagged = [{**p, "tracker_id": int(i)} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
-        return Tracked({**api, "predictions": tagged}, ids, tracker.ended)
+        boxes, classes, scores = _read_predictions(predictions)
+        ids = tracker.update(t, boxes, classes, scores)
+        tagged = [{**p, "tracker_id": i} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
+        return Tracked({**api, "predictions": tagged}, ids, tracker.ended, boxes, classes, scores)
 
     def finish(self, camera: str) -> list[EndedTrack]:
         """The camera stopped: its live tracks end."""
