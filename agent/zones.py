@@ -192,16 +192,17 @@ class _Edges:
         px, py = anchors_xy[:, 0:1], anchors_xy[:, 1:2]
         rx, ry = px - self.ax, py - self.ay
         cross = self.dx * ry - self.dy * rx
-        on_edge = (np.abs(cross) <= self.tol) & (self.lo_x <= px) & (px <= self.hi_x)
-        on_edge &= (self.lo_y <= py) & (py <= self.hi_y)
+        on_edge = np.abs(cross) <= self.tol
         by = self.ay + self.dy
         straddles = (self.ay > py) != (by > py)
         with np.errstate(divide="ignore", invalid="ignore"):
             x_at = self.ax + ry * self.dx / self.dy
         hits = (straddles & (px < x_at)).astype(np.int32)
-        odd = np.add.reduceat(hits, self.starts, axis=1) % 2 == 1
-        edge = np.add.reduceat(on_edge.astype(np.int32), self.starts, axis=1) > 0
-        result: NDArray[np.bool_] = (odd | edge).T
+        inside = np.add.reduceat(hits, self.starts, axis=1) % 2 == 1
+        if on_edge.any():  # rare: a point on an edge's line; is it within the edge?
+            on_edge &= (self.lo_x <= px) & (px <= self.hi_x) & (self.lo_y <= py) & (py <= self.hi_y)
+            inside |= np.add.reduceat(on_edge.astype(np.int32), self.starts, axis=1) > 0
+        result: NDArray[np.bool_] = inside.T
         return result
 
 
@@ -265,36 +266,54 @@ def _to_pixels(points: Iterable[tuple[float, float]], units: Units, frame_wh: tu
 # --------------------------------------------------------------------------------------------- state
 
 
+@dataclass(slots=True)
+class _Membership:
+    inside: bool = False
+    streak: int = 0  # consecutive observations that disagree with ``inside``
+
+
+@dataclass(slots=True)
+class _Side:
+    side: int  # the confirmed side, +1 / -1
+    last_xy: tuple[float, float]  # the last anchor seen on the confirmed side
+    pending: int = 0  # the other side while it is being confirmed
+    streak: int = 0
+    first_xy: tuple[float, float] | None = None  # the first anchor seen on the pending side
+
+
+@dataclass(slots=True)
+class _Track:
+    zones: list[_Membership]  # one per zone, in the camera's order
+    lines: list[_Side | None]  # one per line; None until the track was seen on a side
+    place: frozenset[str] = frozenset()
+    steady: list[int] | None = None  # the observation that changes nothing but the lines' last points
+
+
+def _steady(track: _Track) -> list[int] | None:
+    """The observation (zones 0/1, line sides) under which ``track`` stays as it is: no streak running and
+    a confirmed side on every line, seen again (None while any streak runs or a line has no side yet)."""
+    if any(m.streak for m in track.zones):
+        return None
+    out = [int(m.inside) for m in track.zones]
+    for state in track.lines:
+        if state is None or state.pending != 0:
+            return None
+        out.append(state.side)
+    return out
+
+
 class Areas:
     """The zones and lines of one camera and every live track's place in them. Not thread-safe: one camera's
-    frames come from one worker, in order.
-
-    The state is one row per live track in NumPy arrays (zone membership and its streak per zone; the
-    confirmed side, the last point on it, the pending side, its streak and first point per line), so a
-    frame is a handful of array operations whatever the number of tracks; only the rare completed side
-    change is checked one at a time (did the path cross the segment). Rows of forgotten tracks are reused.
-    """
+    frames come from one worker, in order."""
 
     def __init__(self, zones: Sequence[ZoneDef] = (), lines: Sequence[LineDef] = ()) -> None:
         self.zones = tuple(zones)
         self.lines = tuple(lines)
+        self._tracks: dict[int, _Track] = {}
         self._wh: tuple[int, int] | None = None
         self._polys: list[FloatArray] = []
         self._edges = _Edges.of([])
         self._segs: list[tuple[FloatArray, FloatArray]] = []
-        self._zone_inertia = np.array([z.inertia for z in self.zones], dtype=np.int64)
-        self._line_inertia = np.array([ln.inertia for ln in self.lines], dtype=np.int64)
-        self._rows: dict[int, int] = {}  # tracker id -> row
-        self._free: list[int] = []
-        self._place: list[frozenset[str]] = []
-        nz, nl = len(self.zones), len(self.lines)
-        self._inside = np.zeros((0, nz), dtype=bool)
-        self._zone_streak = np.zeros((0, nz), dtype=np.int64)  # observations in a row that disagree
-        self._side = np.zeros((0, nl), dtype=np.int8)  # the confirmed side; 0 until seen on one
-        self._last_xy = np.zeros((0, nl, 2))  # the last anchor seen on the confirmed side
-        self._pending = np.zeros((0, nl), dtype=np.int8)  # the other side while it is being confirmed
-        self._line_streak = np.zeros((0, nl), dtype=np.int64)
-        self._first_xy = np.zeros((0, nl, 2))  # the first anchor seen on the pending side
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
         if self._wh == frame_wh:
@@ -319,116 +338,81 @@ class Areas:
         keep = ids >= 0
         ids, xy = ids[keep], xy[keep]
         self._geometry(frame_wh)
-        if len(np.unique(ids)) == len(ids):
-            return self._observe(ids, xy)
-        places: dict[int, frozenset[str]] = {}  # one id twice in a frame: observed in turn, as it came
+        # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
+        inside = self._edges.inside(xy)
+        sides = [side_of_line(xy, s, e) for s, e in self._segs]
+        # each track's observation as one list (zones 0/1, then line sides): a track whose state it leaves
+        # as it was (the usual frame) is passed over with one comparison
+        seen = np.concatenate([inside.T.astype(np.int8), *(side[:, None] for side in sides)], axis=1)
+        observed = seen.tolist()
+        nz = len(self.zones)
+        points = [(x, y) for x, y in xy.tolist()]
+        places: dict[int, frozenset[str]] = {}
         crossings: list[Crossing] = []
-        for i in range(len(ids)):
-            p, c = self._observe(ids[i : i + 1], xy[i : i + 1])
-            places.update(p)
-            crossings += c
+        zones, lines = self.zones, self.lines
+        for i, tid in enumerate(ids.tolist()):
+            track = self._tracks.get(tid)
+            if track is None:
+                track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
+            obs = observed[i]
+            if obs == track.steady:
+                for state in track.lines:
+                    state.last_xy = points[i]  # type: ignore[union-attr]  # steady: every line has a side
+                places[tid] = track.place
+                continue
+            flipped = False
+            for z, zone in enumerate(zones):
+                flipped |= _observe_zone(track.zones[z], obs[z] == 1, zone.inertia)
+            if flipped:
+                track.place = frozenset(zone.name for z, zone in enumerate(zones) if track.zones[z].inside)
+            places[tid] = track.place
+            for k, line in enumerate(lines):
+                direction = self._observe_line(track, k, line.inertia, obs[nz + k], points[i])
+                if direction is not None:
+                    crossings.append(Crossing(tid, line.name, direction))
+            track.steady = _steady(track)
         return places, crossings
 
-    def _observe(self, ids: NDArray[np.int64], xy: FloatArray) -> tuple[dict[int, frozenset[str]], list[Crossing]]:
-        """:meth:`update` for distinct ids."""
-        id_list = ids.tolist()
-        rows = np.array([self._row(tid) for tid in id_list], dtype=np.intp)
-        self._observe_zones(rows, self._edges.inside(xy).T)
-        crossings = self._observe_lines(rows, id_list, xy)
-        place = self._place
-        return {tid: place[r] for tid, r in zip(id_list, rows.tolist(), strict=True)}, crossings
-
-    def _observe_zones(self, rows: NDArray[np.intp], seen: NDArray[np.bool_]) -> None:
-        """``seen``: (n, zones) each track's anchor inside each polygon this frame."""
-        inside = self._inside[rows]
-        disagree = seen != inside
-        streak = np.where(disagree, self._zone_streak[rows] + 1, 0)
-        flip = disagree & (streak >= self._zone_inertia)
-        self._inside[rows] = np.where(flip, seen, inside)
-        self._zone_streak[rows] = np.where(flip, 0, streak)
-        names = [z.name for z in self.zones]
-        for r in rows[flip.any(axis=1)].tolist():
-            self._place[r] = frozenset(names[z] for z in np.nonzero(self._inside[r])[0].tolist())
-
-    def _observe_lines(self, rows: NDArray[np.intp], ids: list[int], xy: FloatArray) -> list[Crossing]:
-        """Each line's side of each anchor against the track's state; the completed side changes that
-        crossed the segment, in the order of the tracks, then of the lines."""
-        if not self.lines or not len(rows):
-            return []
-        now = np.stack([side_of_line(xy, s, e) for s, e in self._segs], axis=1)  # (n, lines)
-        side, pending = self._side[rows], self._pending[rows]
-        streak, last, first = self._line_streak[rows], self._last_xy[rows], self._first_xy[rows]
-        point = np.broadcast_to(xy[:, None, :], last.shape)
-        on_a_side = now != 0  # on the line: neither side; nothing changes
-        start = on_a_side & (side == 0)  # the first side seen
-        same = on_a_side & (side == now)
-        other = on_a_side & (side != 0) & (side != now)
-        fresh = other & (pending != now)  # the other side, newly: its streak starts here
-        pending = np.where(fresh | same, np.where(same, 0, now), pending).astype(np.int8)
-        first = np.where(fresh[..., None], point, first)
-        streak = np.where(fresh | same, 0, streak) + other
-        done = other & (streak >= self._line_inertia)
-        crossings: list[Crossing] = []
-        for i, k in zip(*np.nonzero(done), strict=True):
-            s, e = self._segs[k]
-            p0, p1 = last[i, k], first[i, k]
-            if _crosses(
-                (float(p0[0]), float(p0[1])),
-                (float(p1[0]), float(p1[1])),
-                (float(s[0]), float(s[1])),
-                (float(e[0]), float(e[1])),
-            ):
-                crossings.append(Crossing(ids[i], self.lines[k].name, "in" if now[i, k] > 0 else "out"))
-        moved = start | same | done
-        self._side[rows] = np.where(start | done, now, side)
-        self._last_xy[rows] = np.where(moved[..., None], point, last)
-        self._pending[rows] = np.where(done, 0, pending)
-        self._line_streak[rows] = np.where(done, 0, streak)
-        self._first_xy[rows] = first
-        return crossings
-
-    def _row(self, tracker_id: int) -> int:
-        """The row of a track, a fresh one (outside every zone, on no side yet) for one not seen before."""
-        row = self._rows.get(tracker_id)
-        if row is not None:
-            return row
-        if not self._free:
-            self._grow()
-        row = self._rows[tracker_id] = self._free.pop()
-        self._inside[row] = False
-        self._zone_streak[row] = 0
-        self._side[row] = 0
-        self._pending[row] = 0
-        self._line_streak[row] = 0
-        self._place[row] = frozenset()
-        return row
-
-    def _grow(self) -> None:
-        n = len(self._place)
-        extra = max(16, n)
-        self._free.extend(range(n + extra - 1, n - 1, -1))
-        self._place.extend([frozenset()] * extra)
-        for name in ("_inside", "_zone_streak", "_side", "_last_xy", "_pending", "_line_streak", "_first_xy"):
-            old = getattr(self, name)
-            setattr(self, name, np.concatenate([old, np.zeros((extra, *old.shape[1:]), dtype=old.dtype)]))
+    def _observe_line(
+        self, track: _Track, k: int, inertia: int, side: int, xy: tuple[float, float]
+    ) -> Literal["in", "out"] | None:
+        if side == 0:
+            return None  # on the line: neither side; nothing changes
+        state = track.lines[k]
+        if state is None:
+            track.lines[k] = _Side(side, xy)
+            return None
+        if side == state.side:
+            state.last_xy, state.pending, state.streak, state.first_xy = xy, 0, 0, None
+            return None
+        if state.pending != side:
+            state.pending, state.streak, state.first_xy = side, 0, xy
+        state.streak += 1
+        if state.streak < inertia:
+            return None
+        assert state.first_xy is not None
+        s, e = self._segs[k]
+        crossed = _crosses(state.last_xy, state.first_xy, (float(s[0]), float(s[1])), (float(e[0]), float(e[1])))
+        state.side, state.last_xy, state.pending, state.streak, state.first_xy = side, xy, 0, 0, None
+        if not crossed:
+            return None
+        return "in" if side > 0 else "out"
 
     def place(self, tracker_id: int) -> frozenset[str]:
         """The zones a live track is in now (empty for an unknown one)."""
-        row = self._rows.get(tracker_id)
-        if row is None:
+        track = self._tracks.get(tracker_id)
+        if track is None:
             return frozenset()
-        return self._place[row]
+        return track.place
 
     def forget(self, tracker_ids: Iterable[int]) -> None:
         """Tracks that ended: their places are dropped (they are in no zone any more)."""
         for tid in tracker_ids:
-            row = self._rows.pop(int(tid), None)
-            if row is not None:
-                self._free.append(row)
+            self._tracks.pop(int(tid), None)
 
     @property
     def track_count(self) -> int:
-        return len(self._rows)
+        return len(self._tracks)
 
 
 def _crosses(p0: tuple[float, float], p1: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -452,3 +436,15 @@ def _crosses(p0: tuple[float, float], p1: tuple[float, float], a: tuple[float, f
         or (abs(d3) <= _EPS and within(p0, p1, a))
         or (abs(d4) <= _EPS and within(p0, p1, b))
     )
+
+
+def _observe_zone(state: _Membership, inside: bool, inertia: int) -> bool:
+    """One observation of a track against a zone; True if its membership flipped."""
+    if inside == state.inside:
+        state.streak = 0
+        return False
+    state.streak += 1
+    if state.streak >= inertia:
+        state.inside, state.streak = inside, 0
+        return True
+    return False

@@ -218,7 +218,7 @@ def test_the_scalar_crossing_test_agrees_with_segments_cross() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_areas_match_the_per_track_reference_on_random_walks(seed: int) -> None:
-    """The vectorised Areas against the straightforward per-track one it replaced (tests/zones_reference.py):
+    """The fast Areas against the straightforward per-track one it replaced (tests/zones_reference.py):
     the same places and crossings, frame by frame, on integer walks that often land on lines and edges,
     with tracks forgotten and reused, an id twice in a frame, ids below 0 and a frame size change."""
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""A straightforward per-track reference of :class:`agent.zones.Areas` (the code before it was vectorised):
+"""A straightforward per-track reference of :class:`agent.zones.Areas` (the code before its fast path, zone by zone):
 one Python object per track, zone and line, observed one at a time. tests/test_zones.py checks the fast
 :class:`agent.zones.Areas` against it on random walks; nothing in agent/ uses it."""
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.zones import Crossing, LineDef, ZoneDef, _crosses, _Edges, _to_pixels, side_of_line
+from agent.zones import Crossing, LineDef, ZoneDef, _crosses, _to_pixels, points_in_polygon, side_of_line
 
 FloatArray = NDArray[np.float64]
 
@@ -48,7 +48,6 @@ class ReferenceAreas:
         self._tracks: dict[int, _Track] = {}
         self._wh: tuple[int, int] | None = None
         self._polys: list[FloatArray] = []
-        self._edges = _Edges.of([])
         self._segs: list[tuple[FloatArray, FloatArray]] = []
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
@@ -56,7 +55,6 @@ class ReferenceAreas:
             return
         self._wh = frame_wh
         self._polys = [_to_pixels(z.points, z.units, frame_wh) for z in self.zones]
-        self._edges = _Edges.of(self._polys)
         self._segs = []
         for ln in self.lines:
             s, e = _to_pixels((ln.start, ln.end), ln.units, frame_wh)
@@ -75,7 +73,7 @@ class ReferenceAreas:
         ids, xy = ids[keep], xy[keep]
         self._geometry(frame_wh)
         # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
-        inside = self._edges.inside(xy).tolist()
+        inside = [points_in_polygon(xy, poly).tolist() for poly in self._polys]  # one zone at a time
         sides = [side_of_line(xy, s, e).tolist() for s, e in self._segs]
         points = [(x, y) for x, y in xy.tolist()]
         places: dict[int, frozenset[str]] = {}
