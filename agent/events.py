@@ -75,6 +75,7 @@ class _Track:
     since: dict[str, float] = field(default_factory=dict)  # zone -> when the current stay began
     last_emit_t: float = 0.0
     changed: bool = False  # something worth an update since the last event
+    count_keys: tuple[str, ...] | None = None  # the live counts it adds 1 to (None: to be worked out)
 
     def dwell_at(self, t: float) -> dict[str, float]:
         out = dict(self.dwell)
@@ -113,6 +114,7 @@ class CameraEvents:
         self._line_names = [ln.name for ln in lines]
         self._tracks: dict[int, _Track] = {}
         self._crossed: dict[str, int] = {}  # "{line}/{in|out}/{class}" -> crossings since start
+        self._counts: dict[str, int] | None = None  # what counts() returns; None: build it again
 
     @property
     def live(self) -> int:
@@ -138,18 +140,19 @@ class CameraEvents:
             raise ValueError("tracker_ids, boxes_xyxy, classes and scores must have the same length")
         places, crossings = self._areas.update(ids, bottom_centres(boxes), frame_wh)
         events: list[dict[str, Any]] = []
-        for i, tid in enumerate(ids.tolist()):
+        empty: frozenset[str] = frozenset()
+        # plain Python values, read once: NumPy scalars are slow one by one
+        for tid, box, label, score in zip(ids.tolist(), boxes.tolist(), classes, conf.tolist(), strict=True):
             if tid < 0:
                 continue
-            box = (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]))
             track = self._tracks.get(tid)
             if track is None:
-                track = self._start(tid, t, classes[i], float(conf[i]), box)
-                self._move(track, places.get(tid, frozenset()), t)
+                track = self._start(tid, t, label, score, (box[0], box[1], box[2], box[3]))
+                self._move(track, places.get(tid, empty), t)
                 events.append(self._event("new", track, t, frame_id))
                 continue
-            self._see(track, t, classes[i], float(conf[i]), box)
-            self._move(track, places.get(tid, frozenset()), t)
+            self._see(track, t, label, score, (box[0], box[1], box[2], box[3]))
+            self._move(track, places.get(tid, empty), t)
             if track.changed and t - track.last_emit_t >= self._interval:
                 events.append(self._event("update", track, t, frame_id))
         self._count_crossings(crossings)
@@ -166,6 +169,7 @@ class CameraEvents:
             if track is None:
                 continue
             gone.append(track.tracker_id)
+            self._counts = None
             self._move(track, frozenset(), track.last_t)  # close the stays at the last sighting
             events.append(self._event("end", track, t, frame_id, end_time=track.last_t))
         self._areas.forget(gone)
@@ -176,18 +180,28 @@ class CameraEvents:
         return self.end(list(self._tracks), t, frame_id)
 
     def counts(self) -> dict[str, int]:
-        """Every count as ``{topic suffix under the camera: value}``; the ``all`` totals always present."""
+        """Every count as ``{topic suffix under the camera: value}``; the ``all`` totals always present.
+        Built again only after something it depends on changed (a track began or ended, changed class or
+        zones, a line was crossed): most frames change none of it."""
+        if self._counts is None:
+            self._counts = self._build_counts()
+        return dict(self._counts)
+
+    def _build_counts(self) -> dict[str, int]:
         out: dict[str, int] = {f"{ALL}/{ALL}": 0}
         for zone in self._zone_names:
             out[f"{zone}/{ALL}"] = 0
         for line in self._line_names:
             out[f"{line}/in/{ALL}"] = 0
             out[f"{line}/out/{ALL}"] = 0
+        get = out.get
         for track in self._tracks.values():
-            label = topic_segment(track.label)
-            for zone in (ALL, *track.zones):
-                out[f"{zone}/{ALL}"] = out.get(f"{zone}/{ALL}", 0) + 1
-                out[f"{zone}/{label}"] = out.get(f"{zone}/{label}", 0) + 1
+            keys = track.count_keys
+            if keys is None:  # built again only when its class or zones changed
+                label = topic_segment(track.label)
+                keys = track.count_keys = tuple(k for z in (ALL, *track.zones) for k in (f"{z}/{ALL}", f"{z}/{label}"))
+            for key in keys:
+                out[key] = get(key, 0) + 1
         for key, n in self._crossed.items():
             out[key] = n
         return out
@@ -207,6 +221,7 @@ class CameraEvents:
             box_xyxy=box,
         )
         self._tracks[tid] = track
+        self._counts = None
         return track
 
     def _see(self, track: _Track, t: float, label: str, score: float, box: tuple[float, float, float, float]) -> None:
@@ -219,6 +234,8 @@ class CameraEvents:
         if label != track.label and votes[label] > votes[track.label]:  # only this class's sum grew
             track.label = label  # ties keep the class it had
             track.changed = True
+            track.count_keys = None
+            self._counts = None
 
     def _move(self, track: _Track, zones: frozenset[str], t: float) -> None:
         if zones == track.zones:
@@ -232,8 +249,12 @@ class CameraEvents:
                 track.entered.append(zone)
         track.zones = zones
         track.changed = True
+        track.count_keys = None
+        self._counts = None
 
     def _count_crossings(self, crossings: Sequence[Crossing]) -> None:
+        if crossings:
+            self._counts = None
         for c in crossings:
             track = self._tracks.get(c.tracker_id)
             label = topic_segment(track.label) if track is not None else "_"
@@ -339,18 +360,17 @@ class EventStage:
         """One frame after the tracker; returns how many events went into the outbox."""
         self._last[camera] = (t, frame_id)
         api = tracked.api
-        predictions = list(api.get("predictions") or [])
         image = api.get("image") or {}
         frame_wh = (int(image.get("width", 0)), int(image.get("height", 0)))
+        if tracked.boxes_xyxy is not None and tracked.classes is not None and tracked.scores is not None:
+            boxes, classes, scores = tracked.boxes_xyxy, tracked.classes, tracked.scores  # read by the tracker
+        else:
+            predictions = list(api.get("predictions") or [])
+            boxes = predictions_xyxy(predictions)
+            classes = [str(p.get("class", "")) for p in predictions]
+            scores = np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64)
         events = self._cameras[camera].observe(
-            t,
-            frame_id,
-            frame_wh,
-            tracked.ids,
-            predictions_xyxy(predictions),
-            [str(p.get("class", "")) for p in predictions],
-            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
-            [e.tracker_id for e in tracked.ended],
+            t, frame_id, frame_wh, tracked.ids, boxes, classes, scores, [e.tracker_id for e in tracked.ended]
         )
         for event in events:
             self._put(self._topic, encode(event), t)

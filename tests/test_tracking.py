@@ -317,3 +317,37 @@ def test_a_new_object_beside_a_track_that_missed_a_frame_gets_its_own_id() -> No
     ids = _run(Tracker(ON), [([a], ["a"], [0.9])] * 6 + [both] * 2 + [([b], ["a"], [0.9])] + [both] * 2)
     assert ids[8] == [2]  # not A's id: A was seen beside it, so it is another object
     assert ids[10] == [1, 2]  # A comes back under its own id
+
+
+def _greedy_reference(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]:
+    """The plain greedy assignment: every pair in row-major order, stably sorted by cost, taken when both free."""
+    n, m = cost.shape
+    pairs = sorted(
+        ((cost[r, c], r, c) for r in range(n) for c in range(m) if cost[r, c] <= max_cost), key=lambda p: p[0]
+    )
+    rows: set[int] = set()
+    cols: set[int] = set()
+    out = []
+    for _, r, c in pairs:
+        if r not in rows and c not in cols:
+            rows.add(r)
+            cols.add(c)
+            out.append((r, c))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assign_greedy_matches_the_plain_greedy_reference(seed: int) -> None:
+    """assign_greedy (a shortcut when no row or column has two candidates, a loop otherwise) against the plain
+    greedy reference, pair for pair and in order, on random costs with ties (rounded) and sparse ones."""
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(0, 12, size=2)
+    cost = np.round(rng.random((n, m)), 1 if seed % 2 else 3)
+    if seed % 3 == 0:
+        cost[rng.random((n, m)) < 0.8] = 1.0  # sparse: mostly one candidate per row and column
+    bound = float(rng.choice([0.3, 0.65, 1.0]))
+    pairs, rows, cols = assign_greedy(cost, bound)
+    want = _greedy_reference(cost, bound)
+    assert [tuple(p) for p in pairs.tolist()] == want
+    assert rows.tolist() == sorted(set(range(n)) - {r for r, _ in want})
+    assert cols.tolist() == sorted(set(range(m)) - {c for _, c in want})
