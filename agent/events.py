@@ -18,7 +18,8 @@ scores; ``-1`` ids are skipped) and the tracks that ended, and returns the event
 Counts (:meth:`CameraEvents.counts`), as topic suffixes under ``{base}/{camera}/``:
 ``{zone}/{class}`` and ``{zone}/all`` (live tracks in the zone now), ``all/{class}`` and ``all/all`` (live
 tracks in the camera: from their ``new`` to their ``end``), ``{line}/in/{class}``, ``{line}/out/{class}`` and
-``.../all`` (crossings since the agent started). :class:`CountBoard` publishes those that changed, retained.
+``.../all`` (crossings, kept across restarts in ``{state_dir}/line_counts.json``: see
+:mod:`agent.line_counts`). :class:`CountBoard` publishes those that changed, retained.
 
 :class:`EventStage` is what ``pipeline.Sink`` calls: events go into the outbox (kept until acknowledged,
 replayed in order with ``"replayed": true`` like results), counts to :class:`CountBoard`.
@@ -33,12 +34,14 @@ import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import Settings
+from agent.line_counts import LineCountStore
 from agent.results import encode, iso_utc
 from agent.tracking import Tracked, predictions_xyxy
 from agent.zones import Areas, Crossing, LineDef, ZoneDef, bottom_centres
@@ -105,7 +108,9 @@ class CameraEvents:
         zones: Sequence[ZoneDef] = (),
         lines: Sequence[LineDef] = (),
         update_interval_s: float = 5.0,
+        crossed: Mapping[str, int] | None = None,
     ) -> None:
+        """``crossed``: line counts to go on from (kept from an earlier run, see :mod:`agent.line_counts`)."""
         self.camera = camera
         self._device_id = device_id
         self._interval = update_interval_s
@@ -113,7 +118,7 @@ class CameraEvents:
         self._zone_names = [z.name for z in zones]
         self._line_names = [ln.name for ln in lines]
         self._tracks: dict[int, _Track] = {}
-        self._crossed: dict[str, int] = {}  # "{line}/{in|out}/{class}" -> crossings since start
+        self._crossed: dict[str, int] = dict(crossed or {})  # "{line}/{in|out}/{class}" -> crossings
         self._counts: dict[str, int] | None = None  # what counts() returns; None: build it again
 
     @property
@@ -178,6 +183,10 @@ class CameraEvents:
     def end_all(self, t: float, frame_id: int) -> list[dict[str, Any]]:
         """Every live track ends (the camera stopped)."""
         return self.end(list(self._tracks), t, frame_id)
+
+    def crossed(self) -> dict[str, int]:
+        """The line counts alone (``{line}/{in|out}/{class|all}``), what :mod:`agent.line_counts` keeps."""
+        return dict(self._crossed)
 
     def counts(self) -> dict[str, int]:
         """Every count as ``{topic suffix under the camera: value}``; the ``all`` totals always present.
@@ -340,13 +349,26 @@ class EventStage:
         put: Callable[[str, bytes, float], object],
         publish_retained: Callable[[str, bytes], None] | None = None,
         connection: Callable[[], object] = lambda: None,
+        counts_file: Path | None = None,
     ) -> None:
+        """``counts_file``: where line counts are kept across restarts (:mod:`agent.line_counts`; none: they
+        start at 0)."""
         interval = settings.events.update_interval_s
         self._topic = topic
         self._put = put
+        self._store: LineCountStore | None = None
+        kept: dict[str, dict[str, int]] = {}
+        if counts_file is not None:
+            self._store = LineCountStore(counts_file, {c.name: {ln.name for ln in c.lines} for c in settings.cameras})
+            kept = self._store.load()
         self._cameras = {
             c.name: CameraEvents(
-                c.name, device_id=settings.device_id, zones=c.zones, lines=c.lines, update_interval_s=interval
+                c.name,
+                device_id=settings.device_id,
+                zones=c.zones,
+                lines=c.lines,
+                update_interval_s=interval,
+                crossed=kept.get(c.name),
             )
             for c in settings.cameras
         }
@@ -374,6 +396,8 @@ class EventStage:
         )
         for event in events:
             self._put(self._topic, encode(event), t)
+        if self._store is not None:
+            self._store.update(camera, self._cameras[camera].crossed())
         board = self._boards.get(camera)
         if board is not None:
             board.update(self._cameras[camera].counts())
@@ -389,6 +413,9 @@ class EventStage:
         events = cam.end(ended, t, frame_id) + cam.end_all(t, frame_id)
         for event in events:
             self._put(self._topic, encode(event), t)
+        if self._store is not None:
+            self._store.update(camera, cam.crossed())
+            self._store.flush()  # the counts of the last seconds, not yet written
         board = self._boards.get(camera)
         if board is not None:
             board.update(cam.counts())
