@@ -252,7 +252,11 @@ class Tracker:
         score = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(classes) != len(boxes) or len(score) != len(boxes):
             raise ValueError("boxes_xyxy, classes and scores must have the same length")
-        cls = np.array([self._class_index(c) for c in classes], dtype=np.int64)
+        known = self._classes.get
+        index = [known(c) for c in classes]
+        if None in index:  # a class name not seen before (rare): give it a column of votes
+            index = [self._class_index(c) for c in classes]
+        cls = np.array(index, dtype=np.int64)
         if self._t is not None and t < self._t:
             raise ValueError(f"frames must come in capture order: {t} after {self._t}")
         self._t = t
@@ -359,7 +363,7 @@ class Tracker:
         self._last_t[rows] = t
         self._hits[rows] += 1
         if len(rows):
-            np.add.at(self._votes, (rows, cls), score)
+            self._votes[rows, cls] += score  # a track matches one detection at most: rows are distinct
             self._cls[rows] = np.argmax(self._votes[rows], axis=1)
         self._missed += 1
         self._missed[rows] = 0
