@@ -324,6 +324,8 @@ class CountBoard:
         if conn is None:
             return 0  # nothing would arrive; the next connected frame sends all
         fresh = conn != self._sent_on
+        if not fresh and counts == self._sent:
+            return 0  # most frames: nothing changed (the same keys, the same values)
         current = dict(counts)
         for key in self._sent:
             current.setdefault(key, 0)
