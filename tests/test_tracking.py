@@ -351,3 +351,25 @@ def test_assign_greedy_matches_the_plain_greedy_reference(seed: int) -> None:
     assert [tuple(p) for p in pairs.tolist()] == want
     assert rows.tolist() == sorted(set(range(n)) - {r for r, _ in want})
     assert cols.tolist() == sorted(set(range(m)) - {c for _, c in want})
+
+
+def _iou_reference(a: list[float], b: list[float]) -> float:
+    """One pair's IoU in plain floats, the operations in iou_nm_xyxy's order (so the two agree exactly)."""
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = iw * ih
+    union = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0) + max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) - inter
+    return inter / max(union, 1e-9) if union > 1e-9 else 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_iou_nm_matches_a_per_pair_reference(seed: int) -> None:
+    """iou_nm_xyxy (in-place (n, m) arrays) against the plain per-pair IoU: exactly equal, degenerate boxes
+    (zero or negative width, identical, touching: integer corners) and the empty cases included."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 12, size=(int(rng.integers(0, 8)), 4)).astype(float)
+    b = rng.uniform(0, 12, size=(int(rng.integers(0, 8)), 4)) if seed % 2 else a[::-1].copy()
+    got = iou_nm_xyxy(a, b)
+    want = [[_iou_reference(p, q) for q in b.tolist()] for p in a.tolist()]
+    assert got.shape == (len(a), len(b))
+    assert got.tolist() == want
