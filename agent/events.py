@@ -18,7 +18,8 @@ scores; ``-1`` ids are skipped) and the tracks that ended, and returns the event
 Counts (:meth:`CameraEvents.counts`), as topic suffixes under ``{base}/{camera}/``:
 ``{zone}/{class}`` and ``{zone}/all`` (live tracks in the zone now), ``all/{class}`` and ``all/all`` (live
 tracks in the camera: from their ``new`` to their ``end``), ``{line}/in/{class}``, ``{line}/out/{class}`` and
-``.../all`` (crossings since the agent started). :class:`CountBoard` publishes those that changed, retained.
+``.../all`` (crossings, kept across restarts in ``{state_dir}/line_counts.json``: see
+:mod:`agent.line_counts`). :class:`CountBoard` publishes those that changed, retained.
 
 :class:`EventStage` is what ``pipeline.Sink`` calls: events go into the outbox (kept until acknowledged,
 replayed in order with ``"replayed": true`` like results), counts to :class:`CountBoard`.
@@ -33,12 +34,14 @@ import functools
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agent.config import Settings
+from agent.line_counts import LineCountStore
 from agent.results import encode, iso_utc
 from agent.tracking import Tracked, predictions_xyxy
 from agent.zones import Areas, Crossing, LineDef, ZoneDef, bottom_centres
@@ -75,6 +78,7 @@ class _Track:
     since: dict[str, float] = field(default_factory=dict)  # zone -> when the current stay began
     last_emit_t: float = 0.0
     changed: bool = False  # something worth an update since the last event
+    count_keys: tuple[str, ...] | None = None  # the live counts it adds 1 to (None: to be worked out)
 
     def dwell_at(self, t: float) -> dict[str, float]:
         out = dict(self.dwell)
@@ -104,7 +108,9 @@ class CameraEvents:
         zones: Sequence[ZoneDef] = (),
         lines: Sequence[LineDef] = (),
         update_interval_s: float = 5.0,
+        crossed: Mapping[str, int] | None = None,
     ) -> None:
+        """``crossed``: line counts to go on from (kept from an earlier run, see :mod:`agent.line_counts`)."""
         self.camera = camera
         self._device_id = device_id
         self._interval = update_interval_s
@@ -112,7 +118,8 @@ class CameraEvents:
         self._zone_names = [z.name for z in zones]
         self._line_names = [ln.name for ln in lines]
         self._tracks: dict[int, _Track] = {}
-        self._crossed: dict[str, int] = {}  # "{line}/{in|out}/{class}" -> crossings since start
+        self._crossed: dict[str, int] = dict(crossed or {})  # "{line}/{in|out}/{class}" -> crossings
+        self._counts: dict[str, int] | None = None  # what counts() returns; None: build it again
 
     @property
     def live(self) -> int:
@@ -138,18 +145,19 @@ class CameraEvents:
             raise ValueError("tracker_ids, boxes_xyxy, classes and scores must have the same length")
         places, crossings = self._areas.update(ids, bottom_centres(boxes), frame_wh)
         events: list[dict[str, Any]] = []
-        for i, tid in enumerate(ids.tolist()):
+        empty: frozenset[str] = frozenset()
+        # plain Python values, read once: NumPy scalars are slow one by one
+        for tid, box, label, score in zip(ids.tolist(), boxes.tolist(), classes, conf.tolist(), strict=True):
             if tid < 0:
                 continue
-            box = (float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]))
             track = self._tracks.get(tid)
             if track is None:
-                track = self._start(tid, t, classes[i], float(conf[i]), box)
-                self._move(track, places.get(tid, frozenset()), t)
+                track = self._start(tid, t, label, score, (box[0], box[1], box[2], box[3]))
+                self._move(track, places.get(tid, empty), t)
                 events.append(self._event("new", track, t, frame_id))
                 continue
-            self._see(track, t, classes[i], float(conf[i]), box)
-            self._move(track, places.get(tid, frozenset()), t)
+            self._see(track, t, label, score, (box[0], box[1], box[2], box[3]))
+            self._move(track, places.get(tid, empty), t)
             if track.changed and t - track.last_emit_t >= self._interval:
                 events.append(self._event("update", track, t, frame_id))
         self._count_crossings(crossings)
@@ -166,6 +174,7 @@ class CameraEvents:
             if track is None:
                 continue
             gone.append(track.tracker_id)
+            self._counts = None
             self._move(track, frozenset(), track.last_t)  # close the stays at the last sighting
             events.append(self._event("end", track, t, frame_id, end_time=track.last_t))
         self._areas.forget(gone)
@@ -175,19 +184,33 @@ class CameraEvents:
         """Every live track ends (the camera stopped)."""
         return self.end(list(self._tracks), t, frame_id)
 
+    def crossed(self) -> dict[str, int]:
+        """The line counts alone (``{line}/{in|out}/{class|all}``), what :mod:`agent.line_counts` keeps."""
+        return dict(self._crossed)
+
     def counts(self) -> dict[str, int]:
-        """Every count as ``{topic suffix under the camera: value}``; the ``all`` totals always present."""
+        """Every count as ``{topic suffix under the camera: value}``; the ``all`` totals always present.
+        Built again only after something it depends on changed (a track began or ended, changed class or
+        zones, a line was crossed): most frames change none of it."""
+        if self._counts is None:
+            self._counts = self._build_counts()
+        return dict(self._counts)
+
+    def _build_counts(self) -> dict[str, int]:
         out: dict[str, int] = {f"{ALL}/{ALL}": 0}
         for zone in self._zone_names:
             out[f"{zone}/{ALL}"] = 0
         for line in self._line_names:
             out[f"{line}/in/{ALL}"] = 0
             out[f"{line}/out/{ALL}"] = 0
+        get = out.get
         for track in self._tracks.values():
-            label = topic_segment(track.label)
-            for zone in (ALL, *track.zones):
-                out[f"{zone}/{ALL}"] = out.get(f"{zone}/{ALL}", 0) + 1
-                out[f"{zone}/{label}"] = out.get(f"{zone}/{label}", 0) + 1
+            keys = track.count_keys
+            if keys is None:  # built again only when its class or zones changed
+                label = topic_segment(track.label)
+                keys = track.count_keys = tuple(k for z in (ALL, *track.zones) for k in (f"{z}/{ALL}", f"{z}/{label}"))
+            for key in keys:
+                out[key] = get(key, 0) + 1
         for key, n in self._crossed.items():
             out[key] = n
         return out
@@ -207,6 +230,7 @@ class CameraEvents:
             box_xyxy=box,
         )
         self._tracks[tid] = track
+        self._counts = None
         return track
 
     def _see(self, track: _Track, t: float, label: str, score: float, box: tuple[float, float, float, float]) -> None:
@@ -219,6 +243,8 @@ class CameraEvents:
         if label != track.label and votes[label] > votes[track.label]:  # only this class's sum grew
             track.label = label  # ties keep the class it had
             track.changed = True
+            track.count_keys = None
+            self._counts = None
 
     def _move(self, track: _Track, zones: frozenset[str], t: float) -> None:
         if zones == track.zones:
@@ -232,8 +258,12 @@ class CameraEvents:
                 track.entered.append(zone)
         track.zones = zones
         track.changed = True
+        track.count_keys = None
+        self._counts = None
 
     def _count_crossings(self, crossings: Sequence[Crossing]) -> None:
+        if crossings:
+            self._counts = None
         for c in crossings:
             track = self._tracks.get(c.tracker_id)
             label = topic_segment(track.label) if track is not None else "_"
@@ -294,6 +324,8 @@ class CountBoard:
         if conn is None:
             return 0  # nothing would arrive; the next connected frame sends all
         fresh = conn != self._sent_on
+        if not fresh and counts == self._sent:
+            return 0  # most frames: nothing changed (the same keys, the same values)
         current = dict(counts)
         for key in self._sent:
             current.setdefault(key, 0)
@@ -319,13 +351,26 @@ class EventStage:
         put: Callable[[str, bytes, float], object],
         publish_retained: Callable[[str, bytes], None] | None = None,
         connection: Callable[[], object] = lambda: None,
+        counts_file: Path | None = None,
     ) -> None:
+        """``counts_file``: where line counts are kept across restarts (:mod:`agent.line_counts`; none: they
+        start at 0)."""
         interval = settings.events.update_interval_s
         self._topic = topic
         self._put = put
+        self._store: LineCountStore | None = None
+        kept: dict[str, dict[str, int]] = {}
+        if counts_file is not None:
+            self._store = LineCountStore(counts_file, {c.name: {ln.name for ln in c.lines} for c in settings.cameras})
+            kept = self._store.load()
         self._cameras = {
             c.name: CameraEvents(
-                c.name, device_id=settings.device_id, zones=c.zones, lines=c.lines, update_interval_s=interval
+                c.name,
+                device_id=settings.device_id,
+                zones=c.zones,
+                lines=c.lines,
+                update_interval_s=interval,
+                crossed=kept.get(c.name),
             )
             for c in settings.cameras
         }
@@ -339,21 +384,22 @@ class EventStage:
         """One frame after the tracker; returns how many events went into the outbox."""
         self._last[camera] = (t, frame_id)
         api = tracked.api
-        predictions = list(api.get("predictions") or [])
         image = api.get("image") or {}
         frame_wh = (int(image.get("width", 0)), int(image.get("height", 0)))
+        if tracked.boxes_xyxy is not None and tracked.classes is not None and tracked.scores is not None:
+            boxes, classes, scores = tracked.boxes_xyxy, tracked.classes, tracked.scores  # read by the tracker
+        else:
+            predictions = list(api.get("predictions") or [])
+            boxes = predictions_xyxy(predictions)
+            classes = [str(p.get("class", "")) for p in predictions]
+            scores = np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64)
         events = self._cameras[camera].observe(
-            t,
-            frame_id,
-            frame_wh,
-            tracked.ids,
-            predictions_xyxy(predictions),
-            [str(p.get("class", "")) for p in predictions],
-            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
-            [e.tracker_id for e in tracked.ended],
+            t, frame_id, frame_wh, tracked.ids, boxes, classes, scores, [e.tracker_id for e in tracked.ended]
         )
         for event in events:
             self._put(self._topic, encode(event), t)
+        if self._store is not None:
+            self._store.update(camera, self._cameras[camera].crossed())
         board = self._boards.get(camera)
         if board is not None:
             board.update(self._cameras[camera].counts())
@@ -369,6 +415,9 @@ class EventStage:
         events = cam.end(ended, t, frame_id) + cam.end_all(t, frame_id)
         for event in events:
             self._put(self._topic, encode(event), t)
+        if self._store is not None:
+            self._store.update(camera, cam.crossed())
+            self._store.flush()  # the counts of the last seconds, not yet written
         board = self._boards.get(camera)
         if board is not None:
             board.update(cam.counts())

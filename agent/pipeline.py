@@ -20,6 +20,7 @@ from agent.capture import Camera
 from agent.config import CameraSettings, Settings
 from agent.events import EventStage
 from agent.frames import DecodePolicy, Frame
+from agent.line_counts import FILE_NAME as LINE_COUNTS_FILE
 from agent.logs import Throttle
 from agent.measures import PublishAges
 from agent.metrics import ResultTally
@@ -192,6 +193,7 @@ def _event_stage(settings: Settings, outbox: Outbox, topics: Topics, publisher: 
         put=lambda topic, payload, created: outbox.put(topic, payload, created=created),
         publish_retained=None if publisher is None else publisher.publish_retained,
         connection=connection,
+        counts_file=settings.state_dir / LINE_COUNTS_FILE,  # line counts go on after a restart
     )
 
 

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.assignment import assign_greedy, greedy_pairs
+
 __all__ = [
     "CameraTracks",
     "EndedTrack",
@@ -118,51 +120,47 @@ class EndedTrack:
 def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
     """(n, 4) corners to (n, 4) centre and size."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    return np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    out = np.empty_like(b)
+    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
+    out[:, 2] = b[:, 2] - b[:, 0]
+    out[:, 3] = b[:, 3] - b[:, 1]
+    return out
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
     """(n, 4) centre and size to (n, 4) corners."""
     b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
     half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
-    return np.stack([b[:, 0] - half_w, b[:, 1] - half_h, b[:, 0] + half_w, b[:, 1] + half_h], axis=1)
+    out = np.empty_like(b)
+    out[:, 0] = b[:, 0] - half_w
+    out[:, 1] = b[:, 1] - half_h
+    out[:, 2] = b[:, 0] + half_w
+    out[:, 3] = b[:, 1] + half_h
+    return out
 
 
 def iou_nm_xyxy(a_xyxy: F64, b_xyxy: F64) -> F64:
     """(n, m) IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4); 0 where a union is empty."""
     a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > _EPS, inter / np.maximum(union, _EPS), 0.0)
-
-
-def assign_greedy(cost_nm: F64, max_cost: float) -> tuple[I64, I64, I64]:
-    """Rows to columns by lowest cost first, each at most once, only pairs with cost <= ``max_cost``.
-
-    Returns ``(matches_k2, unmatched_rows, unmatched_cols)``: (k, 2) row/column pairs and the index arrays
-    of the rows and columns left over."""
-    cost = np.asarray(cost_nm, dtype=np.float64)
-    n, m = cost.shape
-    matches: list[tuple[int, int]] = []
-    if n and m:
-        rows, cols = np.nonzero(cost <= max_cost)
-        order = np.argsort(cost[rows, cols], kind="stable")
-        row_used = np.zeros(n, dtype=bool)
-        col_used = np.zeros(m, dtype=bool)
-        for r, c in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
-            if not row_used[r] and not col_used[c]:
-                row_used[r] = col_used[c] = True
-                matches.append((r, c))
-    pairs = np.array(matches, dtype=np.int64).reshape(-1, 2)
-    left_rows = np.setdiff1d(np.arange(n, dtype=np.int64), pairs[:, 0])
-    left_cols = np.setdiff1d(np.arange(m, dtype=np.int64), pairs[:, 1])
-    return pairs, left_rows, left_cols
+    # one (n, m) array per quantity, not (n, m, 2) ones, updated in place: the same arithmetic, fewer passes
+    inter = np.minimum(a[:, 2:3], b[None, :, 2])
+    inter -= np.maximum(a[:, 0:1], b[None, :, 0])
+    np.maximum(inter, 0.0, out=inter)
+    ih = np.minimum(a[:, 3:4], b[None, :, 3])
+    ih -= np.maximum(a[:, 1:2], b[None, :, 1])
+    np.maximum(ih, 0.0, out=ih)
+    inter *= ih
+    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
+    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
+    union = area_a[:, None] + area_b[None, :]
+    union -= inter
+    empty = ~(union > _EPS)  # NaN too, as before
+    np.maximum(union, _EPS, out=union)
+    inter /= union
+    inter[empty] = 0.0
+    return inter
 
 
 def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
@@ -220,7 +218,11 @@ class Tracker:
         score = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(classes) != len(boxes) or len(score) != len(boxes):
             raise ValueError("boxes_xyxy, classes and scores must have the same length")
-        cls = np.array([self._class_index(c) for c in classes], dtype=np.int64)
+        known = self._classes.get
+        index = [known(c) for c in classes]
+        if None in index:  # a class name not seen before (rare): give it a column of votes
+            index = [self._class_index(c) for c in classes]
+        cls = np.array(index, dtype=np.int64)
         if self._t is not None and t < self._t:
             raise ValueError(f"frames must come in capture order: {t} after {self._t}")
         self._t = t
@@ -272,17 +274,23 @@ class Tracker:
         tracks again by distance when the box has changed too much for IoU)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
+        if not len(boxes) or not len(self._ids):
+            return det_track
         penalty = np.inf if s.class_cost >= 1.0 else s.class_cost  # 1 or more: never, in every stage
         other_class = np.where(self._cls[:, None] != cls[None, :], penalty, 0.0)
         by_iou = 1.0 - iou_nm_xyxy(predicted_xyxy, boxes) + other_class
-        # the longer a track has been lost, the farther from its predicted box it may be found
-        unseen = (self._t or 0.0) - self._last_t
-        reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
-        near = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy), xyxy_to_cxcywh(boxes)) / reach[:, None] + other_class
         high = score >= s.high_score
         low = (score >= s.low_score) & ~high
         confirmed = self._ids >= 0
         lost = confirmed & (self._missed > 0)
+        lost_rows = np.nonzero(lost)[0]
+        near = np.full(by_iou.shape, np.inf)  # stage 3's cost, needed for the lost rows only
+        if len(lost_rows):
+            # the longer a track has been lost, the farther from its predicted box it may be found
+            unseen = (self._t or 0.0) - self._last_t[lost_rows]
+            reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
+            dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
+            near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
             (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
@@ -295,9 +303,11 @@ class Tracker:
         for track_ok, det_ok, cost, bound in stages:
             rows = np.nonzero(track_ok & free_tracks)[0]
             cols = np.nonzero(det_ok & (det_track < 0))[0]
-            pairs, _, _ = assign_greedy(cost[np.ix_(rows, cols)], bound)
-            det_track[cols[pairs[:, 1]]] = rows[pairs[:, 0]]
-            free_tracks[rows[pairs[:, 0]]] = False
+            if not len(rows) or not len(cols):
+                continue
+            r, c = greedy_pairs(cost[rows][:, cols], bound)
+            det_track[cols[c]] = rows[r]
+            free_tracks[rows[r]] = False
         return det_track
 
     def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64, cls: I64, score: F64) -> None:
@@ -319,7 +329,7 @@ class Tracker:
         self._last_t[rows] = t
         self._hits[rows] += 1
         if len(rows):
-            np.add.at(self._votes, (rows, cls), score)
+            self._votes[rows, cls] += score  # a track matches one detection at most: rows are distinct
             self._cls[rows] = np.argmax(self._votes[rows], axis=1)
         self._missed += 1
         self._missed[rows] = 0
@@ -360,6 +370,8 @@ class Tracker:
     def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""
         n = len(boxes)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
         state = np.zeros((n, 6))
         state[:, :4] = xyxy_to_cxcywh(boxes)
         self._state = np.concatenate([self._state, state])
@@ -381,6 +393,8 @@ class Tracker:
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
         """Keep the rows where ``keep``; the confirmed tracks dropped, as :class:`EndedTrack`."""
+        if keep.all():
+            return []  # most frames: nothing ends, nothing to copy
         ended = [
             EndedTrack(
                 int(self._ids[r]),
@@ -418,11 +432,26 @@ def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
 @dataclass(frozen=True, slots=True)
 class Tracked:
     """One frame after tracking: the API object with ``tracker_id`` on its confirmed predictions, each
-    prediction's id (-1: unconfirmed) and the tracks that ended with this frame."""
+    prediction's id (-1: unconfirmed) and the tracks that ended with this frame. ``boxes_xyxy``,
+    ``classes`` and ``scores`` are the predictions as the tracker read them (``None``: read them from
+    ``api``), so the events stage does not parse the predictions a second time."""
 
     api: dict[str, Any]
     ids: I64
     ended: list[EndedTrack]
+    boxes_xyxy: F64 | None = None
+    classes: list[str] | None = None
+    scores: F64 | None = None
+
+
+def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
+    """(n, 4) corners, n class names and (n,) confidences of API predictions, in one pass over them."""
+    rows = [
+        (float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"]), float(p.get("confidence", 0.0)))
+        for p in predictions
+    ]
+    values = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    return cxcywh_to_xyxy(values[:, :4]), [str(p.get("class", "")) for p in predictions], values[:, 4].copy()
 
 
 class CameraTracks:
@@ -436,14 +465,10 @@ class CameraTracks:
         """Track one frame's predictions; a new API object (``api`` itself is not changed)."""
         predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
         tracker = self._trackers[camera]
-        ids = tracker.update(
-            t,
-            predictions_xyxy(predictions),
-            [str(p.get("class", "")) for p in predictions],
-            np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64),
-        )
-        tagged = [{**p, "tracker_id": int(i)} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
-        return Tracked({**api, "predictions": tagged}, ids, tracker.ended)
+        boxes, classes, scores = _read_predictions(predictions)
+        ids = tracker.update(t, boxes, classes, scores)
+        tagged = [{**p, "tracker_id": i} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
+        return Tracked({**api, "predictions": tagged}, ids, tracker.ended, boxes, classes, scores)
 
     def finish(self, camera: str) -> list[EndedTrack]:
         """The camera stopped: its live tracks end."""

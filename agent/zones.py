@@ -192,16 +192,17 @@ class _Edges:
         px, py = anchors_xy[:, 0:1], anchors_xy[:, 1:2]
         rx, ry = px - self.ax, py - self.ay
         cross = self.dx * ry - self.dy * rx
-        on_edge = (np.abs(cross) <= self.tol) & (self.lo_x <= px) & (px <= self.hi_x)
-        on_edge &= (self.lo_y <= py) & (py <= self.hi_y)
+        on_edge = np.abs(cross) <= self.tol
         by = self.ay + self.dy
         straddles = (self.ay > py) != (by > py)
         with np.errstate(divide="ignore", invalid="ignore"):
             x_at = self.ax + ry * self.dx / self.dy
         hits = (straddles & (px < x_at)).astype(np.int32)
-        odd = np.add.reduceat(hits, self.starts, axis=1) % 2 == 1
-        edge = np.add.reduceat(on_edge.astype(np.int32), self.starts, axis=1) > 0
-        result: NDArray[np.bool_] = (odd | edge).T
+        inside = np.add.reduceat(hits, self.starts, axis=1) % 2 == 1
+        if on_edge.any():  # rare: a point on an edge's line; is it within the edge?
+            on_edge &= (self.lo_x <= px) & (px <= self.hi_x) & (self.lo_y <= py) & (py <= self.hi_y)
+            inside |= np.add.reduceat(on_edge.astype(np.int32), self.starts, axis=1) > 0
+        result: NDArray[np.bool_] = inside.T
         return result
 
 
@@ -285,6 +286,20 @@ class _Track:
     zones: list[_Membership]  # one per zone, in the camera's order
     lines: list[_Side | None]  # one per line; None until the track was seen on a side
     place: frozenset[str] = frozenset()
+    steady: list[int] | None = None  # the observation that changes nothing but the lines' last points
+
+
+def _steady(track: _Track) -> list[int] | None:
+    """The observation (zones 0/1, line sides) under which ``track`` stays as it is: no streak running and
+    a confirmed side on every line, seen again (None while any streak runs or a line has no side yet)."""
+    if any(m.streak for m in track.zones):
+        return None
+    out = [int(m.inside) for m in track.zones]
+    for state in track.lines:
+        if state is None or state.pending != 0:
+            return None
+        out.append(state.side)
+    return out
 
 
 class Areas:
@@ -324,8 +339,13 @@ class Areas:
         ids, xy = ids[keep], xy[keep]
         self._geometry(frame_wh)
         # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
-        inside = self._edges.inside(xy).tolist()
-        sides = [side_of_line(xy, s, e).tolist() for s, e in self._segs]
+        inside = self._edges.inside(xy)
+        sides = [side_of_line(xy, s, e) for s, e in self._segs]
+        # each track's observation as one list (zones 0/1, then line sides): a track whose state it leaves
+        # as it was (the usual frame) is passed over with one comparison
+        seen = np.concatenate([inside.T.astype(np.int8), *(side[:, None] for side in sides)], axis=1)
+        observed = seen.tolist()
+        nz = len(self.zones)
         points = [(x, y) for x, y in xy.tolist()]
         places: dict[int, frozenset[str]] = {}
         crossings: list[Crossing] = []
@@ -334,16 +354,23 @@ class Areas:
             track = self._tracks.get(tid)
             if track is None:
                 track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
+            obs = observed[i]
+            if obs == track.steady:
+                for state in track.lines:
+                    state.last_xy = points[i]  # type: ignore[union-attr]  # steady: every line has a side
+                places[tid] = track.place
+                continue
             flipped = False
             for z, zone in enumerate(zones):
-                flipped |= _observe_zone(track.zones[z], inside[z][i], zone.inertia)
+                flipped |= _observe_zone(track.zones[z], obs[z] == 1, zone.inertia)
             if flipped:
                 track.place = frozenset(zone.name for z, zone in enumerate(zones) if track.zones[z].inside)
             places[tid] = track.place
             for k, line in enumerate(lines):
-                direction = self._observe_line(track, k, line.inertia, sides[k][i], points[i])
+                direction = self._observe_line(track, k, line.inertia, obs[nz + k], points[i])
                 if direction is not None:
                     crossings.append(Crossing(tid, line.name, direction))
+            track.steady = _steady(track)
         return places, crossings
 
     def _observe_line(

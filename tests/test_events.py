@@ -189,3 +189,34 @@ def test_event_stage_puts_events_in_order_and_ends_live_tracks_when_the_camera_s
     end = json.loads(put[-1][1])
     assert end["frame_id"] == 4 and put[-1][2] == T0 + 1
     assert ("seg-agent/dev/cam0/all/all", b"0") in retained[-4:]  # the last update: nobody is left
+
+
+def _counts_from_scratch(ev: CameraEvents) -> dict[str, int]:
+    """counts() built again with nothing cached: the reference for the cached one."""
+    ev._counts = None
+    for track in ev._tracks.values():
+        track.count_keys = None
+    return ev.counts()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cached_counts_equal_counts_built_from_scratch(seed: int) -> None:
+    """counts() is built again only when a track begins or ends, changes class or zones, or crosses a line:
+    frame by frame it equals the counts built from nothing (same keys, same order, same values)."""
+    rng = np.random.default_rng(seed)
+    ev = CameraEvents("cam", device_id="dev", zones=[LEFT], lines=[GATE], update_interval_s=0.5)
+    pos = rng.uniform(20, 180, size=(8, 2))
+    changes = 0
+    for f in range(200):
+        pos = np.clip(pos + rng.normal(0, 8, size=pos.shape), 5, 195)
+        ids = np.arange(1, 9) + 100 * (f // 60)
+        ids[rng.random(8) < 0.2] = -1
+        boxes = np.concatenate([pos - 5, pos + 5], axis=1)
+        classes = [["a", "b/c"][int(rng.random() < 0.3)] for _ in range(8)]
+        ended = [int(i) for i in np.arange(1, 9) + 100 * (f // 60 - 1)] if f % 60 == 0 and f else []
+        ev.observe(T0 + f * 0.1, f, WH, ids, boxes, classes, rng.uniform(0.3, 1, 8), ended)
+        before = ev._counts is None
+        cached = ev.counts()
+        changes += before
+        assert list(cached.items()) == list(_counts_from_scratch(ev).items())
+    assert 10 < changes < 200  # the cache was both rebuilt and reused

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -93,6 +94,11 @@ def _counts(sub: Subscriber, prefix: str = f"{BASE}/cam0/") -> dict[str, list[in
     return out
 
 
+def _last_counts_are(sub: Subscriber, want: dict[str, int]) -> bool:
+    counts = _counts(sub)
+    return all(counts.get(k, [-1])[-1] == v for k, v in want.items())
+
+
 def _check_events(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """One new first and one end last per event_id, nothing after the end; returns them by event_id."""
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -172,11 +178,8 @@ def _write_scene_video(path: Path) -> Path:
     return path
 
 
-def test_agent_line_counts_are_exact_on_the_rendered_scene(
-    tmp_path: Path, broker: Mosquitto, make_subscriber: Callable[..., Subscriber]
-) -> None:
-    video = _write_scene_video(tmp_path / "scene.avi")
-    sub = make_subscriber(broker.port, f"{BASE}/#")
+def _run_config(tmp_path: Path, video: Path, port: int) -> Path:
+    """config.yaml for ``seg-agent run`` on the scene's video through the demo model."""
     cfg = {
         "device_id": "dev-ev",
         "cameras": [
@@ -189,7 +192,7 @@ def test_agent_line_counts_are_exact_on_the_rendered_scene(
             }
         ],
         "inference": {"mode": "local", "local": {"model": str(DEMO_MODEL)}},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "mqtt": {"host": "127.0.0.1", "port": port},
         "state_dir": str(tmp_path / "state"),
         "outbox": {"commit_interval_s": 0.1},
         # tracks end by frames unseen (max_missed), not by seconds, whatever the machine's load
@@ -198,6 +201,15 @@ def test_agent_line_counts_are_exact_on_the_rendered_scene(
     }
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(cfg))
+    return config
+
+
+def test_agent_line_counts_are_exact_on_the_rendered_scene(
+    tmp_path: Path, broker: Mosquitto, make_subscriber: Callable[..., Subscriber]
+) -> None:
+    video = _write_scene_video(tmp_path / "scene.avi")
+    sub = make_subscriber(broker.port, f"{BASE}/#")
+    config = _run_config(tmp_path, video, broker.port)
     agent = AgentProcess(config)
     try:
         # The clip plays once; the agent stops by itself when it ends ("every source has ended"). Generous:
@@ -216,3 +228,34 @@ def test_agent_line_counts_are_exact_on_the_rendered_scene(
     assert docked == sorted(w.cls for w in scene.WALKERS if w.docks)
     assert max(counts["dock/all"]) == scene.peak_in_dock()
     assert "Traceback" not in agent.log
+
+
+def test_line_counts_go_on_after_the_agent_is_restarted(
+    tmp_path: Path, broker: Mosquitto, make_subscriber: Callable[..., Subscriber]
+) -> None:
+    """``seg-agent run`` twice on the scene with one state_dir: the second run's line counts start from the
+    first run's (kept in {state_dir}/line_counts.json), so they end at twice the truth; counts of a line and a
+    camera no longer configured, planted in the file between the runs, are dropped."""
+    video = _write_scene_video(tmp_path / "scene.avi")
+    config = _run_config(tmp_path, video, broker.port)
+    kept = tmp_path / "state" / "line_counts.json"
+    truth = scene.expected_lines()
+    for run in (1, 2):
+        sub = make_subscriber(broker.port, f"{BASE}/cam0/gate/#", client_id=f"run{run}")
+        agent = AgentProcess(config)
+        try:
+            assert agent.wait(120) == 0, agent.log[-4000:]  # generous: two cores shared with other runs
+        finally:
+            agent.close()
+        doc = json.loads(kept.read_text())
+        assert {k: doc["cameras"]["cam0"].get(k, 0) for k in truth} == {k: run * v for k, v in truth.items()}
+        assert set(doc["cameras"]) == {"cam0"}
+        assert all(k.startswith("gate/") for k in doc["cameras"]["cam0"])
+        # what the run published last of each count: after the restart the counts went on from the first run's
+        want = {k: run * v for k, v in truth.items()}
+        assert sub.wait_until(functools.partial(_last_counts_are, sub, want), 10), dict(_counts(sub))
+        assert "Traceback" not in agent.log
+        if run == 1:
+            doc["cameras"]["cam0"]["old-line/in/all"] = 5
+            doc["cameras"]["cam9"] = {"gate/in/all": 7}
+            kept.write_text(json.dumps(doc))

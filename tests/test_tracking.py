@@ -317,3 +317,59 @@ def test_a_new_object_beside_a_track_that_missed_a_frame_gets_its_own_id() -> No
     ids = _run(Tracker(ON), [([a], ["a"], [0.9])] * 6 + [both] * 2 + [([b], ["a"], [0.9])] + [both] * 2)
     assert ids[8] == [2]  # not A's id: A was seen beside it, so it is another object
     assert ids[10] == [1, 2]  # A comes back under its own id
+
+
+def _greedy_reference(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]:
+    """The plain greedy assignment: every pair in row-major order, stably sorted by cost, taken when both free."""
+    n, m = cost.shape
+    pairs = sorted(
+        ((cost[r, c], r, c) for r in range(n) for c in range(m) if cost[r, c] <= max_cost), key=lambda p: p[0]
+    )
+    rows: set[int] = set()
+    cols: set[int] = set()
+    out = []
+    for _, r, c in pairs:
+        if r not in rows and c not in cols:
+            rows.add(r)
+            cols.add(c)
+            out.append((r, c))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_assign_greedy_matches_the_plain_greedy_reference(seed: int) -> None:
+    """assign_greedy (a shortcut when no row or column has two candidates, a loop otherwise) against the plain
+    greedy reference, pair for pair and in order, on random costs with ties (rounded) and sparse ones."""
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(0, 12, size=2)
+    cost = np.round(rng.random((n, m)), 1 if seed % 2 else 3)
+    if seed % 3 == 0:
+        cost[rng.random((n, m)) < 0.8] = 1.0  # sparse: mostly one candidate per row and column
+    bound = float(rng.choice([0.3, 0.65, 1.0]))
+    pairs, rows, cols = assign_greedy(cost, bound)
+    want = _greedy_reference(cost, bound)
+    assert [tuple(p) for p in pairs.tolist()] == want
+    assert rows.tolist() == sorted(set(range(n)) - {r for r, _ in want})
+    assert cols.tolist() == sorted(set(range(m)) - {c for _, c in want})
+
+
+def _iou_reference(a: list[float], b: list[float]) -> float:
+    """One pair's IoU in plain floats, the operations in iou_nm_xyxy's order (so the two agree exactly)."""
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = iw * ih
+    union = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0) + max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) - inter
+    return inter / max(union, 1e-9) if union > 1e-9 else 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_iou_nm_matches_a_per_pair_reference(seed: int) -> None:
+    """iou_nm_xyxy (in-place (n, m) arrays) against the plain per-pair IoU: exactly equal, degenerate boxes
+    (zero or negative width, identical, touching: integer corners) and the empty cases included."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 12, size=(int(rng.integers(0, 8)), 4)).astype(float)
+    b = rng.uniform(0, 12, size=(int(rng.integers(0, 8)), 4)) if seed % 2 else a[::-1].copy()
+    got = iou_nm_xyxy(a, b)
+    want = [[_iou_reference(p, q) for q in b.tolist()] for p in a.tolist()]
+    assert got.shape == (len(a), len(b))
+    assert got.tolist() == want

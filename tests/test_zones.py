@@ -16,6 +16,7 @@ from agent.zones import (
     segments_cross,
     side_of_line,
 )
+from tests.zones_reference import ReferenceAreas
 
 SQUARE = [(10.0, 10.0), (20.0, 10.0), (20.0, 20.0), (10.0, 20.0)]
 CONCAVE = [(0.0, 0.0), (30.0, 0.0), (30.0, 30.0), (15.0, 10.0), (0.0, 30.0)]  # a "V" notch from the bottom
@@ -213,3 +214,39 @@ def test_the_scalar_crossing_test_agrees_with_segments_cross() -> None:
     want = segments_cross(ends[:, :2], ends[:, 2:], a, b).tolist()
     got = [_crosses((e[0], e[1]), (e[2], e[3]), (0.0, 0.0), (10.0, 0.0)) for e in ends.tolist()]
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_areas_match_the_per_track_reference_on_random_walks(seed: int) -> None:
+    """The fast Areas against the straightforward per-track one it replaced (tests/zones_reference.py):
+    the same places and crossings, frame by frame, on integer walks that often land on lines and edges,
+    with tracks forgotten and reused, an id twice in a frame, ids below 0 and a frame size change."""
+    rng = np.random.default_rng(seed)
+    zones = [
+        ZoneDef("box", tuple(SQUARE), inertia=int(rng.integers(1, 4))),
+        ZoneDef("left", ((0, 0), (0.5, 0), (0.5, 1), (0, 1)), units="fraction", inertia=1),
+        ZoneDef("wedge", ((30, 5), (60, 20), (35, 26), (45, 15)), inertia=2),
+    ]
+    lines = [
+        LineDef("gate", (0.0, 50.0), (100.0, 50.0), inertia=int(rng.integers(1, 4))),
+        LineDef("door", (0.5, 0.1), (0.5, 0.6), units="fraction"),
+        LineDef("slant", (10.0, 90.0), (70.0, 30.0), inertia=2),
+    ]
+    fast, slow = Areas(zones, lines), ReferenceAreas(zones, lines)
+    pos = rng.integers(0, 100, size=(12, 2)).astype(float)
+    for frame in range(300):
+        pos = np.clip(pos + rng.integers(-6, 7, size=pos.shape), 0, 100)
+        seen = rng.random(len(pos)) > 0.2
+        ids = np.nonzero(seen)[0].astype(np.int64) + 1
+        ids[rng.random(len(ids)) < 0.05] = -1
+        xy = pos[seen]
+        if frame % 41 == 0 and len(ids) > 1:
+            ids[1] = ids[0]  # one id twice: observed in turn
+        wh = (100, 100) if frame < 150 else (120, 100)
+        assert fast.update(ids, xy, wh) == slow.update(ids, xy, wh)
+        if frame % 17 == 0:
+            gone = rng.choice(np.arange(1, 13), size=3, replace=False).tolist()
+            fast.forget(gone)
+            slow.forget(gone)
+        assert fast.track_count == slow.track_count
+    assert all(fast.place(t) == slow.place(t) for t in range(1, 13))

@@ -1,0 +1,58 @@
+"""Greedy assignment of rows (tracks) to columns (detections) by lowest cost, for :mod:`agent.tracking`.
+
+Pure NumPy, no side effects. :func:`greedy_pairs` is the tracker's hot path (index arrays only);
+:func:`assign_greedy` also says which rows and columns were left over.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["assign_greedy", "greedy_pairs"]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+def assign_greedy(cost_nm: F64, max_cost: float) -> tuple[I64, I64, I64]:
+    """Rows to columns by lowest cost first, each at most once, only pairs with cost <= ``max_cost``.
+
+    Returns ``(matches_k2, unmatched_rows, unmatched_cols)``: (k, 2) row/column pairs and the index arrays
+    of the rows and columns left over."""
+    cost = np.asarray(cost_nm, dtype=np.float64)
+    n, m = cost.shape
+    rows, cols = greedy_pairs(cost, max_cost)
+    row_left = np.ones(n, dtype=bool)
+    col_left = np.ones(m, dtype=bool)
+    row_left[rows] = False
+    col_left[cols] = False
+    pairs = np.stack([rows, cols], axis=1)
+    return pairs, np.nonzero(row_left)[0].astype(np.int64), np.nonzero(col_left)[0].astype(np.int64)
+
+
+def greedy_pairs(cost: F64, max_cost: float) -> tuple[I64, I64]:
+    """:func:`assign_greedy`'s matches as a row index array and a column index array (the tracker's hot
+    path: nothing else is built). Candidates in row-major order, stably sorted by cost, taken greedily."""
+    rows, cols = np.nonzero(cost <= max_cost)
+    if len(rows) > 1:
+        order = np.argsort(cost[rows, cols], kind="stable")
+        rows, cols = rows[order], cols[order]
+        # each row and each column a candidate once: every candidate is a match, in that order (no loop)
+        if np.bincount(rows).max() > 1 or np.bincount(cols).max() > 1:
+            rows, cols = _greedy_loop(rows.tolist(), cols.tolist())
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def _greedy_loop(rows: list[int], cols: list[int]) -> tuple[I64, I64]:
+    row_used: set[int] = set()
+    col_used: set[int] = set()
+    out_r: list[int] = []
+    out_c: list[int] = []
+    for r, c in zip(rows, cols, strict=True):
+        if r not in row_used and c not in col_used:
+            row_used.add(r)
+            col_used.add(c)
+            out_r.append(r)
+            out_c.append(c)
+    return np.array(out_r, dtype=np.int64), np.array(out_c, dtype=np.int64)

@@ -1,0 +1,172 @@
+"""Tracking + zones + events per frame at 50 objects, against the demo model's ``session.run``, in one run;
+optionally against another checkout (the baseline), interleaved.
+
+    PYTHONPATH=$PWD python benchmarks/objects.py [--baseline /path/to/other/checkout] [--rounds 5]
+
+What a frame costs the Sink with tracking and events on: ``CameraTracks.apply`` (the predictions read, the
+association, the tagged copy of the API object) then ``EventStage.deliver`` (zones, lines, events, counts, the
+retained count board, line counts kept in a file where the checkout does that; events encoded for the
+outbox), on 1280x720 frames with ``--objects`` moving boxes
+(``benchmarks/tracking.py``'s scene: crossing, 5 % missed, scores 0.4-1.0), 3 zones and 2 lines. Each round
+runs one child process per checkout (this file, with that checkout's ``agent`` on ``PYTHONPATH``), in turn, so a
+busy machine slows both alike; a child reports medians over ``--frames`` frames (after 20 of warm-up) and the
+median of the demo model's bare ``OnnxModel.run`` (ONNX Runtime's ``session.run`` on a 640x640 tensor) and
+of its whole ``detect`` on a 640x480 frame, measured in the same process before and after. The figures are
+medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ZONES = [
+    {"name": "left", "points": [[0, 0], [0.4, 0], [0.4, 1], [0, 1]], "units": "fraction"},
+    {"name": "dock", "points": [[760, 400], [1220, 400], [1220, 700], [760, 700]]},
+    {"name": "wedge", "points": [[640, 60], [1200, 300], [680, 390], [900, 220]]},
+]
+LINES = [
+    {"name": "gate", "start": [80, 360], "end": [1200, 360]},
+    {"name": "door", "start": [0.5, 0], "end": [0.5, 1], "units": "fraction"},
+]
+
+
+def _settings(tmp: Path) -> Any:
+    from agent.config import parse_settings
+
+    (tmp / "m.onnx").write_bytes(b"x")
+    (tmp / "x.avi").write_bytes(b"")
+    doc = {
+        "device_id": "bench",
+        "cameras": [{"name": "cam", "source": "x.avi", "zones": ZONES, "lines": LINES}],
+        "inference": {"mode": "local", "local": {"model": "m.onnx"}},
+        "mqtt": {"host": "127.0.0.1"},
+        "state_dir": "state",
+        "tracking": {"enabled": True},
+        "events": {"enabled": True, "update_interval_s": 1.0},
+    }
+    return parse_settings(doc, base_dir=tmp, env={})
+
+
+def _model_ms(runs: int = 15) -> tuple[float, float]:
+    """Medians of the bare session.run and of the whole detect (letterbox to polygons) of a 640x480 frame."""
+    from agent.model import OnnxModel
+    from agent.synth import render_sample
+
+    model = OnnxModel(ROOT / "models" / "demo-seg.onnx")
+    tensor = np.random.default_rng(0).random((1, 3, *model.input_hw), dtype=np.float32)
+    image, _ = render_sample(np.random.default_rng([5, 0]), (480, 640), n_shapes=8)
+    run, detect = [], []
+    for i in range(runs + 3):
+        t0 = time.perf_counter()
+        model.run(tensor)
+        t1 = time.perf_counter()
+        model.detect(image, confidence=0.4, overlap=0.3)
+        if i >= 3:
+            run.append(t1 - t0)
+            detect.append(time.perf_counter() - t1)
+    return 1000 * statistics.median(run), 1000 * statistics.median(detect)
+
+
+def child(objects: int, frames: int) -> dict[str, Any]:
+    import agent
+    import agent.config
+    import agent.model
+    from agent.events import EventStage
+    from agent.tracking import CameraTracks
+
+    # this checkout's scene, after the measured checkout's agent is imported (tracking.py puts ROOT on sys.path)
+    sys.path.insert(1, str(ROOT / "benchmarks"))
+    from tracking import scene
+
+    apis = scene(objects, frames + 20)
+    run_before, detect_before = _model_ms()
+    with tempfile.TemporaryDirectory() as d:
+        settings = _settings(Path(d))
+        tracks = CameraTracks(settings.tracking, ["cam"])
+        published: dict[str, bytes] = {}
+        # line counts kept in state_dir, as the daemon does, where the measured checkout has it
+        extra = (
+            {"counts_file": Path(d) / "line_counts.json"}
+            if "counts_file" in EventStage.__init__.__code__.co_varnames
+            else {}
+        )
+        stage = EventStage(
+            settings,
+            topic="bench/events",
+            put=lambda topic, payload, created: None,
+            publish_retained=published.__setitem__,
+            connection=lambda: 1,
+            **extra,
+        )
+        track_s, event_s = [], []
+        for i, api in enumerate(apis):
+            t = 1_800_000_000.0 + i / 10.0
+            t0 = time.perf_counter()
+            tracked = tracks.apply("cam", t, api)
+            t1 = time.perf_counter()
+            stage.deliver("cam", t, i, tracked)
+            t2 = time.perf_counter()
+            if i >= 20:
+                track_s.append(t1 - t0)
+                event_s.append(t2 - t1)
+    run_after, detect_after = _model_ms()
+    both = [a + b for a, b in zip(track_s, event_s, strict=True)]
+    return {
+        "tracking_ms": 1000 * statistics.median(track_s),
+        "events_ms": 1000 * statistics.median(event_s),
+        "both_ms": 1000 * statistics.median(both),
+        "run_ms": (run_before + run_after) / 2,
+        "detect_ms": (detect_before + detect_after) / 2,
+        "agent": str(Path(agent.__file__).parent.parent),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else "")
+    p.add_argument("--baseline", type=Path, help="another checkout of seg-agent to measure alongside")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--objects", type=int, default=50)
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.objects, args.frames)))
+        return 0
+    repos = {"this": Path(os.environ.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT)}
+    if args.baseline:
+        repos = {"baseline": args.baseline, **repos}
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in repos}
+    for _ in range(args.rounds):
+        for name, repo in repos.items():
+            cmd = [sys.executable, __file__, "--child", "--objects", str(args.objects), "--frames", str(args.frames)]
+            env = {**os.environ, "PYTHONPATH": str(repo)}
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=repo)
+            got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{args.objects} objects, 3 zones, 2 lines, {args.frames} frames, medians of {args.rounds} rounds")
+    for name, rows in got.items():
+        assert all(r["agent"] == str(repos[name].resolve()) for r in rows), [r["agent"] for r in rows]
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "agent"}
+        ratio = statistics.median(100 * r["both_ms"] / r["run_ms"] for r in rows)
+        print(
+            f"{name:9s} {repos[name]}: tracking {med['tracking_ms']:.3f} ms + events {med['events_ms']:.3f} ms"
+            f" = {med['both_ms']:.3f} ms/frame; session.run {med['run_ms']:.1f} ms ({ratio:.2f} %),"
+            f" detect {med['detect_ms']:.1f} ms ({100 * med['both_ms'] / med['detect_ms']:.2f} %)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
