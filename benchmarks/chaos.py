@@ -65,6 +65,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
+from agent.outbox_sidecar import GEN_KEY, MetaSidecar  # noqa: E402
 from tests.fake_roboflow import FakeRoboflow  # noqa: E402
 from tests.mosquitto import MOSQUITTO, free_port, port_open  # noqa: E402
 from tests.onnx_models import build_yolov8_seg  # noqa: E402
@@ -369,9 +370,10 @@ class AgentProc:
 
 
 def read_outbox_copy(db: Path, scratch: Path) -> tuple[list[int], int | None]:
-    """Frame ids a dead agent left committed, and its reserved frame id, from a copy (WAL recovered there)."""
+    """Frame ids a dead agent left committed, and its reserved frame id, from a copy (WAL recovered there); the
+    reservation from the meta sidecar when it is newer than the database's (reserved while the disk was full)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-meta"):
         src = Path(f"{db}{suffix}")
         if src.exists():
             shutil.copyfile(src, scratch / f"{db.name}{suffix}")
@@ -381,10 +383,16 @@ def read_outbox_copy(db: Path, scratch: Path) -> tuple[list[int], int | None]:
     try:
         rows = conn.execute("SELECT topic, payload FROM outbox ORDER BY seq").fetchall()
         meta = conn.execute("SELECT value FROM meta WHERE key = ?", (f"frame_id/{CAMERA}",)).fetchone()
+        gen = conn.execute("SELECT value FROM meta WHERE key = ?", (GEN_KEY,)).fetchone()
     except sqlite3.DatabaseError:
         return [], None
     finally:
         conn.close()
+    sidecar = MetaSidecar(scratch / db.name)
+    side_gen, side_meta = sidecar.open()
+    sidecar.close()
+    if side_gen > (int(gen[0]) if gen and str(gen[0]).isdigit() else 0) and f"frame_id/{CAMERA}" in side_meta:
+        meta = (side_meta[f"frame_id/{CAMERA}"],)
     ids = []
     for topic, payload in rows:
         if topic.endswith(("/detections", "/errors")):
