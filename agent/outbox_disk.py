@@ -176,16 +176,17 @@ class DiskMirror:
         earlier run left, oldest first. A path that cannot be used means memory only for this run."""
         if self._path is None or self._sidecar is None:
             return []
-        side_gen, side_meta = self._sidecar.open()
         try:
-            opened = open_outbox_file(self._path, self._settings.synchronous)
+            opened = open_outbox_file(self._path, self._settings.synchronous)  # makes the directory
         except STORE_ERRORS as exc:
             self.state = DiskState.UNUSABLE
             self.error = f"outbox {self._path} cannot be used ({describe(exc)}); keeping results in memory only"
             log.error("%s: they will be lost if the agent stops before they are delivered", self.error)
+            side_gen, side_meta = self._sidecar.open()
             with self._lock:
                 self._meta, self._meta_gen = side_meta, side_gen
             return []
+        side_gen, side_meta = self._sidecar.open()
         meta = dict(opened.meta)
         db_gen = _gen(meta.pop(GEN_KEY, None))
         with self._lock:

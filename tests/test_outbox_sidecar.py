@@ -21,7 +21,8 @@ def sidecar_path(db: Path) -> Path:
     return db.with_name(db.name + "-meta")
 
 
-def test_created_preallocated_and_holding_the_newest_meta(db: Path) -> None:
+def test_created_preallocated_and_holding_the_newest_meta(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "outbox.sqlite3"  # a state directory that doesn't exist yet
     with Outbox(db, OutboxSettings()) as box:
         assert sidecar_path(db).stat().st_size == SIZE  # real bytes from the start: no allocation later
         box.set_meta("frame_id/cam0", "1000")
