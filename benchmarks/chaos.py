@@ -692,13 +692,14 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
     healths = world.verifier.messages("/health")
     runs = world.agent.runs
     seen: dict[int, float] = {}
-    duplicates = reused = 0
+    duplicates = reused = redelivered = 0
     details: list[dict[str, Any]] = []  # each duplicate and each live result out of order, for the reader
     for g in results:
         fid, ts = int(g.doc["frame_id"]), capture_time(g.doc)
         if fid in seen:
             duplicates += 1
             reused += int(abs(seen[fid] - ts) > 1e-3)  # the same id on another frame: an id used twice
+            redelivered += int(g.dup and not g.doc.get("replayed"))  # the broker's, not the agent's
             details.append(
                 {
                     "duplicate": fid,
@@ -809,6 +810,7 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
             "distinct": len(delivered),
             "by_source": sources,
             "duplicates": duplicates,
+            "duplicates_redelivered_by_broker": redelivered,
             "ids_used_twice": reused,
             "live": len(live),
             "replayed": len(results) - len(live),
@@ -862,7 +864,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f" {fr['frames_skipped']}, processed {fr['frames_processed']}, gated {fr['frames_gated']}; at most"
         f" {r['max_frames_open']} taken frames were still under way or waiting for an earlier one at any health report",
         f"- results delivered: {res['distinct']} distinct in {res['messages']} messages ({res['by_source']});"
-        f" {res['replayed']} replayed, {res['duplicates']} duplicates, {res['ids_used_twice']} ids used twice",
+        f" {res['replayed']} replayed, {res['duplicates']} duplicates"
+        f" ({res.get('duplicates_redelivered_by_broker', 0)} redelivered by the broker: DUP flag, not replayed),"
+        f" {res['ids_used_twice']} ids used twice",
         f"- **lost (committed, never delivered): {lost['total']}** (on disk at a kill:"
         f" {len(lost['committed_at_kill'])}, gaps below a delivered id: {len(lost['gaps'])})",
         f"- live results out of frame order: {res['live_order_breaks']}"
