@@ -77,11 +77,12 @@ class MetaSidecar:
             if len(block) > SIZE:
                 block = bytes(_HEADER.size)  # too much to keep here: say nothing rather than something stale
             try:
-                os.pwrite(self._fd, block + bytes(SIZE - len(block)), 0)
+                written = os.pwrite(self._fd, block + bytes(SIZE - len(block)), 0)
             except OSError as exc:
                 self._warn(exc)
                 return
-            self._written_gen = gen
+            if written == SIZE:  # a short write leaves a block whose CRC fails: ignored at start, written again
+                self._written_gen = gen
 
     def close(self) -> None:
         with self._lock:
