@@ -14,6 +14,8 @@ network loss, restarts and power cuts. SD cards wear with small writes, so write
 * A committed entry survives SIGKILL always; a power cut may lose the last commit interval
   (``synchronous: normal``) or nothing committed (``full``).
 * Sequence numbers only grow, across restarts too: a block of them is reserved on disk ahead of use.
+* Meta values (the cameras' frame id reservations) are also written, in place, to a preallocated file
+  beside the database (:mod:`agent.outbox_sidecar`), so one set while the disk is full survives a SIGKILL.
 * Bounds: ``max_messages`` (``drop_oldest`` or ``drop_newest``) and ``max_age_s``, both counted.
 * What an earlier run left behind comes out first, in order, with ``replayed=True``.
 * Disk errors never crash the agent: the outbox degrades to memory only (loudly: ``stats().error`` and an

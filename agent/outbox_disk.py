@@ -5,7 +5,8 @@ expiry, drop policy). The mirror shares the outbox's lock and its ordered map of
 owns everything that outlives a run: the sequence numbers (a block reserved on disk ahead of use), the meta
 values, the commit batching and the flusher thread. A disk error degrades it to memory only (keeping every
 entry held, the committed ones read back) and the flusher tries to write everything back every
-``retry_interval_s``.
+``retry_interval_s``. The meta values are also kept in a preallocated file beside the database
+(:mod:`agent.outbox_sidecar`), so a frame id block reserved while the disk is full survives a SIGKILL.
 
 Lock order: the mirror's db lock before the shared lock, never after; the shared lock is never held while
 waiting on the disk.
@@ -22,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from agent.config import OutboxSettings
+from agent.outbox_sidecar import GEN_KEY, MetaSidecar
 from agent.outbox_store import (
     SEQ_BLOCK,
     STORE_ERRORS,
@@ -157,6 +159,8 @@ class DiskMirror:
         self._retry_at = 0.0
         self._batch = _Batch(self._flusher_wake)
         self._meta: dict[str, str] = {}
+        self._meta_gen = 0  # grows with every meta change; the database and the sidecar say which they hold
+        self._sidecar = None if path is None else MetaSidecar(path)
         self._next_seq = 1
         self._reserved = 0  # highest seq reserved on disk
         self._stopping = False
@@ -170,22 +174,34 @@ class DiskMirror:
     def open(self) -> list[IndexRow]:
         """Opens the file before any other thread uses the outbox; returns ``(seq, topic, created)`` of what an
         earlier run left, oldest first. A path that cannot be used means memory only for this run."""
-        if self._path is None:
+        if self._path is None or self._sidecar is None:
             return []
         try:
-            opened = open_outbox_file(self._path, self._settings.synchronous)
+            opened = open_outbox_file(self._path, self._settings.synchronous)  # makes the directory
         except STORE_ERRORS as exc:
             self.state = DiskState.UNUSABLE
             self.error = f"outbox {self._path} cannot be used ({describe(exc)}); keeping results in memory only"
             log.error("%s: they will be lost if the agent stops before they are delivered", self.error)
+            side_gen, side_meta = self._sidecar.open()
+            with self._lock:
+                self._meta, self._meta_gen = side_meta, side_gen
             return []
+        side_gen, side_meta = self._sidecar.open()
+        meta = dict(opened.meta)
+        db_gen = _gen(meta.pop(GEN_KEY, None))
         with self._lock:
             self._store = opened.store
             self.state = DiskState.FILE
             self.error = opened.error
-            self._meta = opened.meta
+            self._meta, self._meta_gen = meta, db_gen
+            if side_gen > db_gen:  # set after the database last took the meta (the disk was full): newer
+                self._meta, self._meta_gen = side_meta, side_gen
+                self._batch.meta = {**side_meta, GEN_KEY: str(side_gen)}
+                self._batch.mark_dirty()
             self._next_seq = opened.next_seq
             self._reserved = opened.reserved
+        if side_gen > db_gen:
+            log.info("outbox %s: meta values taken from %s (the database missed them)", self._path, self._sidecar.path)
         return opened.index
 
     def start(self) -> None:
@@ -209,6 +225,8 @@ class DiskMirror:
             store, self._store = self._store, None
             if store is not None:
                 store.close()
+        if self._sidecar is not None:
+            self._sidecar.close()
 
     # ------------------------------------------------------------------ what the outbox tells (hold the lock)
 
@@ -252,10 +270,15 @@ class DiskMirror:
             if self._meta.get(key) == value:
                 return
             self._meta[key] = value
-            if self._store is None:
-                return
-            self._batch.meta[key] = value
-            now = self._changed()
+            self._meta_gen += 1
+            gen, meta = self._meta_gen, dict(self._meta)
+            now = False
+            if self._store is not None:
+                self._batch.meta[key] = value
+                self._batch.meta[GEN_KEY] = str(gen)
+                now = self._changed()
+        if self._sidecar is not None:
+            self._sidecar.write(gen, meta)  # first: it is what a SIGKILL leaves if the database can't take it
         if now:
             self.commit()
 
@@ -357,6 +380,7 @@ class DiskMirror:
                     if item.payload is not None
                 ]
                 meta = dict(self._meta)
+                gen = self._meta_gen
                 reserved = self._next_seq - 1 + SEQ_BLOCK
             try:
                 store, _, _, _ = OutboxStore.open(self._path, self._settings.synchronous)
@@ -364,7 +388,7 @@ class DiskMirror:
                 self._retry_later(exc)
                 return
             try:
-                store.rewrite(rows, meta, reserved)
+                store.rewrite(rows, {**meta, GEN_KEY: str(gen)}, reserved)
             except STORE_ERRORS as exc:
                 store.close()
                 self._retry_later(exc)
@@ -380,8 +404,10 @@ class DiskMirror:
                 batch.written(self._entries, (seq for seq, *_ in rows))
                 batch.new_seqs = [seq for seq, item in self._entries.items() if not item.on_disk]
                 batch.new_live = len(batch.new_seqs)
-                if batch.new_live or self._meta != meta:
+                if batch.new_live or self._meta_gen != gen:
                     batch.meta = {k: v for k, v in self._meta.items() if meta.get(k) != v}
+                    if self._meta_gen != gen:
+                        batch.meta[GEN_KEY] = str(self._meta_gen)
                     batch.mark_dirty()
         log.warning("outbox %s: disk usable again; %d held results written", self._path, len(rows))
 
@@ -421,3 +447,8 @@ class DiskMirror:
             except Exception:  # never let the flusher die silently
                 log.exception("outbox flusher failed")
                 time.sleep(1.0)
+
+
+def _gen(value: str | None) -> int:
+    """The meta generation the database stored (0: none, as in a file from before the sidecar)."""
+    return int(value) if value is not None and value.isdigit() else 0

@@ -24,8 +24,11 @@ No duplicates on a clean run, no loss on a dirty one:
   PUBACKs can arrive before ``publish()`` has returned the mid; they are remembered (``_Mids``) and matched
   when the mid is registered.
 * What remains is inherent to QoS 1: a message the broker received but whose PUBACK was lost with the
-  connection is sent again after the reconnect (marked replayed). Consumers drop duplicates by
-  ``(device_id, camera, frame_id)``.
+  connection is sent again after the reconnect (marked replayed). And the broker redelivers to a
+  persistent-session subscriber what it had not seen that subscriber acknowledge when it stopped
+  (Mosquitto after a SIGTERM restart: byte-identical, DUP flag set, not marked; see
+  ``benchmarks/broker_restart_dups.py``). Consumers drop duplicates by ``message_id`` (or
+  ``(device_id, camera, frame_id)``).
 
 An entry written by an earlier run, or one that waited while the broker was away (seq at or below the
 outbox's last seq when the connection came up), is published with ``"replayed":true`` spliced in as the

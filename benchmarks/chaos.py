@@ -65,6 +65,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E402
 
+from agent.outbox_sidecar import GEN_KEY, MetaSidecar  # noqa: E402
 from tests.fake_roboflow import FakeRoboflow  # noqa: E402
 from tests.mosquitto import MOSQUITTO, free_port, port_open  # noqa: E402
 from tests.onnx_models import build_yolov8_seg  # noqa: E402
@@ -369,9 +370,10 @@ class AgentProc:
 
 
 def read_outbox_copy(db: Path, scratch: Path) -> tuple[list[int], int | None]:
-    """Frame ids a dead agent left committed, and its reserved frame id, from a copy (WAL recovered there)."""
+    """Frame ids a dead agent left committed, and its reserved frame id, from a copy (WAL recovered there); the
+    reservation from the meta sidecar when it is newer than the database's (reserved while the disk was full)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-meta"):
         src = Path(f"{db}{suffix}")
         if src.exists():
             shutil.copyfile(src, scratch / f"{db.name}{suffix}")
@@ -381,10 +383,16 @@ def read_outbox_copy(db: Path, scratch: Path) -> tuple[list[int], int | None]:
     try:
         rows = conn.execute("SELECT topic, payload FROM outbox ORDER BY seq").fetchall()
         meta = conn.execute("SELECT value FROM meta WHERE key = ?", (f"frame_id/{CAMERA}",)).fetchone()
+        gen = conn.execute("SELECT value FROM meta WHERE key = ?", (GEN_KEY,)).fetchone()
     except sqlite3.DatabaseError:
         return [], None
     finally:
         conn.close()
+    sidecar = MetaSidecar(scratch / db.name)
+    side_gen, side_meta = sidecar.open()
+    sidecar.close()
+    if side_gen > (int(gen[0]) if gen and str(gen[0]).isdigit() else 0) and f"frame_id/{CAMERA}" in side_meta:
+        meta = (side_meta[f"frame_id/{CAMERA}"],)
     ids = []
     for topic, payload in rows:
         if topic.endswith(("/detections", "/errors")):
@@ -684,13 +692,14 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
     healths = world.verifier.messages("/health")
     runs = world.agent.runs
     seen: dict[int, float] = {}
-    duplicates = reused = 0
+    duplicates = reused = redelivered = 0
     details: list[dict[str, Any]] = []  # each duplicate and each live result out of order, for the reader
     for g in results:
         fid, ts = int(g.doc["frame_id"]), capture_time(g.doc)
         if fid in seen:
             duplicates += 1
             reused += int(abs(seen[fid] - ts) > 1e-3)  # the same id on another frame: an id used twice
+            redelivered += int(g.dup and not g.doc.get("replayed"))  # the broker's, not the agent's
             details.append(
                 {
                     "duplicate": fid,
@@ -801,6 +810,7 @@ def analyse(world: World, rc: int | None) -> dict[str, Any]:
             "distinct": len(delivered),
             "by_source": sources,
             "duplicates": duplicates,
+            "duplicates_redelivered_by_broker": redelivered,
             "ids_used_twice": reused,
             "live": len(live),
             "replayed": len(results) - len(live),
@@ -854,7 +864,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f" {fr['frames_skipped']}, processed {fr['frames_processed']}, gated {fr['frames_gated']}; at most"
         f" {r['max_frames_open']} taken frames were still under way or waiting for an earlier one at any health report",
         f"- results delivered: {res['distinct']} distinct in {res['messages']} messages ({res['by_source']});"
-        f" {res['replayed']} replayed, {res['duplicates']} duplicates, {res['ids_used_twice']} ids used twice",
+        f" {res['replayed']} replayed, {res['duplicates']} duplicates"
+        f" ({res.get('duplicates_redelivered_by_broker', 0)} redelivered by the broker: DUP flag, not replayed),"
+        f" {res['ids_used_twice']} ids used twice",
         f"- **lost (committed, never delivered): {lost['total']}** (on disk at a kill:"
         f" {len(lost['committed_at_kill'])}, gaps below a delivered id: {len(lost['gaps'])})",
         f"- live results out of frame order: {res['live_order_breaks']}"

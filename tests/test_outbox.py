@@ -384,6 +384,61 @@ def test_disk_full_recovers_when_everything_held_was_delivered_meanwhile(tmpfs: 
     assert topics == [(b"after",)]
 
 
+def test_frame_id_block_reserved_while_the_disk_is_full_survives_a_sigkill(tmpfs: Tmpfs) -> None:
+    # RELIABILITY.md's known limit until the sidecar: the database can't take the reservation on a full disk,
+    # so after a SIGKILL the next run went on from the older one and reused frame ids.
+    mnt = tmpfs.mount("size=2m")
+    db = mnt / "outbox.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _DISK_FULL_CHILD, str(db)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().split() == ["ready"]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        in_database = conn.execute("SELECT value FROM meta WHERE key = 'frame_id/cam0'").fetchone()
+    finally:
+        conn.close()
+    assert in_database == ("1000",)  # the database missed the newer block
+    (mnt / "filler").unlink()
+    with Outbox(db, settings()) as box:
+        assert box.get_meta("frame_id/cam0") == "2000"  # from the sidecar: no id of that block is used again
+        assert box.get_meta("other") == "kept"
+    with Outbox(db, settings()) as box:  # and the database has it now
+        assert box.get_meta("frame_id/cam0") == "2000"
+
+
+_DISK_FULL_CHILD = r"""
+import sys, time
+from pathlib import Path
+from agent.config import OutboxSettings
+from agent.outbox import Outbox
+db = Path(sys.argv[1])
+box = Outbox(db, OutboxSettings(commit_interval_s=0.05), retry_interval_s=600.0)
+box.start()
+box.set_meta("other", "kept")
+box.set_meta("frame_id/cam0", "1000")
+box.flush()
+try:
+    with open(db.parent / "filler", "wb") as f:
+        f.write(b"\0" * (4 << 20))  # fill the disk to the last block
+except OSError:
+    pass
+box.put("t", b'{"big":"' + b"x" * 100_000 + b'"}')
+deadline = time.monotonic() + 10
+while not box.stats().degraded and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert box.stats().degraded
+box.set_meta("frame_id/cam0", "2000")  # the next block, reserved while the disk is full
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
 # --------------------------------------------------------------------------- what is delivered, for the age at publish
 
 

@@ -378,6 +378,85 @@ def test_lost_acknowledgements_give_marked_duplicates_not_losses(
     assert payloads[4:] == [mark_replayed(message(i)) for i in range(4)]
 
 
+def _broker_log_count(broker: Mosquitto, pattern: str) -> int:
+    return broker.log_path.read_text(errors="replace").count(pattern)
+
+
+def test_a_broker_restart_redelivers_to_a_persistent_session_with_the_dup_flag(
+    make_broker: MakeBroker,
+    make_subscriber: MakeSubscriber,
+    make_publisher: Callable[..., Publisher],
+    outbox: Outbox,
+) -> None:
+    """The unmarked duplicates right after a broker restart (chaos soak) are the broker's, not ours.
+
+    Mosquitto sent results to a persistent session and saved that session at SIGTERM before the
+    subscriber's PUBACKs reached it (here: dropped on the way, so it happens every time): after the
+    restart it sends them to the subscriber again with the MQTT DUP flag, as QoS 1 allows. The agent
+    published each result once; consumers drop the copies by ``(device_id, camera, frame_id)``.
+    """
+    broker = make_broker(persistence=True)
+    relay = TcpProxy(broker.port)  # between the broker and the subscriber only
+    try:
+        sub = make_subscriber(relay.port, TOPIC, client_id="recorder", clean_session=False)
+        pub = make_publisher(mqtt_settings(broker.port))
+        assert wait_for(connected(pub))
+        for i in range(3):
+            outbox.put(TOPIC, message(i))
+        assert pub.drain(5.0) and sub.wait_for_count(3, TOPIC)
+        assert wait_for(lambda: _broker_log_count(broker, "Received PUBACK from recorder") == 3)
+        relay.drop_upstream = True  # the subscriber's PUBACKs for what follows never reach the broker
+        for i in range(3, 6):
+            outbox.put(TOPIC, message(i))
+        assert pub.drain(5.0) and sub.wait_for_count(6, TOPIC)  # the broker acknowledged all six to the agent
+        broker.stop()  # SIGTERM: the session is saved with 3, 4 and 5 unacknowledged
+        relay.drop_upstream = False
+        broker.start()
+        assert wait_for(connected(pub, 2), timeout=10.0)
+        for i in range(6, 8):
+            outbox.put(TOPIC, message(i))
+        assert pub.drain(5.0) and sub.wait_for_count(11, TOPIC, timeout=10.0)
+        time.sleep(0.2)  # nothing more comes
+    finally:
+        relay.close()
+    got = sub.received(TOPIC)
+    first = [m for m in got if not m.dup]
+    again = [m for m in got if m.dup]
+    assert sorted(frame_ids([m.payload for m in first])) == list(range(8))
+    assert sorted(frame_ids([m.payload for m in again])) == [3, 4, 5]  # the broker's redelivery: DUP flag set
+    assert [m.payload for m in got if replayed(m.payload)] == []  # not a resend by the agent
+    assert pub.stats().published == 8  # the agent handed each result to paho once
+    assert _broker_log_count(broker, "Received PUBLISH from seg-agent-test (d0, q1, r0, ") == 8
+    assert _broker_log_count(broker, "Sending PUBLISH to recorder (d1, q1") == 3
+
+
+def test_a_killed_broker_loses_what_it_acknowledged_since_its_last_save(
+    make_broker: MakeBroker,
+    make_subscriber: MakeSubscriber,
+    make_publisher: Callable[..., Publisher],
+    outbox: Outbox,
+) -> None:
+    """The limit of the promise: a broker SIGKILLed (or losing power) forgets results it had acknowledged,
+    and the agent, which deleted them on the PUBACK, can't resend them. Mosquitto saves sessions and queued
+    messages only at a clean stop and every ``autosave_interval`` (default 30 minutes)."""
+    broker = make_broker(persistence=True)
+    sub = make_subscriber(broker.port, TOPIC, client_id="recorder", clean_session=False)
+    sub.close()  # the session stays; the broker queues for it
+    pub = make_publisher(mqtt_settings(broker.port))
+    assert wait_for(connected(pub))
+    for i in range(3):
+        outbox.put(TOPIC, message(i))
+    assert pub.drain(5.0)  # acknowledged by the broker: gone from the outbox
+    broker.kill()
+    broker.start()
+    assert wait_for(connected(pub, 2), timeout=10.0)
+    sub = make_subscriber(broker.port, TOPIC, client_id="recorder", clean_session=False)
+    outbox.put(TOPIC, message(3))
+    assert pub.drain(5.0) and sub.wait_for_count(1, TOPIC)
+    time.sleep(0.2)  # nothing more comes
+    assert frame_ids(sub.payloads(TOPIC)) == [3]
+
+
 def test_results_from_an_earlier_run_go_first_marked_replayed(
     broker: Mosquitto, make_subscriber: MakeSubscriber, make_publisher: Callable[..., Publisher], tmp_path: Path
 ) -> None:
