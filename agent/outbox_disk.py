@@ -117,6 +117,15 @@ class _Batch:
         self.dirty_since = None  # entries put during the write mark it again
         return inserts, deletes, meta, reserve
 
+    def rewritten(self, entries: Mapping[int, Held], seqs: Iterable[int], changed_meta: dict[str, str]) -> None:
+        """After the whole file was written again: what arrived meanwhile (entries, meta) is due next."""
+        self.written(entries, seqs)
+        self.new_seqs = [seq for seq, item in entries.items() if not item.on_disk]
+        self.new_live = len(self.new_seqs)
+        if self.new_live or changed_meta:
+            self.meta = changed_meta
+            self.mark_dirty()
+
     def written(self, entries: Mapping[int, Held], seqs: Iterable[int]) -> int:
         """These entries are on disk now: their payloads leave memory; returns how many are still held."""
         held = 0
@@ -186,21 +195,18 @@ class DiskMirror:
             with self._lock:
                 self._meta, self._meta_gen = side_meta, side_gen
             return []
-        side_gen, side_meta = self._sidecar.open()
-        meta = dict(opened.meta)
-        db_gen = _gen(meta.pop(GEN_KEY, None))
+        meta, gen, from_sidecar = _newest_meta(opened.meta, *self._sidecar.open())
         with self._lock:
             self._store = opened.store
             self.state = DiskState.FILE
             self.error = opened.error
-            self._meta, self._meta_gen = meta, db_gen
-            if side_gen > db_gen:  # set after the database last took the meta (the disk was full): newer
-                self._meta, self._meta_gen = side_meta, side_gen
-                self._batch.meta = {**side_meta, GEN_KEY: str(side_gen)}
+            self._meta, self._meta_gen = meta, gen
+            if from_sidecar:  # set after the database last took the meta (the disk was full): the database too
+                self._batch.meta = {**meta, GEN_KEY: str(gen)}
                 self._batch.mark_dirty()
             self._next_seq = opened.next_seq
             self._reserved = opened.reserved
-        if side_gen > db_gen:
+        if from_sidecar:
             log.info("outbox %s: meta values taken from %s (the database missed them)", self._path, self._sidecar.path)
         return opened.index
 
@@ -342,18 +348,8 @@ class DiskMirror:
                 payloads = store.read(evicted)
             except STORE_ERRORS:
                 payloads = {}
-        lost = 0
         with self._lock:
-            for seq in evicted:
-                item = self._entries.get(seq)
-                if item is None:
-                    continue
-                data = payloads.get(seq)
-                if data is None:
-                    del self._entries[seq]
-                    lost += 1
-                else:
-                    item.payload = data
+            lost = _restore_payloads(self._entries, evicted, payloads)
             self._store = None
             self.state = DiskState.FAILED
             self._retry_at = time.monotonic() + self._retry_interval_s
@@ -400,15 +396,10 @@ class DiskMirror:
                 self._reserved = reserved
                 self.commits += 1
                 self.written += len(rows)
-                batch = self._batch
-                batch.written(self._entries, (seq for seq, *_ in rows))
-                batch.new_seqs = [seq for seq, item in self._entries.items() if not item.on_disk]
-                batch.new_live = len(batch.new_seqs)
-                if batch.new_live or self._meta_gen != gen:
-                    batch.meta = {k: v for k, v in self._meta.items() if meta.get(k) != v}
-                    if self._meta_gen != gen:
-                        batch.meta[GEN_KEY] = str(self._meta_gen)
-                    batch.mark_dirty()
+                changed = {k: v for k, v in self._meta.items() if meta.get(k) != v}
+                if self._meta_gen != gen:
+                    changed[GEN_KEY] = str(self._meta_gen)
+                self._batch.rewritten(self._entries, (seq for seq, *_ in rows), changed)
         log.warning("outbox %s: disk usable again; %d held results written", self._path, len(rows))
 
     def _retry_later(self, exc: BaseException) -> None:
@@ -447,6 +438,32 @@ class DiskMirror:
             except Exception:  # never let the flusher die silently
                 log.exception("outbox flusher failed")
                 time.sleep(1.0)
+
+
+def _newest_meta(
+    db_meta: Mapping[str, str], side_gen: int, side_meta: dict[str, str]
+) -> tuple[dict[str, str], int, bool]:
+    """The meta values and their generation: the database's, or the sidecar's when they are newer (True)."""
+    meta = dict(db_meta)
+    db_gen = _gen(meta.pop(GEN_KEY, None))
+    return (dict(side_meta), side_gen, True) if side_gen > db_gen else (meta, db_gen, False)
+
+
+def _restore_payloads(entries: OrderedDict[int, Held], evicted: list[int], payloads: Mapping[int, bytes]) -> int:
+    """Puts the payloads read back from disk into the evicted entries; one that could not be read is dropped.
+    Returns how many were dropped. The caller holds the shared lock."""
+    lost = 0
+    for seq in evicted:
+        item = entries.get(seq)
+        if item is None:
+            continue
+        data = payloads.get(seq)
+        if data is None:
+            del entries[seq]
+            lost += 1
+        else:
+            item.payload = data
+    return lost
 
 
 def _gen(value: str | None) -> int:
