@@ -37,15 +37,15 @@ def test_own_threads_answer_each_frame_with_its_own_outputs(model: OnnxModel, se
             t.start()
         for t in threads:
             t.join(60)
-        names = {t.name for t in threading.enumerate()}
-        assert {f"session-{i}" for i in range(sessions)} <= names
+        own = list(pool._threads)
+        assert sorted(t.name for t in own) == [f"session-{i}" for i in range(sessions)]
     finally:
         pool.close()
     assert sorted(got) == list(range(6))
     for i in range(6):  # each frame got its own tensor's outputs, not a neighbour's
         for a, b in zip(got[i], want[i], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    assert not {f"session-{i}" for i in range(sessions)} & {t.name for t in threading.enumerate()}
+    assert not any(t.is_alive() for t in own)
 
 
 def test_own_threads_detect_matches_the_model(model: OnnxModel) -> None:
@@ -87,3 +87,19 @@ def test_without_own_threads_close_changes_nothing(model: OnnxModel) -> None:
     (tensor,) = _tensors(model, 1)
     pool.close()
     assert len(pool.run(tensor)) == 2  # runs on the caller's thread, as before session threads
+
+
+def test_the_router_closes_the_pool_it_was_given(model: OnnxModel) -> None:
+    from agent.config import InferenceSettings
+    from agent.router import Router
+
+    pool = SessionPool([model], own_threads=True)
+    router = Router(InferenceSettings(mode="local"), local=pool, remote=None, local_slots=3)
+    (tensor,) = _tensors(model, 1)
+    pool.run(tensor)
+    threads = list(pool._threads)
+    assert [t.name for t in threads] == ["session-0"] and threads[0].is_alive()
+    router.close()  # the agent's stop: its pipeline closes the router last
+    assert not threads[0].is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.run(tensor)
