@@ -62,6 +62,7 @@ __all__ = [
 Mode = Literal["auto", "serverless", "local"]
 DropPolicy = Literal["drop_oldest", "drop_newest"]
 Synchronous = Literal["off", "normal", "full"]
+Spin = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,8 @@ class LocalSettings:
     # Frames under way at once (0 = sessions): more than the sessions lets frames' CPU work (decode,
     # letterbox, masks, polygons, JSON) go on beside a session's run, for accelerators (GPU, NPU, TensorRT).
     frames_in_flight: int = 0
+    # ONNX Runtime's pool threads spin (busy-wait) for work: auto | on | off (agent.runtime.spins, README: Speed)
+    spin: Spin = "auto"
 
     @property
     def local_runs(self) -> int:
@@ -413,9 +416,18 @@ def _local(lo: Reader) -> LocalSettings:
         model_id=lo.text("model_id"),
         polygons=_polygons(lo.section("polygons", PolygonSettings)),
         frames_in_flight=lo.int_in("frames_in_flight", 0, 64),
+        spin=_spin(lo),
     )
     lo.finish()
     return settings
+
+
+def _spin(lo: Reader) -> Spin:
+    """``inference.local.spin``; YAML 1.1 reads a bare ``on``/``off`` as true/false, so those are taken too."""
+    value = lo.value("spin")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return lo.choice("spin", get_args(Spin))  # type: ignore[return-value]
 
 
 def _polygons(pg: Reader) -> PolygonSettings:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -47,6 +46,7 @@ from agent.runtime import (
     open_session,
     session_options,
 )
+from agent.session_pool import SessionPool
 
 __all__ = [
     "DEFAULT_IMGSZ",
@@ -164,10 +164,11 @@ class OnnxModel:
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         trt_cache_dir: str | os.PathLike[str] | None = None,
         polygons: PolygonOptions = EXACT,
+        spin: bool = True,
     ) -> None:
         self.path = Path(path)
         self.polygons = polygons  # what detect() writes of each mask: tolerance, every part and hole
-        options = session_options(threads)
+        options = session_options(threads, spin=spin)  # spin: runtime.spins()
         self.package = None
         if self.path.is_dir():
             try:
@@ -402,62 +403,3 @@ class OnnxModel:
             f"OnnxModel({str(self.path)!r}, format={self.layout.kind}, input_hw={self.input_hw}, "
             f"classes={len(self.class_names)}, providers={self.providers})"
         )
-
-
-class SessionPool:
-    """Several :class:`OnnxModel` sessions of one model that run frames side by side.
-
-    On a small CPU a model makes poor use of intra-op threads: two sessions of one thread each, two frames in
-    flight, gave 1.14x (YOLOv8n-seg) to 1.27x (the demo model) the frames/s of one session of two threads on
-    2 cores, at less CPU per frame, and 1.5-1.7x the time of a lone frame (``benchmarks/sessions.py``).
-    ``detect`` prepares and decodes the frame itself and takes a free session only for its ``session.run``
-    (waiting for one when all are busy), so with more frames in flight than sessions a frame's CPU work goes
-    on beside the sessions' runs (``inference.local.frames_in_flight``: an accelerator's case); everything
-    else is the first session's.
-    """
-
-    def __init__(self, models: Sequence[OnnxModel]) -> None:
-        if not models:
-            raise ValueError("a session pool needs at least one model")
-        self.models = list(models)
-        self._free: queue.SimpleQueue[OnnxModel] = queue.SimpleQueue()
-        for m in self.models:
-            self._free.put(m)
-
-    @property
-    def size(self) -> int:
-        return len(self.models)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.models[0].class_names
-
-    @class_names.setter
-    def class_names(self, names: list[str]) -> None:
-        for m in self.models:
-            m.class_names = list(names)
-
-    def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
-        return self.models[0].needed_hw(frame_hw)
-
-    def detect(
-        self,
-        image_bgr: NDArray[Any],
-        *,
-        confidence: float,
-        overlap: float,
-        max_detections: int = 300,
-        frame_hw: tuple[int, int] | None = None,
-    ) -> Detections:
-        return self.models[0]._detect_on(self.run, image_bgr, confidence, overlap, max_detections, frame_hw)
-
-    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], ...]:
-        """:meth:`OnnxModel.run` on a free session (waiting for one when all are busy)."""
-        model = self._free.get()
-        try:
-            return model.run(tensor_nchw)
-        finally:
-            self._free.put(model)
-
-    def __repr__(self) -> str:
-        return f"SessionPool({len(self.models)} x {self.models[0]!r})"

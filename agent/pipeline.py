@@ -31,6 +31,7 @@ from agent.polygons import PolygonOptions
 from agent.publisher import Publisher
 from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
+from agent.runtime import spins
 from agent.serverless import ServerlessClient
 from agent.snapshots import Snapshots
 from agent.tracking import CameraTracks
@@ -77,13 +78,16 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
                     providers=onnx_providers(local.providers),
                     trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
                     polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
+                    spin=spins(local.spin, sessions=local.sessions, frames_in_flight=local.local_runs),
                 )
             )
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
     finally:
         model_log.setLevel(level)
-    model: OnnxModel | SessionPool = models[0] if len(models) == 1 else SessionPool(models)
+    own_threads = local.local_runs > local.sessions  # frames wait for a session: runs back to back (session_pool)
+    use_pool = len(models) > 1 or own_threads
+    model: OnnxModel | SessionPool = SessionPool(models, own_threads=own_threads) if use_pool else models[0]
     if len(models) > 1:
         log.info("%d sessions of the local model run frames side by side", len(models))
     if local.classes is not None:

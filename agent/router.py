@@ -316,6 +316,9 @@ class Router:
             self._closed = True
         if self._remote is not None:
             self._remote.close()
+        close_local = getattr(self._local, "close", None)  # a SessionPool's session threads
+        if close_local is not None:
+            close_local()
 
     # ------------------------------------------------------------------ remote
 

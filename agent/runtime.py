@@ -26,6 +26,7 @@ __all__ = [
     "onnx_providers",
     "open_session",
     "session_options",
+    "spins",
 ]
 
 log = logging.getLogger("agent.model")
@@ -76,16 +77,41 @@ def limit_helper_threads() -> list[str]:
     return capped
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def spins(spin: str, *, sessions: int, frames_in_flight: int) -> bool:
+    """Whether ONNX Runtime's pool threads spin, for ``inference.local.spin`` (``on``, ``off`` or ``auto``).
+
+    ``auto``: on for one session with one frame at a time (a spinning pool picks up each kernel sooner, and
+    nothing of the agent's runs beside it), off when the agent's own work runs beside a session's run: more
+    frames in flight than sessions (a frame's decode, masks and JSON during the next one's run), or several
+    sessions (each other's runs); README "Speed: thread spinning".
+    """
+    if spin == "on":
+        return True
+    if spin == "off":
+        return False
+    if spin != "auto":
+        raise ValueError(f"spin must be auto, on or off, got {spin!r}")
+    return sessions <= 1 and frames_in_flight <= max(1, sessions)
+
+
+def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
+    """Options for one session: ``threads`` intra-op threads (0 = ONNX Runtime's choice, one per physical core)
+    and whether that pool's threads spin (``inference.local.spin``, resolved by :func:`spins`)."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = let ONNX Runtime choose), got {threads}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # The pool threads spin while a run is in progress (spinning off made YOLOv8n-seg with 2 threads 15-20 %
-    # slower) but stop as soon as it returns: by default they go on spinning ~60 ms after every run, a core's
-    # worth of CPU that at a few frames per second rivals the model itself (benchmarks/NOTES.md).
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    if spin:
+        # The pool threads spin while a run is in progress (spinning off made YOLOv8n-seg with 2 threads 15-20 %
+        # slower on an idle machine) but stop as soon as it returns: by default they go on spinning ~60 ms after
+        # every run, a core's worth of CPU that at a few frames per second rivals the model (benchmarks/NOTES.md).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    else:
+        # Waiting threads sleep instead: when other work shares the cores (the agent's own decode, masks and
+        # JSON beside a run, other sessions, other processes) a spinning thread takes the core that work needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

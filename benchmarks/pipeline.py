@@ -102,8 +102,8 @@ class _Recorder:
         original_put = Outbox.put
         original_ack = Outbox.ack
 
-        def put(self: Outbox, topic: str, payload: bytes, *, created: float | None = None) -> int:
-            seq = original_put(self, topic, payload, created=created)
+        def put(self: Outbox, topic: str, payload: bytes, *, created: float | None = None, **more: Any) -> int:
+            seq = original_put(self, topic, payload, created=created, **more)  # more: camera=, whatever comes next
             if topic.endswith("/detections"):
                 now = time.time()
                 with recorder.lock:

@@ -300,3 +300,40 @@ def test_local_frames_in_flight_bad_values(tmp_path: Path, value: object, reason
     with pytest.raises(ConfigError) as info:
         _parse(tmp_path, doc)
     assert info.value.path == "inference.local.frames_in_flight" and reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "error"),
+    [
+        (_DELETE, "auto", None),  # left out: auto (agent.runtime.spins decides)
+        (None, "auto", None),  # `spin:` with nothing after it
+        ("auto", "auto", None),
+        ("on", "on", None),
+        ("off", "off", None),
+        (True, "on", None),  # YAML 1.1 reads a bare `spin: on` as true
+        (False, "off", None),  # ... and `spin: off` as false
+        ("OFF", None, "is not one of"),
+        ("sometimes", None, "is not one of"),
+        ("", None, "is not one of"),
+        (1, None, "is not one of"),  # an integer is read as its text "1"
+        ([True], None, "expected a string"),
+    ],
+)
+def test_local_spin(tmp_path: Path, value: object, expected: str | None, error: str | None) -> None:
+    doc = _base(tmp_path)
+    if value is not _DELETE:
+        doc["inference"]["local"]["spin"] = value
+    if error is not None:
+        with pytest.raises(ConfigError) as info:
+            _parse(tmp_path, doc)
+        assert info.value.path == "inference.local.spin" and error in info.value.reason
+        return
+    assert _parse(tmp_path, doc).inference.local.spin == expected
+
+
+def test_local_spin_bare_yaml_words(tmp_path: Path) -> None:
+    """The file as a user writes it: unquoted on/off reach the parser as booleans and still mean on/off."""
+    for word, expected in (("on", "on"), ("off", "off"), ("'off'", "off"), ("auto", "auto")):
+        doc = _base(tmp_path)
+        doc["inference"]["local"].update(yaml.safe_load(f"spin: {word}"))
+        assert _parse(tmp_path, doc).inference.local.spin == expected
