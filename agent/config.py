@@ -416,18 +416,10 @@ def _local(lo: Reader) -> LocalSettings:
         model_id=lo.text("model_id"),
         polygons=_polygons(lo.section("polygons", PolygonSettings)),
         frames_in_flight=lo.int_in("frames_in_flight", 0, 64),
-        spin=_spin(lo),
+        spin=lo.choice("spin", get_args(Spin)),  # type: ignore[arg-type]
     )
     lo.finish()
     return settings
-
-
-def _spin(lo: Reader) -> Spin:
-    """``inference.local.spin``; YAML 1.1 reads a bare ``on``/``off`` as true/false, so those are taken too."""
-    value = lo.value("spin")
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return lo.choice("spin", get_args(Spin))  # type: ignore[return-value]
 
 
 def _polygons(pg: Reader) -> PolygonSettings:

@@ -256,6 +256,9 @@ class Reader:
         return value
 
     def choice(self, name: str, options: tuple[str, ...]) -> str:
+        raw = self.value(name)
+        if isinstance(raw, bool) and ("on" if raw else "off") in options:  # YAML 1.1 reads a bare on/off as a bool
+            return "on" if raw else "off"
         value = self.text(name)
         if value not in options:
             raise ConfigError(self.key(name), f"{value!r} is not one of {', '.join(options)}")

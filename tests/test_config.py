@@ -337,3 +337,11 @@ def test_local_spin_bare_yaml_words(tmp_path: Path) -> None:
         doc = _base(tmp_path)
         doc["inference"]["local"].update(yaml.safe_load(f"spin: {word}"))
         assert _parse(tmp_path, doc).inference.local.spin == expected
+
+
+@pytest.mark.parametrize(("written", "read"), [("off", "off"), ("normal", "normal"), ("full", "full")])
+def test_a_bare_yaml_off_is_the_word_off(tmp_path: Path, written: str, read: str) -> None:
+    """YAML 1.1 reads an unquoted ``off`` as false; where "off" is one of the choices, it means that."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_base(tmp_path)) + f"outbox:\n  synchronous: {written}\n")
+    assert load_settings(path).outbox.synchronous == read
