@@ -21,10 +21,8 @@ This module validates and calls named methods of the stages (:meth:`CameraWorker
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ from agent.inbox import Inbox
 from agent.logs import Throttle
 from agent.mqtt_session import Handler
 from agent.pipeline import frames_under_way
+from agent.state_files import load_json as _load_json
+from agent.state_files import save_json_atomic
 from agent.worker import CameraWorker
 
 __all__ = [
@@ -104,25 +104,9 @@ def parse_command(base: str, topic: str, payload: bytes, *, cameras: Sequence[st
     return Command("fps", camera, fps)
 
 
-def save_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` whole or not at all (a temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("%s can't be read (%s); starting from config.yaml's values", path, exc)
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    """``state_dir/runtime.json`` (or any state file) as :func:`agent.state_files.load_json` reads it."""
+    return _load_json(path, log, "starting from config.yaml's values")
 
 
 class _Publisher(Protocol):

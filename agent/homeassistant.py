@@ -29,11 +29,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from agent import __version__
-from agent.commands import load_json, save_json_atomic
+from agent.commands import load_json
 from agent.config import Settings
 from agent.inbox import Inbox
 from agent.mqtt_client import OFFLINE, ONLINE
 from agent.mqtt_session import Handler
+from agent.state_files import save_json_atomic
 
 __all__ = ["STATE_FILE", "Discovery", "device_config", "discovery_topic", "node_id", "withdraw_when_connected"]
 

@@ -16,14 +16,13 @@ one :class:`LineCountStore` is shared by the cameras' workers (a lock guards it)
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+
+from agent.state_files import load_json, save_json_atomic
 
 __all__ = ["FILE_NAME", "LineCountStore"]
 
@@ -58,7 +57,7 @@ class LineCountStore:
     def load(self) -> dict[str, dict[str, int]]:
         """The kept counts of the configured cameras and lines (nothing if the file is missing or unreadable:
         the log says why)."""
-        doc = _load_json(self._path)
+        doc = load_json(self._path, log, "line counts start at 0")
         cams = doc.get("cameras")
         kept: dict[str, dict[str, int]] = {}
         dropped = 0
@@ -103,7 +102,7 @@ class LineCountStore:
     def _write(self, now: float) -> bool:
         self._written_at = now  # a failed write is not tried again at once either
         try:
-            _save_json_atomic(self._path, {"cameras": self._counts})
+            save_json_atomic(self._path, {"cameras": self._counts})
         except OSError as exc:
             if not self._warned:  # once: state_dir may be unwritable for good (the outbox says so too)
                 log.warning("line counts can't be kept in %s (%s): they will start at 0 next run", self._path, exc)
@@ -111,25 +110,3 @@ class LineCountStore:
             return False
         self._dirty = False
         return True
-
-
-def _save_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` whole or not at all (a temporary file, fsync, rename). As
-    :func:`agent.commands.save_json_atomic`, which can't be imported here (commands imports the pipeline)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        log.warning("%s can't be read (%s): line counts start at 0", path, exc)
-        return {}
-    return doc if isinstance(doc, dict) else {}
