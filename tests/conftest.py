@@ -1,4 +1,4 @@
-"""Shared fixtures. Sections: MQTT (real Mosquitto brokers and subscribers)."""
+"""Shared fixtures. Sections: MQTT (real Mosquitto brokers and subscribers); the agent as a process."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.mosquitto import MOSQUITTO, OPENSSL, Mosquitto, Subscriber, TlsFiles, make_tls_files
+from tests.onnx_models import build_yolov8_seg
+from tests.test_daemon import AgentProcess
 
 # --------------------------------------------------------------------------- MQTT
 
@@ -59,3 +61,29 @@ def make_subscriber() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in subscribers:
         sub.close()
+
+
+# --------------------------------------------------------------------------- the agent as a process
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small YOLOv8-seg-layout model (256 input) that finds circles, rectangles and triangles."""
+    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
+    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
+    return path
+
+
+@pytest.fixture
+def run_agent() -> Iterator[Callable[..., AgentProcess]]:
+    """``run_agent(config, env=None)``: ``seg-agent run`` processes, closed at teardown."""
+    agents: list[AgentProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> AgentProcess:
+        agent = AgentProcess(config, env)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.close()

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.onnx_models import build_yolov8_seg
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,13 +20,6 @@ def seg_agent(*args: str, timeout: float = 60, cwd: Path | None = None) -> subpr
     return subprocess.run(
         [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
 
 
 def _config(tmp_path: Path, model: Path, **overrides: Any) -> Path:

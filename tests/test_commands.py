@@ -21,10 +21,8 @@ from agent.pipeline import frames_under_way
 from tests.fake_roboflow import FakeRoboflow
 from tests.mosquitto import MOSQUITTO, Mosquitto, Subscriber
 from tests.streams import write_video
-from tests.test_daemon import BASE, AgentProcess, NotifySocket, model_path, run_agent, write_config
+from tests.test_daemon import BASE, AgentProcess, NotifySocket, write_config
 from tests.test_online_offline import KEY, MODEL_ID, online_config, write_scene_video
-
-__all__ = ["model_path", "run_agent"]  # fixtures, imported for pytest
 
 CAMS = ["cam0", "yard.1"]
 MODES = ["local"]

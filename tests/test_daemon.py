@@ -11,26 +11,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.onnx_models import build_yolov8_seg
 from tests.streams import MjpegServer, write_video
 
 DEVICE = "dev1"
 BASE = f"seg-agent/{DEVICE}"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
 
 
 class AgentProcess:
@@ -65,20 +56,6 @@ class AgentProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[..., AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def start(config: Path, env: dict[str, str] | None = None) -> AgentProcess:
-        agent = AgentProcess(config, env)
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.close()
 
 
 def write_config(tmp_path: Path, model: Path, port: int, camera: dict[str, Any], **extra: Any) -> Path:

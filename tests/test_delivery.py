@@ -15,42 +15,18 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.onnx_models import build_yolov8_seg
 from tests.streams import write_video
 from tests.test_daemon import BASE, AgentProcess, write_config
 
 TOPIC = f"{BASE}/detections"
 OUTAGE_S = 30.0
 COMMIT_INTERVAL_S = 0.1  # write_config's outbox.commit_interval_s
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[[Path], AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config)
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.close()
 
 
 def detections(sub: Subscriber) -> list[dict[str, Any]]:

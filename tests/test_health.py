@@ -10,41 +10,17 @@ frame id (no gap).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.fake_roboflow import FakeRoboflow
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.onnx_models import build_yolov8_seg
 from tests.streams import MjpegServer, write_video
 from tests.test_daemon import BASE, AgentProcess, write_config
 
 KEY = "health-key"
 MODEL_ID = "shapes/3"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[..., AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config, env={"ROBOFLOW_API_KEY": KEY})
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.close()
 
 
 def healths(sub: Subscriber) -> list[dict[str, Any]]:
@@ -64,7 +40,7 @@ def test_age_at_publish_counts_the_time_results_were_held_through_an_outage(
 ) -> None:
     video = write_video(tmp_path / "v.avi", frames=40, fps=10.0, width=320, height=240)
     camera = {"source": str(video), "fps": 4, "realtime": True, "loop": True}
-    agent = run_agent(write_config(tmp_path, model_path, broker.port, camera))
+    agent = run_agent(write_config(tmp_path, model_path, broker.port, camera), {"ROBOFLOW_API_KEY": KEY})
     sub = make_subscriber(broker.port, f"{BASE}/#")
 
     def age(h: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +90,9 @@ def test_hosted_only_counts_the_frames_it_skipped_while_its_one_call_ran(
             },
         }
         camera = {"source": cam.url(), "fps": 10}
-        agent = run_agent(write_config(tmp_path, model_path, broker.port, camera, inference=inference))
+        agent = run_agent(
+            write_config(tmp_path, model_path, broker.port, camera, inference=inference), {"ROBOFLOW_API_KEY": KEY}
+        )
         sub = make_subscriber(broker.port, f"{BASE}/#")
 
         def cam0(h: dict[str, Any]) -> dict[str, Any]:

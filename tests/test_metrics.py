@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import ConfigError, MetricsSettings, parse_settings
@@ -20,9 +19,9 @@ from agent.frames import Frame
 from agent.metrics import BUCKETS_S, MAX_CLASSES, ResultTally
 from agent.router import Outcome
 from tests.mosquitto import Mosquitto, free_port, port_open
-from tests.onnx_models import build_yolov8_seg
 from tests.streams import write_video
 from tests.test_daemon import AgentProcess, write_config
+from tests.test_snapshots import base_doc, uncommented_block
 
 
 def frame(camera: str = "cam0") -> Frame:
@@ -88,27 +87,6 @@ def test_duration_histogram_is_cumulative(latencies_ms: list[float], below: dict
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[[Path], AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config)
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.close()
 
 
 def scrape(port: int) -> dict[str, Any]:
@@ -199,32 +177,6 @@ def test_metrics_endpoint_parses_and_moves(
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def uncommented_block(name: str) -> dict[str, Any]:
-    """config.yaml's commented ``name:`` block at the end, uncommented and parsed."""
-    lines = (Path(__file__).resolve().parent.parent / "config.yaml").read_text().splitlines()
-    start = lines.index(f"# {name}:")
-    block = [lines[start][2:]]
-    for line in lines[start + 1 :]:
-        if not line.startswith("#   "):
-            break
-        block.append(line[2:])
-    doc = yaml.safe_load("\n".join(block))
-    assert isinstance(doc, dict)
-    return doc
-
-
-def base_doc(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    (tmp_path / "m.onnx").write_bytes(b"a readable file")
-    (tmp_path / "clip.avi").write_bytes(b"")
-    return {
-        "device_id": "d",
-        "cameras": [{"name": "cam0", "source": "clip.avi"}],
-        "inference": {"mode": "local", "local": {"model": "m.onnx"}},
-        "state_dir": "state",
-        **extra,
-    }
 
 
 def test_the_commented_config_block_is_the_defaults(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from agent.frames import Frame
 from agent.router import Outcome
 from agent.snapshots import MIN_HEIGHT, Snapshots, draw_predictions, encode_under, render, snapshot_topic
 from tests.mosquitto import Mosquitto, Subscriber
-from tests.onnx_models import build_yolov8_seg
 from tests.streams import write_video
 from tests.test_daemon import BASE, AgentProcess, write_config
 
@@ -201,27 +200,6 @@ def test_too_large_is_skipped_and_counted_and_a_bad_jpeg_does_not_stop_the_threa
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture
-def run_agent() -> Iterator[Callable[[Path], AgentProcess]]:
-    agents: list[AgentProcess] = []
-
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config)
-        agents.append(agent)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.close()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "test-seg.onnx"
-    build_yolov8_seg(path, imgsz=(256, 256), class_names=["circle", "rectangle", "triangle"])
-    return path
 
 
 def test_agent_leaves_a_retained_jpeg_under_max_bytes(
