@@ -1,7 +1,8 @@
 """Tracking + zones + events per frame at 50 objects, against the demo model's ``session.run``, in one run;
 optionally against another checkout (the baseline), interleaved.
 
-    PYTHONPATH=$PWD python benchmarks/objects.py [--baseline /path/to/other/checkout] [--rounds 5]
+    PYTHONPATH=$PWD python benchmarks/objects.py [--baseline /path/to/other/checkout] [--rounds 5] \
+        [--model PATH.onnx ...]
 
 What a frame costs the Sink with tracking and events on: ``CameraTracks.apply`` (the predictions read, the
 association, the tagged copy of the API object) then ``EventStage.deliver`` (zones, lines, events, counts, the
@@ -13,11 +14,20 @@ busy machine slows both alike; a child reports medians over ``--frames`` frames 
 median of the demo model's bare ``OnnxModel.run`` (ONNX Runtime's ``session.run`` on a 640x640 tensor) and
 of its whole ``detect`` on a 640x480 frame, measured in the same process before and after. The figures are
 medians over the rounds.
+
+``--model`` (repeatable) adds other ONNX models' ``session.run`` (and ``detect``) as further references, for
+instance a 640 YOLOv8n-seg export; each percentage is tracking + events over that model's median time.
+
+Identity: each child also writes what the frames produced (every frame's tracker ids and tagged API object
+as published, its events without the random ``message_id``, the retained counts it published, sorted within
+the frame, and the final line counts file) as one SHA-256; the parent refuses to report if two checkouts
+differ, so a faster stage can't be a different one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -60,12 +70,15 @@ def _settings(tmp: Path) -> Any:
     return parse_settings(doc, base_dir=tmp, env={})
 
 
-def _model_ms(runs: int = 15) -> tuple[float, float]:
+DEMO = ROOT / "models" / "demo-seg.onnx"
+
+
+def _model_ms(path: Path = DEMO, runs: int = 15) -> tuple[float, float]:
     """Medians of the bare session.run and of the whole detect (letterbox to polygons) of a 640x480 frame."""
     from agent.model import OnnxModel
     from agent.synth import render_sample
 
-    model = OnnxModel(ROOT / "models" / "demo-seg.onnx")
+    model = OnnxModel(path)
     tensor = np.random.default_rng(0).random((1, 3, *model.input_hw), dtype=np.float32)
     image, _ = render_sample(np.random.default_rng([5, 0]), (480, 640), n_shapes=8)
     run, detect = [], []
@@ -80,11 +93,29 @@ def _model_ms(runs: int = 15) -> tuple[float, float]:
     return 1000 * statistics.median(run), 1000 * statistics.median(detect)
 
 
-def child(objects: int, frames: int) -> dict[str, Any]:
+def _digest(frames: list[tuple[list[int], bytes, list[bytes], list[tuple[str, bytes]]]], counts: bytes) -> str:
+    """One hash of everything the frames produced (see the module's docstring)."""
+    h = hashlib.sha256()
+    for ids, api, events, retained in frames:
+        h.update(json.dumps(ids).encode())
+        h.update(api)
+        for payload in events:
+            event = json.loads(payload)
+            event.pop("message_id", None)
+            h.update(json.dumps(event).encode())
+        for topic, value in sorted(retained):
+            h.update(topic.encode() + b"=" + value)
+        h.update(b"|")
+    h.update(counts)
+    return h.hexdigest()
+
+
+def child(objects: int, frames: int, models: list[Path]) -> dict[str, Any]:
     import agent
     import agent.config
     import agent.model
     from agent.events import EventStage
+    from agent.results import encode
     from agent.tracking import CameraTracks
 
     # this checkout's scene, after the measured checkout's agent is imported (tracking.py puts ROOT on sys.path)
@@ -92,11 +123,14 @@ def child(objects: int, frames: int) -> dict[str, Any]:
     from tracking import scene
 
     apis = scene(objects, frames + 20)
-    run_before, detect_before = _model_ms()
+    refs = [DEMO, *models]
+    before = [_model_ms(m) for m in refs]
+    produced = []
     with tempfile.TemporaryDirectory() as d:
         settings = _settings(Path(d))
         tracks = CameraTracks(settings.tracking, ["cam"])
-        published: dict[str, bytes] = {}
+        retained: list[tuple[str, bytes]] = []
+        events: list[bytes] = []
         # line counts kept in state_dir, as the daemon does, where the measured checkout has it
         extra = (
             {"counts_file": Path(d) / "line_counts.json"}
@@ -106,8 +140,8 @@ def child(objects: int, frames: int) -> dict[str, Any]:
         stage = EventStage(
             settings,
             topic="bench/events",
-            put=lambda topic, payload, created: None,
-            publish_retained=published.__setitem__,
+            put=lambda topic, payload, created: events.append(payload),
+            publish_retained=lambda topic, payload: retained.append((topic, payload)),
             connection=lambda: 1,
             **extra,
         )
@@ -122,16 +156,26 @@ def child(objects: int, frames: int) -> dict[str, Any]:
             if i >= 20:
                 track_s.append(t1 - t0)
                 event_s.append(t2 - t1)
-    run_after, detect_after = _model_ms()
+            produced.append((tracked.ids.tolist(), encode(tracked.api), list(events), list(retained)))
+            events.clear()
+            retained.clear()
+        stage.finish("cam", [e.tracker_id for e in tracks.finish("cam")])
+        produced.append(([], b"", list(events), list(retained)))
+        counts_file = Path(d) / "line_counts.json"
+        counts = counts_file.read_bytes() if counts_file.exists() else b""
+    after = [_model_ms(m) for m in refs]
     both = [a + b for a, b in zip(track_s, event_s, strict=True)]
-    return {
+    out = {
         "tracking_ms": 1000 * statistics.median(track_s),
         "events_ms": 1000 * statistics.median(event_s),
         "both_ms": 1000 * statistics.median(both),
-        "run_ms": (run_before + run_after) / 2,
-        "detect_ms": (detect_before + detect_after) / 2,
         "agent": str(Path(agent.__file__).parent.parent),
+        "digest": _digest(produced, counts),
     }
+    for k, ((run0, det0), (run1, det1)) in enumerate(zip(before, after, strict=True)):
+        out[f"run_ms_{k}"] = (run0 + run1) / 2
+        out[f"detect_ms_{k}"] = (det0 + det1) / 2
+    return out
 
 
 def main() -> int:
@@ -140,10 +184,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--objects", type=int, default=50)
     p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--model", type=Path, action="append", default=[], help="another ONNX model to compare with")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    models = [m.resolve() for m in args.model]
     if args.child:
-        print(json.dumps(child(args.objects, args.frames)))
+        print(json.dumps(child(args.objects, args.frames, models)))
         return 0
     repos = {"this": Path(os.environ.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT)}
     if args.baseline:
@@ -152,19 +198,29 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, repo in repos.items():
             cmd = [sys.executable, __file__, "--child", "--objects", str(args.objects), "--frames", str(args.frames)]
+            cmd += [a for m in models for a in ("--model", str(m))]
             env = {**os.environ, "PYTHONPATH": str(repo)}
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=repo)
             got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.objects} objects, 3 zones, 2 lines, {args.frames} frames, medians of {args.rounds} rounds")
+    digests = {r["digest"] for rows in got.values() for r in rows}
     for name, rows in got.items():
         assert all(r["agent"] == str(repos[name].resolve()) for r in rows), [r["agent"] for r in rows]
-        med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "agent"}
-        ratio = statistics.median(100 * r["both_ms"] / r["run_ms"] for r in rows)
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k not in ("agent", "digest")}
         print(
             f"{name:9s} {repos[name]}: tracking {med['tracking_ms']:.3f} ms + events {med['events_ms']:.3f} ms"
-            f" = {med['both_ms']:.3f} ms/frame; session.run {med['run_ms']:.1f} ms ({ratio:.2f} %),"
-            f" detect {med['detect_ms']:.1f} ms ({100 * med['both_ms'] / med['detect_ms']:.2f} %)"
+            f" = {med['both_ms']:.3f} ms/frame"
         )
+        for k, ref in enumerate([DEMO, *models]):
+            ratio = statistics.median(100 * r["both_ms"] / r[f"run_ms_{k}"] for r in rows)
+            print(
+                f"{'':9s} vs {ref.name}: session.run {med[f'run_ms_{k}']:.1f} ms ({ratio:.2f} %),"
+                f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %)"
+            )
+    if len(digests) != 1:
+        print(f"OUTPUTS DIFFER between checkouts or rounds: {sorted(digests)}")
+        return 1
+    print(f"outputs identical across checkouts and rounds (ids, API objects, events, counts): {digests.pop()[:16]}")
     return 0
 
 
