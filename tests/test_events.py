@@ -220,3 +220,42 @@ def test_cached_counts_equal_counts_built_from_scratch(seed: int) -> None:
         changes += before
         assert list(cached.items()) == list(_counts_from_scratch(ev).items())
     assert 10 < changes < 200  # the cache was both rebuilt and reused
+
+
+def _without_message_id(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k != "message_id"} for e in events]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_camera_events_match_the_per_track_reference_on_random_walks(seed: int) -> None:
+    """The array-state CameraEvents against the per-track one it replaced (tests/events_reference.py): the
+    same events (all but the random message_id), counts and line counts frame by frame, on walks across two
+    zones and two lines with class flips, unconfirmed detections, an id twice in a frame, tracks that end and
+    come back, a new class late and a frame size change."""
+    from tests.events_reference import ReferenceEvents
+
+    rng = np.random.default_rng(seed)
+    zones = [LEFT, ZoneDef("top", ((0.0, 0.0), (1.0, 0.0), (1.0, 0.4), (0.0, 0.4)), units="fraction", inertia=2)]
+    lines = [GATE, LineDef("door", (0.5, 0.0), (0.5, 1.0), units="fraction", inertia=int(rng.integers(1, 3)))]
+    kw: dict[str, Any] = {"device_id": "dev", "zones": zones, "lines": lines, "update_interval_s": 0.5}
+    fast, slow = CameraEvents("cam", **kw), ReferenceEvents("cam", **kw)
+    pos = rng.uniform(20, 180, size=(10, 2))
+    for f in range(250):
+        pos = np.clip(pos + rng.normal(0, 9, size=pos.shape), 2, 198)
+        seen = np.nonzero(rng.random(10) > 0.15)[0]
+        ids = seen + 1 + 100 * (f // 80)
+        ids[rng.random(len(ids)) < 0.1] = -1
+        boxes = np.concatenate([pos[seen] - 4, pos[seen] + 4], axis=1)
+        if f % 37 == 0 and len(ids) > 2:
+            ids[2], boxes[2] = ids[0], boxes[0] + 30  # one id twice
+        names = ["a", "b/c"] + (["d"] if f > 120 else [])
+        classes = [names[int(rng.integers(len(names)))] if rng.random() < 0.3 else "a" for _ in seen]
+        scores = rng.uniform(0.3, 1.0, len(seen))
+        ended = [int(i) for i in rng.choice(np.arange(1, 11) + 100 * (f // 80), size=2)] if f % 23 == 0 else []
+        wh = WH if f < 200 else (240, 200)
+        got = fast.observe(T0 + f * 0.1, f, wh, ids, boxes, classes, scores, ended)
+        want = slow.observe(T0 + f * 0.1, f, wh, ids, boxes, classes, scores, ended)
+        assert _without_message_id(got) == _without_message_id(want), f
+        assert fast.counts() == slow.counts() and fast.crossed() == slow.crossed(), f
+        assert fast.live == slow.live
+    assert _without_message_id(fast.end_all(T0 + 30, 250)) == _without_message_id(slow.end_all(T0 + 30, 250))
