@@ -148,63 +148,88 @@ def points_in_polygon(anchors_xy: NDArray[Any], poly_k2: NDArray[Any]) -> NDArra
 
 @dataclass(frozen=True, slots=True)
 class _Edges:
-    """Every edge of a camera's polygons, side by side (1, E) per coordinate, for one pass over all zones."""
+    """Every edge of a camera's polygons, then every line, side by side (1, E + L) per coordinate, for one
+    pass over all zones and lines: the cross product of each anchor with each edge and line is made once."""
 
-    ax: FloatArray
+    cx: FloatArray  # starts and directions of the edges, then of the lines
+    cy: FloatArray
+    cdx: FloatArray
+    cdy: FloatArray
+    ax: FloatArray  # the edges alone, from here on
     ay: FloatArray
     dx: FloatArray
-    dy: FloatArray
+    by: FloatArray  # ay + dy
+    dy_or_1: FloatArray  # dy, 1 where 0 (a level edge straddles no point: its x_at is never read)
     lo_x: FloatArray
     hi_x: FloatArray
     lo_y: FloatArray
     hi_y: FloatArray
     tol: FloatArray
     starts: NDArray[np.intp]  # the first edge of each polygon
-    by: FloatArray  # ay + dy
-    dy_or_1: FloatArray  # dy, 1 where 0 (a level edge straddles no point: its x_at is never read)
+    line_tol: FloatArray  # (1, L): :func:`side_of_line`'s tolerance of each line
 
     @classmethod
-    def of(cls, polys: Sequence[FloatArray]) -> _Edges:
+    def of(cls, polys: Sequence[FloatArray], lines: Sequence[tuple[FloatArray, FloatArray]] = ()) -> _Edges:
         a = np.concatenate([p for p in polys]) if polys else np.zeros((0, 2))
         b = np.concatenate([np.roll(p, -1, axis=0) for p in polys]) if polys else np.zeros((0, 2))
         starts = np.cumsum([0] + [len(p) for p in polys[:-1]]).astype(np.intp) if polys else np.zeros(0, np.intp)
         d = b - a
+        ls = np.array([s for s, _ in lines], dtype=np.float64).reshape(-1, 2)
+        ld = np.array([e for _, e in lines], dtype=np.float64).reshape(-1, 2) - ls
+        c, cd = np.concatenate([a, ls]), np.concatenate([d, ld])
 
         def row(v: FloatArray) -> FloatArray:
             return v.reshape(1, -1)
 
         return cls(
+            row(c[:, 0]),
+            row(c[:, 1]),
+            row(cd[:, 0]),
+            row(cd[:, 1]),
             row(a[:, 0]),
             row(a[:, 1]),
             row(d[:, 0]),
-            row(d[:, 1]),
+            row(a[:, 1] + d[:, 1]),
+            row(np.where(d[:, 1] == 0, 1.0, d[:, 1])),
             row(np.minimum(a[:, 0], b[:, 0]) - _EPS),
             row(np.maximum(a[:, 0], b[:, 0]) + _EPS),
             row(np.minimum(a[:, 1], b[:, 1]) - _EPS),
             row(np.maximum(a[:, 1], b[:, 1]) + _EPS),
             row(1e-7 * np.maximum(np.hypot(d[:, 0], d[:, 1]), 1.0)),
             starts,
-            row(a[:, 1] + d[:, 1]),
-            row(np.where(d[:, 1] == 0, 1.0, d[:, 1])),
+            row(1e-9 * np.maximum(np.hypot(ld[:, 0], ld[:, 1]), 1.0)),
         )
 
     def inside(self, anchors_xy: FloatArray) -> NDArray[np.bool_]:
         """(n, 2) points -> (zones, n) inside, by :func:`points_in_polygon`'s rule, all zones in one pass."""
-        n = len(anchors_xy)
-        if n == 0 or len(self.starts) == 0:
-            return np.zeros((len(self.starts), n), dtype=bool)
-        px, py = anchors_xy[:, 0:1], anchors_xy[:, 1:2]
-        rx, ry = px - self.ax, py - self.ay
-        cross = self.dx * ry - self.dy * rx
-        on_edge = np.abs(cross) <= self.tol
-        straddles = (self.ay > py) != (self.by > py)
-        hits = straddles & (px < self.ax + ry * self.dx / self.dy_or_1)
-        inside = np.logical_xor.reduceat(hits, self.starts, axis=1)  # an odd number of hits
-        if on_edge.any():  # rare: a point on an edge's line; is it within the edge?
-            on_edge &= (self.lo_x <= px) & (px <= self.hi_x) & (self.lo_y <= py) & (py <= self.hi_y)
-            inside |= np.logical_or.reduceat(on_edge, self.starts, axis=1)
-        result: NDArray[np.bool_] = inside.T
+        zones = len(self.starts)
+        result: NDArray[np.bool_] = self.observe(anchors_xy)[:, :zones].T.astype(bool)
         return result
+
+    def observe(self, anchors_xy: FloatArray) -> NDArray[np.int8]:
+        """(n, 2) points -> (n, zones + lines): 1 inside a zone (:func:`points_in_polygon`'s rule) else 0,
+        then each line's :func:`side_of_line`."""
+        n, zones, edges = len(anchors_xy), len(self.starts), self.ax.shape[1]
+        out = np.zeros((n, zones + self.line_tol.shape[1]), dtype=np.int8)
+        if n == 0 or out.shape[1] == 0:
+            return out
+        px, py = anchors_xy[:, 0:1], anchors_xy[:, 1:2]
+        rx, ry = px - self.cx, py - self.cy
+        cross = self.cdx * ry - self.cdy * rx
+        if zones:
+            ry_e = ry[:, :edges]
+            on_edge = np.abs(cross[:, :edges]) <= self.tol
+            straddles = (self.ay > py) != (self.by > py)
+            hits = straddles & (px < self.ax + ry_e * self.dx / self.dy_or_1)
+            inside = np.logical_xor.reduceat(hits, self.starts, axis=1)  # an odd number of hits
+            if on_edge.any():  # rare: a point on an edge's line; is it within the edge?
+                on_edge &= (self.lo_x <= px) & (px <= self.hi_x) & (self.lo_y <= py) & (py <= self.hi_y)
+                inside |= np.logical_or.reduceat(on_edge, self.starts, axis=1)
+            out[:, :zones] = inside
+        if out.shape[1] > zones:
+            lc = cross[:, edges:]
+            out[:, zones:] = (lc > self.line_tol).view(np.int8) - (lc < -self.line_tol).view(np.int8)
+        return out
 
 
 def side_of_line(anchors_xy: NDArray[Any], start: NDArray[Any], end: NDArray[Any]) -> NDArray[np.int8]:
@@ -267,66 +292,65 @@ def _to_pixels(points: Iterable[tuple[float, float]], units: Units, frame_wh: tu
 # --------------------------------------------------------------------------------------------- state
 
 
-def _runs(ids: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of ``ids`` with no id twice, in order: the observations of one run can be taken
-    together, and a run after another sees what that one left (an id twice in a frame is observed in turn)."""
-    out, start, seen = [], 0, set()
-    for i, tid in enumerate(ids):
-        if tid in seen:
-            out.append((start, i))
-            start, seen = i, set()
-        seen.add(tid)
-    out.append((start, len(ids)))
+@dataclass(slots=True)
+class _Membership:
+    inside: bool = False
+    streak: int = 0  # consecutive observations that disagree with ``inside``
+
+
+@dataclass(slots=True)
+class _Side:
+    side: int  # the confirmed side, +1 / -1
+    last_xy: tuple[float, float]  # the last anchor seen on the confirmed side
+    pending: int = 0  # the other side while it is being confirmed
+    streak: int = 0
+    first_xy: tuple[float, float] | None = None  # the first anchor seen on the pending side
+
+
+@dataclass(slots=True)
+class _Track:
+    zones: list[_Membership]  # one per zone, in the camera's order
+    lines: list[_Side | None]  # one per line; None until the track was seen on a side
+    place: frozenset[str] = frozenset()
+    steady: list[int] | None = None  # the observation that changes nothing but the lines' last points
+
+
+def _steady(track: _Track) -> list[int] | None:
+    """The observation (zones 0/1, line sides) under which ``track`` stays as it is: no streak running and
+    a confirmed side on every line, seen again (None while any streak runs or a line has no side yet)."""
+    if any(m.streak for m in track.zones):
+        return None
+    out = [int(m.inside) for m in track.zones]
+    for state in track.lines:
+        if state is None or state.pending != 0:
+            return None
+        out.append(state.side)
     return out
 
 
 class Areas:
     """The zones and lines of one camera and every live track's place in them. Not thread-safe: one camera's
-    frames come from one worker, in order.
-
-    The state is arrays with a row per live track (rows of ended tracks are reused), so a frame is a few
-    NumPy operations whatever the number of tracks; Python runs only for a track whose zones changed or a
-    side change to test against a line's segment. Per zone: ``inside`` and the ``streak`` of observations
-    that disagree with it. Per line: the confirmed side (0: none seen yet), the pending other side and its
-    streak; the last anchor seen on the confirmed side and the first seen on the pending one."""
+    frames come from one worker, in order."""
 
     def __init__(self, zones: Sequence[ZoneDef] = (), lines: Sequence[LineDef] = ()) -> None:
         self.zones = tuple(zones)
         self.lines = tuple(lines)
-        self._zone_names = [z.name for z in self.zones]
-        self._zone_inertia = np.array([z.inertia for z in self.zones], dtype=np.int64)
-        self._line_inertia = np.array([ln.inertia for ln in self.lines], dtype=np.int64)
+        self._tracks: dict[int, _Track] = {}
         self._wh: tuple[int, int] | None = None
+        self._polys: list[FloatArray] = []
         self._edges = _Edges.of([])
-        self._segs: list[tuple[tuple[float, float], tuple[float, float]]] = []
-        self._line_s = self._line_d = self._line_tol = np.zeros((1, 0))
-        self._row: dict[int, int] = {}  # tracker id -> row
-        self._free: list[int] = []
-        self._place: list[frozenset[str]] = []
-        nz, nl = len(self.zones), len(self.lines)
-        self._inside = np.zeros((0, nz), dtype=bool)
-        self._zone_streak = np.zeros((0, nz), dtype=np.int64)
-        self._line_state = np.zeros((0, nl, 3), dtype=np.int64)  # side (0: none yet), pending side, streak
-        self._line_points = np.zeros((0, nl, 4))  # the last anchor on the side, the first on the pending one
+        self._segs: list[tuple[FloatArray, FloatArray]] = []
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
         if self._wh == frame_wh:
             return
         self._wh = frame_wh
-        self._edges = _Edges.of([_to_pixels(z.points, z.units, frame_wh) for z in self.zones])
-        ends = [_to_pixels((ln.start, ln.end), ln.units, frame_wh) for ln in self.lines]
-        self._segs = [((float(s[0]), float(s[1])), (float(e[0]), float(e[1]))) for s, e in ends]
-        starts = np.array([s for s, _ in ends]).reshape(-1, 2)
-        d = np.array([e for _, e in ends]).reshape(-1, 2) - starts
-        self._line_s, self._line_d = starts.T[:, None, :], d.T[:, None, :]  # (2, 1, lines)
-        self._line_tol = (1e-9 * np.maximum(np.hypot(d[:, 0], d[:, 1]), 1.0))[None, :]
-
-    def _sides(self, xy: FloatArray) -> NDArray[np.int8]:
-        """(n, 2) anchors -> (n, lines) :func:`side_of_line` of every line at once."""
-        (sx, sy), (dx, dy) = self._line_s, self._line_d
-        cross = dx * (xy[:, 1:2] - sy) - dy * (xy[:, 0:1] - sx)
-        out: NDArray[np.int8] = (cross > self._line_tol).view(np.int8) - (cross < -self._line_tol).view(np.int8)
-        return out
+        self._polys = [_to_pixels(z.points, z.units, frame_wh) for z in self.zones]
+        self._segs = []
+        for ln in self.lines:
+            s, e = _to_pixels((ln.start, ln.end), ln.units, frame_wh)
+            self._segs.append((s, e))
+        self._edges = _Edges.of(self._polys, self._segs)
 
     def update(
         self, tracker_ids: NDArray[Any], anchors_xy: NDArray[Any], frame_wh: tuple[int, int]
@@ -338,138 +362,80 @@ class Areas:
         if len(ids) != len(xy):
             raise ValueError(f"{len(ids)} tracker ids for {len(xy)} anchors")
         keep = ids >= 0
-        id_list = ids[keep].tolist()
-        _, crossings = self.observe(id_list, xy[keep], frame_wh)
-        place, row = self._place, self._row
-        return {tid: place[row[tid]] for tid in id_list}, crossings
-
-    def observe(
-        self, tracker_ids: list[int], anchors_xy: FloatArray, frame_wh: tuple[int, int]
-    ) -> tuple[set[int], list[Crossing]]:
-        """:meth:`update` for ids all >= 0, as plain ints: the ids whose zones changed in this frame (see
-        :meth:`place`), and the crossings."""
-        moved: set[int] = set()
-        crossings: list[Crossing] = []
-        if not tracker_ids:
-            return moved, crossings
+        ids, xy = ids[keep], xy[keep]
         self._geometry(frame_wh)
-        rows = self._rows(tracker_ids)
-        inside = self._edges.inside(anchors_xy).T if self.zones else None
-        sides = self._sides(anchors_xy) if self.lines else None
-        runs = [(0, len(tracker_ids))] if len(set(tracker_ids)) == len(tracker_ids) else _runs(tracker_ids)
-        for a, b in runs:
-            if inside is not None:
-                self._zones_step(tracker_ids[a:b], rows[a:b], inside[a:b], moved)
-            if sides is not None:
-                self._lines_step(tracker_ids[a:b], rows[a:b], sides[a:b], anchors_xy[a:b], crossings)
-        return moved, crossings
+        # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
+        # each track's observation as one list (zones 0/1, then line sides), all zones and lines in one pass:
+        # a track whose state it leaves as it was (the usual frame) is passed over with one comparison
+        observed = self._edges.observe(xy).tolist()
+        nz = len(self.zones)
+        points = [(x, y) for x, y in xy.tolist()]
+        places: dict[int, frozenset[str]] = {}
+        crossings: list[Crossing] = []
+        zones, lines = self.zones, self.lines
+        for i, tid in enumerate(ids.tolist()):
+            track = self._tracks.get(tid)
+            if track is None:
+                track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
+            obs = observed[i]
+            if obs == track.steady:
+                for state in track.lines:
+                    state.last_xy = points[i]  # type: ignore[union-attr]  # steady: every line has a side
+                places[tid] = track.place
+                continue
+            flipped = False
+            for z, zone in enumerate(zones):
+                flipped |= _observe_zone(track.zones[z], obs[z] == 1, zone.inertia)
+            if flipped:
+                track.place = frozenset(zone.name for z, zone in enumerate(zones) if track.zones[z].inside)
+            places[tid] = track.place
+            for k, line in enumerate(lines):
+                direction = self._observe_line(track, k, line.inertia, obs[nz + k], points[i])
+                if direction is not None:
+                    crossings.append(Crossing(tid, line.name, direction))
+            track.steady = _steady(track)
+        return places, crossings
 
-    def _zones_step(self, ids: list[int], rows: NDArray[np.intp], inside: NDArray[np.bool_], moved: set[int]) -> None:
-        """The rule of :func:`_observe_zone` on (n, zones) observations of distinct tracks."""
-        was = self._inside[rows]
-        agree = inside == was
-        streak = self._zone_streak[rows] + 1
-        streak[agree] = 0
-        flip = ~agree & (streak >= self._zone_inertia)
-        if flip.any():
-            streak[flip] = 0
-            now = was ^ flip
-            self._inside[rows] = now
-            names = self._zone_names
-            for i in np.flatnonzero(flip.any(axis=1)).tolist():
-                self._place[rows[i]] = frozenset(n for n, on in zip(names, now[i].tolist(), strict=True) if on)
-                moved.add(ids[i])
-        self._zone_streak[rows] = streak
-
-    def _lines_step(
-        self,
-        ids: list[int],
-        rows: NDArray[np.intp],
-        sides: NDArray[np.int8],
-        xy: FloatArray,
-        crossings: list[Crossing],
-    ) -> None:
-        """(n, lines) sides of distinct tracks: a side change confirmed after ``inertia`` observations on the
-        new side is a crossing if the path from the last anchor on the old side to the first on the new one
-        meets the segment (:func:`_crosses`); an anchor on the line (side 0) changes nothing."""
-        state = self._line_state[rows]  # (n, lines, 3): side, pending, streak
-        points = self._line_points[rows]  # (n, lines, 4): last x, y; first x, y
-        side = state[..., 0]
-        seen = sides != 0
-        same = seen & (sides == side)
-        at = xy[:, None, :]
-        if not (seen & ~same).any():  # most frames: every side seen is the one confirmed
-            points[..., :2] = np.where(same[..., None], at, points[..., :2])
-            self._line_points[rows] = points
-            if state[..., 1:].any():
-                state[..., 1:][same] = 0
-                self._line_state[rows] = state
-            return
-        pending, streak = state[..., 1], state[..., 2]
-        fresh = seen & (side == 0)  # the first side seen: confirmed at once
-        other = seen & ~fresh & ~same
-        begin = other & (pending != sides)  # the first observation on the other side
-        pending = np.where(begin, sides, pending)
-        streak = np.where(begin, 0, streak) + other
-        points[..., 2:] = np.where(begin[..., None], at, points[..., 2:])
-        confirm = other & (streak >= self._line_inertia)
-        if confirm.any():
-            for i, k in zip(*(v.tolist() for v in np.nonzero(confirm)), strict=True):
-                a, b = self._segs[k]
-                last, first = points[i, k].tolist()[:2], points[i, k].tolist()[2:]
-                if _crosses((last[0], last[1]), (first[0], first[1]), a, b):
-                    crossings.append(Crossing(ids[i], self.lines[k].name, "in" if sides[i, k] > 0 else "out"))
-        reset = same | confirm
-        points[..., :2] = np.where((fresh | reset)[..., None], at, points[..., :2])
-        state[..., 0] = np.where(fresh | confirm, sides, side)
-        state[..., 1] = np.where(reset, 0, pending)
-        state[..., 2] = np.where(reset, 0, streak)
-        self._line_state[rows] = state
-        self._line_points[rows] = points
-
-    def _rows(self, ids: list[int]) -> NDArray[np.intp]:
-        """Each id's row; a new id gets a free row, reset (a track starts outside everything, on no side)."""
-        get = self._row.get
-        rows = [get(tid, -1) for tid in ids]
-        if -1 in rows:
-            for i, tid in enumerate(ids):
-                if rows[i] < 0:
-                    r = get(tid)
-                    rows[i] = self._new_row(tid) if r is None else r  # an id twice: its row was just made
-        return np.array(rows, dtype=np.intp)
-
-    def _new_row(self, tid: int) -> int:
-        if not self._free:
-            n = len(self._place)
-            grow = max(16, n)
-            self._place += [frozenset()] * grow
-            self._free = list(range(n + grow - 1, n - 1, -1))
-            for name in ("_inside", "_zone_streak", "_line_state", "_line_points"):
-                arr = getattr(self, name)
-                setattr(self, name, np.concatenate([arr, np.zeros((grow, *arr.shape[1:]), dtype=arr.dtype)]))
-        r = self._free.pop()
-        self._row[tid] = r
-        self._place[r] = frozenset()
-        self._inside[r] = False
-        self._zone_streak[r] = 0
-        self._line_state[r] = 0
-        return r
+    def _observe_line(
+        self, track: _Track, k: int, inertia: int, side: int, xy: tuple[float, float]
+    ) -> Literal["in", "out"] | None:
+        if side == 0:
+            return None  # on the line: neither side; nothing changes
+        state = track.lines[k]
+        if state is None:
+            track.lines[k] = _Side(side, xy)
+            return None
+        if side == state.side:
+            state.last_xy, state.pending, state.streak, state.first_xy = xy, 0, 0, None
+            return None
+        if state.pending != side:
+            state.pending, state.streak, state.first_xy = side, 0, xy
+        state.streak += 1
+        if state.streak < inertia:
+            return None
+        assert state.first_xy is not None
+        s, e = self._segs[k]
+        crossed = _crosses(state.last_xy, state.first_xy, (float(s[0]), float(s[1])), (float(e[0]), float(e[1])))
+        state.side, state.last_xy, state.pending, state.streak, state.first_xy = side, xy, 0, 0, None
+        if not crossed:
+            return None
+        return "in" if side > 0 else "out"
 
     def place(self, tracker_id: int) -> frozenset[str]:
         """The zones a live track is in now (empty for an unknown one)."""
-        r = self._row.get(tracker_id)
-        return frozenset() if r is None else self._place[r]
+        track = self._tracks.get(tracker_id)
+        if track is None:
+            return frozenset()
+        return track.place
 
     def forget(self, tracker_ids: Iterable[int]) -> None:
         """Tracks that ended: their places are dropped (they are in no zone any more)."""
         for tid in tracker_ids:
-            r = self._row.pop(int(tid), None)
-            if r is not None:
-                self._free.append(r)
+            self._tracks.pop(int(tid), None)
 
     @property
     def track_count(self) -> int:
-        return len(self._row)
+        return len(self._tracks)
 
 
 def _crosses(p0: tuple[float, float], p1: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -493,3 +459,15 @@ def _crosses(p0: tuple[float, float], p1: tuple[float, float], a: tuple[float, f
         or (abs(d3) <= _EPS and within(p0, p1, a))
         or (abs(d4) <= _EPS and within(p0, p1, b))
     )
+
+
+def _observe_zone(state: _Membership, inside: bool, inertia: int) -> bool:
+    """One observation of a track against a zone; True if its membership flipped."""
+    if inside == state.inside:
+        state.streak = 0
+        return False
+    state.streak += 1
+    if state.streak >= inertia:
+        state.inside, state.streak = inside, 0
+        return True
+    return False
