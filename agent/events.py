@@ -71,7 +71,7 @@ class _Track:
     label: str
     score: float
     top_score: float
-    box_xyxy: tuple[float, float, float, float]
+    box_xyxy: Sequence[float]  # x0, y0, x1, y1
     zones: frozenset[str] = frozenset()
     entered: list[str] = field(default_factory=list)
     dwell: dict[str, float] = field(default_factory=dict)  # closed stays, seconds
@@ -87,7 +87,7 @@ class _Track:
         return {z: round(s, _TIME_DECIMALS) for z, s in out.items()}
 
 
-def _box_json(b: tuple[float, float, float, float]) -> dict[str, float]:
+def _box_json(b: Sequence[float]) -> dict[str, float]:
     x0, y0, x1, y1 = b
     return {
         "x": round((x0 + x1) / 2, _XY_DECIMALS),
@@ -146,19 +146,31 @@ class CameraEvents:
         places, crossings = self._areas.update(ids, bottom_centres(boxes), frame_wh)
         events: list[dict[str, Any]] = []
         empty: frozenset[str] = frozenset()
-        # plain Python values, read once: NumPy scalars are slow one by one
+        get, place, interval = self._tracks.get, places.get, self._interval
+        # plain Python values, read once: NumPy scalars are slow one by one. A track seen again is updated
+        # here, not in a call (what _see did): most of a frame's time is this loop
         for tid, box, label, score in zip(ids.tolist(), boxes.tolist(), classes, conf.tolist(), strict=True):
             if tid < 0:
                 continue
-            track = self._tracks.get(tid)
+            track = get(tid)
             if track is None:
-                track = self._start(tid, t, label, score, (box[0], box[1], box[2], box[3]))
-                self._move(track, places.get(tid, empty), t)
+                track = self._start(tid, t, label, score, box)
+                self._move(track, place(tid, empty), t)
                 events.append(self._event("new", track, t, frame_id))
                 continue
-            self._see(track, t, label, score, (box[0], box[1], box[2], box[3]))
-            self._move(track, places.get(tid, empty), t)
-            if track.changed and t - track.last_emit_t >= self._interval:
+            track.last_t = t
+            track.score = score
+            if score > track.top_score:
+                track.top_score = score
+            track.box_xyxy = box
+            votes = track.votes
+            votes[label] = vote = votes.get(label, 0.0) + score
+            if label != track.label and vote > votes[track.label]:  # only this class's sum grew
+                self._relabel(track, label)  # ties keep the class it had
+            zones = place(tid, empty)
+            if zones is not track.zones and zones != track.zones:  # Areas hands back the same frozenset
+                self._move(track, zones, t)
+            if track.changed and t - track.last_emit_t >= interval:
                 events.append(self._event("update", track, t, frame_id))
         self._count_crossings(crossings)
         events += self.end(ended, t, frame_id)
@@ -217,7 +229,7 @@ class CameraEvents:
 
     # ---- steps ----------------------------------------------------------------------------------------
 
-    def _start(self, tid: int, t: float, label: str, score: float, box: tuple[float, float, float, float]) -> _Track:
+    def _start(self, tid: int, t: float, label: str, score: float, box: Sequence[float]) -> _Track:
         track = _Track(
             tracker_id=tid,
             event_id=f"{self.camera}-{round(t * 1000)}-{tid}",
@@ -233,18 +245,11 @@ class CameraEvents:
         self._counts = None
         return track
 
-    def _see(self, track: _Track, t: float, label: str, score: float, box: tuple[float, float, float, float]) -> None:
-        track.last_t = t
-        track.score = score
-        track.top_score = max(track.top_score, score)
-        track.box_xyxy = box
-        votes = track.votes
-        votes[label] = votes.get(label, 0.0) + score
-        if label != track.label and votes[label] > votes[track.label]:  # only this class's sum grew
-            track.label = label  # ties keep the class it had
-            track.changed = True
-            track.count_keys = None
-            self._counts = None
+    def _relabel(self, track: _Track, label: str) -> None:
+        track.label = label
+        track.changed = True
+        track.count_keys = None
+        self._counts = None
 
     def _move(self, track: _Track, zones: frozenset[str], t: float) -> None:
         if zones == track.zones:
