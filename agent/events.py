@@ -321,6 +321,7 @@ class CountBoard:
         self._connection = connection
         self._sent: dict[str, int] = {}
         self._sent_on: object = None
+        self._given: Mapping[str, int] = {}  # the counts of the last update that was looked at
 
     def update(self, counts: Mapping[str, int]) -> int:
         """Publishes the counts that differ from what was sent (all of them on a new connection); returns how
@@ -329,8 +330,8 @@ class CountBoard:
         if conn is None:
             return 0  # nothing would arrive; the next connected frame sends all
         fresh = conn != self._sent_on
-        if not fresh and counts == self._sent:
-            return 0  # most frames: nothing changed (the same keys, the same values)
+        if not fresh and (counts == self._given or counts == self._sent):
+            return 0  # most frames: nothing changed (the same counts as last time: what was sent is still true)
         current = dict(counts)
         for key in self._sent:
             current.setdefault(key, 0)
@@ -341,6 +342,7 @@ class CountBoard:
                 sent += 1
         self._sent = current  # zeros kept: a new connection sends them again (bounded by zones x classes)
         self._sent_on = conn
+        self._given = dict(counts)
         return sent
 
 

@@ -74,7 +74,11 @@ class Crossing:
 def bottom_centres(boxes_xyxy: NDArray[Any]) -> FloatArray:
     """(n, 4) boxes -> (n, 2) anchors: the middle of each box's bottom edge."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    return np.stack([(b[:, 0] + b[:, 2]) * 0.5, b[:, 3]], axis=1)
+    out = np.empty((len(b), 2))
+    np.add(b[:, 0], b[:, 2], out=out[:, 0])
+    out[:, 0] *= 0.5
+    out[:, 1] = b[:, 3]
+    return out
 
 
 def _polygon_area(poly_k2: FloatArray) -> float:

@@ -259,3 +259,34 @@ def test_camera_events_match_the_per_track_reference_on_random_walks(seed: int) 
         assert fast.counts() == slow.counts() and fast.crossed() == slow.crossed(), f
         assert fast.live == slow.live
     assert _without_message_id(fast.end_all(T0 + 30, 250)) == _without_message_id(slow.end_all(T0 + 30, 250))
+
+
+def test_count_board_publishes_as_the_plain_rule_on_random_counts() -> None:
+    """The board against its plain rule (publish what differs from what was sent, vanished keys as 0,
+    everything on a new connection, nothing while disconnected), on random counts that repeat, lose keys
+    and come back: the shortcut for repeated counts changes nothing that goes out."""
+    rng = np.random.default_rng(3)
+    got: list[tuple[str, bytes]] = []
+    conn: list[object] = [1]
+    board = CountBoard("b", "cam", lambda topic, payload: got.append((topic, payload)), lambda: conn[0])
+    want: list[tuple[str, bytes]] = []
+    sent: dict[str, int] = {}
+    sent_on: object = None
+    counts: dict[str, int] = {"all/all": 0}
+    for _ in range(400):
+        if rng.random() < 0.4:  # change something; else the same counts again
+            key = f"z{int(rng.integers(3))}/{'abc'[int(rng.integers(3))]}"
+            if key in counts and rng.random() < 0.5:
+                del counts[key]
+            else:
+                counts[key] = int(rng.integers(1, 4))
+        if rng.random() < 0.03:
+            conn[0] = None if conn[0] is not None and rng.random() < 0.5 else int(rng.integers(100))
+        board.update(dict(counts))
+        if conn[0] is None:
+            continue
+        current = {**counts, **{k: 0 for k in sent if k not in counts}}
+        fresh = conn[0] != sent_on
+        want += [(f"b/cam/{k}", str(v).encode()) for k, v in current.items() if fresh or sent.get(k) != v]
+        sent, sent_on = current, conn[0]
+    assert got == want and len(want) > 50
