@@ -146,6 +146,7 @@ class Camera:
         # file progress, kept across reopenings so a reopened file resumes where it was
         self._file_k = 0  # next sample number on the file's timeline
         self._file_base = 0  # global index (across loops) of the current pass's frame 0
+        self._file_t0: float | None = None  # realtime: false: the wall time file time 0 stands for
 
     # ------------------------------------------------------------------ public API
 
@@ -173,6 +174,11 @@ class Camera:
                     return None
                 self._cond.wait(remaining)
             sampled, self._slot = self._slot, None
+            track_time = None
+            if sampled.file_time is not None:  # realtime: false: the file's own timeline, from its first frame
+                if self._file_t0 is None:
+                    self._file_t0 = sampled.timestamp - sampled.file_time
+                track_time = self._file_t0 + sampled.file_time
             self._sampled += 1
             seq = self._sampled
             self._out_rate.mark()
@@ -181,7 +187,9 @@ class Camera:
         if ended:
             self._set_state(CameraState.ENDED)
         pic = sampled.picture
-        return Frame(self._name, seq, sampled.timestamp, pic.image, sampled.source_pos, pic.frame_hw, pic.jpeg)
+        return Frame(
+            self._name, seq, sampled.timestamp, pic.image, sampled.source_pos, pic.frame_hw, pic.jpeg, track_time
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop and join the threads (at most ``timeout`` seconds in all).

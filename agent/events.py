@@ -13,7 +13,9 @@ scores; ``-1`` ids are skipped) and the tracks that ended, and returns the event
 * ``class`` is the vote over the track (the class with the highest sum of scores), ``score`` this frame's
   confidence, ``top_score`` the highest so far; ``box`` the API's centre form (``x, y, width, height``).
 * ``current_zones`` / ``entered_zones`` (ever, in order) / ``dwell_s`` (seconds inside, per zone ever entered)
-  from :class:`agent.zones.Areas`; times are capture times (the frame's timestamp, never the wall clock).
+  from :class:`agent.zones.Areas`; times are capture times (the frame's ``track_time``, never the wall clock:
+  for a file read with ``realtime: false``, its own timeline from when its first frame was read, so dwell
+  times are the video's seconds; the frame's published result keeps the wall time it was grabbed).
 
 Counts (:meth:`CameraEvents.counts`), as topic suffixes under ``{base}/{camera}/``:
 ``{zone}/{class}`` and ``{zone}/all`` (live tracks in the zone now), ``all/{class}`` and ``all/all`` (live

@@ -36,7 +36,7 @@ class Frame:
     """One sampled frame. ``image`` is the frame's pixels (BGR, HxWx3), possibly smaller than ``frame_hw``
     when decoded at a reduced size, or None when the frame comes as its ``jpeg`` only."""
 
-    __slots__ = ("_image", "_lock", "camera", "frame_hw", "jpeg", "seq", "source_pos", "timestamp")
+    __slots__ = ("_image", "_lock", "camera", "frame_hw", "jpeg", "seq", "source_pos", "timestamp", "track_time")
 
     def __init__(
         self,
@@ -47,10 +47,15 @@ class Frame:
         source_pos: int,
         frame_hw: HW = (0, 0),
         jpeg: bytes | None = None,
+        track_time: float | None = None,
     ) -> None:
         self.camera = camera  # camera name
         self.seq = seq  # 1, 2, ... per Camera object: sampled frames handed out (not the published frame_id)
         self.timestamp = timestamp  # capture time, epoch seconds (time.time() when grabbed)
+        # the time tracking and events go by, epoch seconds: the capture time, but for a file read with
+        # realtime: false its own timeline (frame index across loops / file fps) from when its first frame
+        # was read, as if it played at its pace (see Camera.read)
+        self.track_time = timestamp if track_time is None else track_time
         self.source_pos = source_pos  # files: 0-based frame index in the file; streams: frames read since open
         self.jpeg = jpeg  # the camera's own JPEG of this frame, when kept (see DecodePolicy), without Exif
         if image is None and jpeg is None:

@@ -130,7 +130,7 @@ class Sink:
         api = outcome.api
         tracked = None
         if self._tracks is not None:  # hosted and local results alike: one tracker per camera
-            tracked = self._tracks.apply(frame.camera, frame.timestamp, api)  # .ids, .ended: for events
+            tracked = self._tracks.apply(frame.camera, frame.track_time, api)  # .ids, .ended: for events
             api = tracked.api
         message = to_message(
             api,
@@ -145,7 +145,7 @@ class Sink:
         )
         self._outbox.put(self._topics.detections, encode(message), created=frame.timestamp, camera=frame.camera)
         if self._events is not None and tracked is not None:  # after the frame's result, in the same outbox
-            self._events.deliver(frame.camera, frame.timestamp, frame_id, tracked)
+            self._events.deliver(frame.camera, frame.track_time, frame_id, tracked)
         for tap in self._taps:
             try:
                 tap(frame, frame_id, outcome)

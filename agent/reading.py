@@ -33,6 +33,7 @@ class Sampled:
     timestamp: float  # time.time() when grabbed
     source_pos: int  # files: 0-based frame index in the file; streams: count of frames read since open
     picture: Picture
+    file_time: float | None = None  # a file read with realtime: false: seconds of its own timeline, across loops
 
 
 class Sink(Protocol):
@@ -237,7 +238,10 @@ class Attempt:
                     return
                 continue
             bad = 0
-            item = Sampled(wall, index, picture)
+            # realtime: false reads faster (or slower) than the file plays: its own timeline is the one
+            # tracking and events need (motion in pixels per second, dwell and lost times in seconds)
+            file_time = None if s.realtime else (timeline.base + index) / file_fps
+            item = Sampled(wall, index, picture, file_time)
             if not self._sink.publish(self, item, wait=not s.realtime, next_k=timeline.k):
                 return
 

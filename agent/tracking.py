@@ -8,7 +8,8 @@ Interface (lane C2's zones and events build on it)::
         track.tracker_id, track.class_name, track.first_t, track.last_t, track.hits
     tracker.finish()                                      # the camera stopped: every live track ends
 
-- ``t``: the frame's capture time in seconds (``Frame.timestamp``); only differences matter, so a track's
+- ``t``: the frame's capture time in seconds (``Frame.track_time``: for a file read with ``realtime: false``
+  its own timeline); only differences matter, so a track's
   motion is in pixels per second whatever the sampling rate, and frames from the hosted API and the local
   model feed one tracker alike (a track goes on unchanged across a serverless ↔ local switch).
 - ``boxes_xyxy``: (n, 4) float pixels of the frame; ``classes``: n class names (strings; class ids differ

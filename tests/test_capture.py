@@ -1242,3 +1242,24 @@ def test_set_fps_changes_the_running_files_sampling(video: Path, cameras: Callab
     assert cam.fps() == 10.0
     with pytest.raises(ValueError):
         cam.set_fps(-1.0)
+
+
+@pytest.mark.timeout(20)
+def test_file_batch_tracks_by_the_files_own_timeline(tmp_path: Path, cameras: Callable[..., Camera]) -> None:
+    """realtime: false reads as fast as it can: ``timestamp`` stays the wall time each frame was grabbed,
+    while ``track_time`` (what tracking and events go by) is the file's own timeline from its first frame:
+    1/fps per frame, on across a loop, as if it played at its pace."""
+    path = write_video(tmp_path / "clip.avi", frames=20, fps=10.0)
+    cam = cameras(settings(str(path), fps=5.0, realtime=False, loop=True))
+    frames = read_all(cam, limit=15)
+    assert [f.source_pos for f in frames] == [(2 * k) % 20 for k in range(15)]  # a loop after 10
+    t0 = frames[0].track_time
+    assert t0 == frames[0].timestamp
+    assert [round(f.track_time - t0, 6) for f in frames] == [round(0.2 * k, 6) for k in range(15)]
+
+
+@pytest.mark.timeout(20)
+def test_live_and_realtime_frames_track_by_their_capture_time(video: Path, cameras: Callable[..., Camera]) -> None:
+    cam = cameras(settings(str(video), fps=0.0, realtime=True))
+    frames = read_all(cam, limit=3)
+    assert frames and all(f.track_time == f.timestamp for f in frames)
