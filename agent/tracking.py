@@ -447,7 +447,8 @@ class Tracked:
     scores: F64 | None = None
 
 
-_BOX_AND_SCORE = operator.itemgetter("x", "y", "width", "height", "confidence")
+_BOX_KEYS = ("x", "y", "width", "height")
+_BOX_AND_SCORE = operator.itemgetter(*_BOX_KEYS, "confidence")
 
 
 def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
@@ -460,17 +461,13 @@ def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[
     except (KeyError, TypeError, ValueError):  # no confidence, or a value that is no number
         usual = False
     if not usual:  # one by one, with float()'s rules and errors
-        rows = [
-            (float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"]), float(p.get("confidence", 0.0)))
-            for p in predictions
-        ]
+        rows = [(*(float(p[k]) for k in _BOX_KEYS), float(p.get("confidence", 0.0))) for p in predictions]
         values = np.array(rows, dtype=np.float64).reshape(-1, 5)
     return cxcywh_to_xyxy(values[:, :4]), [str(p.get("class", "")) for p in predictions], values[:, 4].copy()
 
 
 def _tagged(predictions: list[dict[str, Any]], ids: list[int]) -> list[dict[str, Any]]:
-    """Copies of the predictions with an id, ``tracker_id`` added (last, or where it was); the others as they
-    are. ``dict.copy`` then a key: the same dict as ``{**p, "tracker_id": i}``, 3x faster."""
+    """The predictions, those with an id copied with ``tracker_id`` (as ``{**p, "tracker_id": i}``, 3x faster)."""
     out = []
     for p, i in zip(predictions, ids, strict=True):
         if i >= 0:
