@@ -6,6 +6,7 @@ Interface (lane C2's zones and events build on it)::
     ids = tracker.update(t, boxes_xyxy, classes, scores)   # np.ndarray (n,) int64
     for track in tracker.ended:                           # the tracks that ended in that update
         track.tracker_id, track.class_name, track.first_t, track.last_t, track.hits
+    tracker.born                                          # {id: (4,) xyxy first box} of tracks new in it
     tracker.finish()                                      # the camera stopped: every live track ends
 
 - ``t``: the frame's capture time in seconds (``Frame.timestamp``); only differences matter, so a track's
@@ -18,6 +19,10 @@ Interface (lane C2's zones and events build on it)::
   such a detection (never a shared placeholder id, the trap of supervision issue #2578).
 - :attr:`Tracker.ended` is replaced at every :meth:`Tracker.update` with the confirmed tracks that ended in
   it (unseen for longer than ``lost_s`` or ``max_missed`` updates). Unconfirmed tracks end silently.
+- :attr:`Tracker.born` is replaced at every update with the tracks confirmed in it under a new id, each
+  with the box of its first (unpublished, tentative) detection: where the object was first seen, so a line
+  it crossed while its track was tentative is still counted (:class:`agent.zones.Areas`' ``origins``). A
+  fragment that takes over a lost track's id is not in it: that id's places go on from before.
 
 Association is ByteTrack's, greedy by cost in six stages: (1) detections at or above ``high_score`` to the
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
@@ -45,7 +50,7 @@ frame order).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -197,6 +202,7 @@ class Tracker:
     def __init__(self, settings: TrackingSettings) -> None:
         self.settings = settings
         self.ended: list[EndedTrack] = []
+        self.born: dict[int, tuple[float, float, float, float]] = {}
         self._next_id = 1
         self._classes: dict[str, int] = {}
         self._class_names: list[str] = []
@@ -337,6 +343,12 @@ class Tracker:
         promote = self._heal(t, predicted, promote)
         self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
         self._next_id += len(promote)
+        self.born = {}
+        if len(promote):
+            first = cxcywh_to_xyxy(self._first_box[promote]).tolist()
+            self.born = {
+                int(i): (b[0], b[1], b[2], b[3]) for i, b in zip(self._ids[promote].tolist(), first, strict=True)
+            }
 
     def _heal(self, t: float, predicted: F64, promote: I64) -> I64:
         """Tentative tracks about to be confirmed that continue a lost confirmed track (near its predicted
@@ -442,6 +454,7 @@ class Tracked:
     boxes_xyxy: F64 | None = None
     classes: list[str] | None = None
     scores: F64 | None = None
+    born: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)  # Tracker.born
 
 
 def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
@@ -468,7 +481,7 @@ class CameraTracks:
         boxes, classes, scores = _read_predictions(predictions)
         ids = tracker.update(t, boxes, classes, scores)
         tagged = [{**p, "tracker_id": i} if i >= 0 else p for p, i in zip(predictions, ids.tolist(), strict=True)]
-        return Tracked({**api, "predictions": tagged}, ids, tracker.ended, boxes, classes, scores)
+        return Tracked({**api, "predictions": tagged}, ids, tracker.ended, boxes, classes, scores, tracker.born)
 
     def finish(self, camera: str) -> list[EndedTrack]:
         """The camera stopped: its live tracks end."""

@@ -220,3 +220,44 @@ def test_cached_counts_equal_counts_built_from_scratch(seed: int) -> None:
         changes += before
         assert list(cached.items()) == list(_counts_from_scratch(ev).items())
     assert 10 < changes < 200  # the cache was both rebuilt and reused
+
+
+def test_a_line_crossed_while_the_track_was_tentative_is_counted() -> None:
+    """Regression (tests/track_scenes.py EARLY): the tracker says where each new track was first seen
+    (``Tracked.born``) and its lines start there, so crossings made before confirmation count."""
+    from agent.tracking import CameraTracks, TrackingSettings
+    from tests import track_scenes as scene
+
+    tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=3), ["cam0"])
+    gate = LineDef("gate", (40.0, 240.0), (600.0, 240.0))
+    ev = CameraEvents("cam0", device_id="dev", lines=[gate])
+    first_published: dict[int, float] = {}
+    for f in range(scene.EARLY_FRAMES):
+        boxes = scene.boxes_at(f, scene.EARLY)
+        predictions = [
+            {"x": (b[0] + b[2]) / 2, "y": (b[1] + b[3]) / 2, "width": b[2] - b[0], "height": b[3] - b[1]}
+            | {"class": w.cls, "confidence": 0.9, "class_id": 0, "points": []}
+            for w, b in boxes
+        ]
+        tracked = tracks.apply(
+            "cam0", T0 + f * 0.1, {"image": {"width": 640, "height": 480}, "predictions": predictions}
+        )
+        for tid, (_, b) in zip(tracked.ids.tolist(), boxes, strict=True):
+            first_published.setdefault(tid, b[3])
+        assert tracked.boxes_xyxy is not None and tracked.classes is not None and tracked.scores is not None
+        ev.observe(
+            T0 + f * 0.1,
+            f,
+            (640, 480),
+            tracked.ids,
+            tracked.boxes_xyxy,
+            tracked.classes,
+            tracked.scores,
+            [e.tracker_id for e in tracked.ended],
+            tracked.born,
+        )
+    first_published.pop(-1, None)
+    # the scene does what it says: each track is published first on the far side of the gate
+    assert sorted(first_published.values()) == [pytest.approx(250 - 2 * 12, abs=1), pytest.approx(232 + 2 * 11.75)]
+    want = scene.expected_lines(scene.EARLY)
+    assert {k: v for k, v in ev.counts().items() if k.startswith("gate/")} == want

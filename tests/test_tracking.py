@@ -373,3 +373,21 @@ def test_iou_nm_matches_a_per_pair_reference(seed: int) -> None:
     want = [[_iou_reference(p, q) for q in b.tolist()] for p in a.tolist()]
     assert got.shape == (len(a), len(b))
     assert got.tolist() == want
+
+
+def test_born_gives_each_new_track_its_first_box_and_a_healed_fragment_none() -> None:
+    tracker = Tracker(ON)  # min_frames 3
+    borns = []
+    for k in range(4):
+        tracker.update(k / 10, _boxes((100.0 + 5 * k, 100.0)), ["a"], np.array([0.9]))
+        borns.append(tracker.born)
+    assert borns[:2] == [{}, {}] and borns[3] == {}  # only the update that confirms it
+    np.testing.assert_allclose(borns[2][1], [80, 80, 120, 120])  # its first detection's box, not its last
+    for k in range(4, 7):
+        tracker.update(k / 10, np.zeros((0, 4)), [], np.zeros(0))
+    healed = []
+    for k in range(7, 11):  # a fragment 2 sizes off, healed at confirmation: it goes on as track 1
+        ids = tracker.update(k / 10, _boxes((180.0, 100.0)), ["a"], np.array([0.9]))
+        healed.append(tracker.born)
+    assert ids.tolist() == [1] and healed == [{}, {}, {}, {}]
+    assert Tracker(ON).update(0.0, np.zeros((0, 4)), [], np.zeros(0)).size == 0
