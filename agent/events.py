@@ -137,15 +137,18 @@ class CameraEvents:
         classes: Sequence[str],
         scores: NDArray[Any],
         ended: Iterable[int] = (),
+        born: Mapping[int, tuple[float, float, float, float]] | None = None,
     ) -> list[dict[str, Any]]:
         """One frame: the events it makes, ``new`` and ``update`` in the order of the detections, then ``end``
-        for the ``ended`` tracker ids."""
+        for the ``ended`` tracker ids. ``born``: the first box of each track new in this frame
+        (:attr:`agent.tracking.Tracker.born`), where its lines start from."""
         ids = np.asarray(tracker_ids, dtype=np.int64).reshape(-1)
         boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         conf = np.asarray(scores, dtype=np.float64).reshape(-1)
         if not len(ids) == len(boxes) == len(conf) == len(classes):
             raise ValueError("tracker_ids, boxes_xyxy, classes and scores must have the same length")
-        places, crossings = self._areas.update(ids, bottom_centres(boxes), frame_wh)
+        origins = {tid: ((b[0] + b[2]) * 0.5, b[3]) for tid, b in born.items()} if born else None
+        places, crossings = self._areas.update(ids, bottom_centres(boxes), frame_wh, origins)
         events: list[dict[str, Any]] = []
         empty: frozenset[str] = frozenset()
         get, place, interval = self._tracks.get, places.get, self._interval
@@ -402,8 +405,9 @@ class EventStage:
             boxes = predictions_xyxy(predictions)
             classes = [str(p.get("class", "")) for p in predictions]
             scores = np.array([float(p.get("confidence", 0.0)) for p in predictions], dtype=np.float64)
+        ended = [e.tracker_id for e in tracked.ended]
         events = self._cameras[camera].observe(
-            t, frame_id, frame_wh, tracked.ids, boxes, classes, scores, [e.tracker_id for e in tracked.ended]
+            t, frame_id, frame_wh, tracked.ids, boxes, classes, scores, ended, tracked.born
         )
         for event in events:
             self._put(self._topic, encode(event), t)

@@ -3,12 +3,15 @@
 :func:`render_track_clip` writes ``OUT.avi`` (MJPG) and ``OUT.tracks.json`` beside it: shapes of the demo
 model's classes that move with drifting velocities, cross and occlude each other (drawn in depth order), pass
 behind a pillar that hides them for a moment, leave the frame and come back. The ground truth is, per frame,
-each object's id, class, the box of its visible part and its visibility (visible share of its whole area).
+each object's id, class, the box of its visible part and its visibility (visible share of its whole area),
+and ``"split": true`` where its visible part is in two or more pieces (a pillar or another object across
+it: :func:`count_pieces`), for which a detector boxing one piece cannot reach IoU 0.5 with the box of both.
 
 ``tracks.json``::
 
     {"video": "clip.avi", "fps": 10.0, "width": 640, "height": 480, "seed": 100,
      "frames": [[{"id": 3, "class": "circle", "box_xyxy": [x1, y1, x2, y2], "visibility": 0.93}, ...], ...]}
+    (an object split in pieces also has "split": true)
 
 An object whose visibility is under ``min_visibility`` (in the file) is one no detector can be asked to see:
 the evaluation neither expects it nor counts a detection of it as false. Deterministic given the seed.
@@ -29,12 +32,27 @@ from numpy.typing import NDArray
 from agent.synth import CLASS_NAMES, shape_polygon
 from agent.synth_paint import background, colour, fixed_point
 
-__all__ = ["MIN_VISIBILITY", "render_track_clip"]
+__all__ = ["MIN_VISIBILITY", "SPLIT_MIN_SHARE", "count_pieces", "render_track_clip"]
 
 MIN_VISIBILITY = 0.5
 """Objects less visible than this are not expected of a detector (nor is a detection of them wrong)."""
 
+SPLIT_MIN_SHARE = 0.05
+"""A piece of an object's visible part counts when it holds at least this share of the visible area."""
+
 ImageU8 = NDArray[np.uint8]
+
+
+def count_pieces(visible_hw: ImageU8, min_share: float = SPLIT_MIN_SHARE) -> int:
+    """How many 8-connected pieces a (h, w) 0/1 mask has, leaving out those under ``min_share`` of its area
+    (slivers at anti-aliased edges); 0 for an empty mask."""
+    mask = np.ascontiguousarray(visible_hw, dtype=np.uint8)
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        return 0
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return int(np.count_nonzero(areas >= min_share * total))
 
 
 @dataclass
@@ -123,10 +141,12 @@ def _frame_truth(
         share = float(len(xs)) / max(areas[k], 1.0)
         if len(xs) == 0:
             continue
-        box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        truth.append(
-            {"id": k + 1, "class": CLASS_NAMES[movers[k].class_id], "box_xyxy": box, "visibility": round(share, 3)}
-        )
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max() + 1), int(ys.max() + 1)
+        box = [float(x0), float(y0), float(x1), float(y1)]
+        obj = {"id": k + 1, "class": CLASS_NAMES[movers[k].class_id], "box_xyxy": box, "visibility": round(share, 3)}
+        if count_pieces(visible[y0:y1, x0:x1]) >= 2:
+            obj["split"] = True
+        truth.append(obj)
     return sorted(truth, key=lambda o: int(o["id"]))
 
 

@@ -6,6 +6,7 @@ Interface (lane C2's zones and events build on it)::
     ids = tracker.update(t, boxes_xyxy, classes, scores)   # np.ndarray (n,) int64
     for track in tracker.ended:                           # the tracks that ended in that update
         track.tracker_id, track.class_name, track.first_t, track.last_t, track.hits
+    tracker.born                                          # {id: (4,) xyxy first box} of tracks new in it
     tracker.finish()                                      # the camera stopped: every live track ends
 
 - ``t``: the frame's capture time in seconds (``Frame.track_time``: for a file read with ``realtime: false``
@@ -19,6 +20,10 @@ Interface (lane C2's zones and events build on it)::
   such a detection (never a shared placeholder id, the trap of supervision issue #2578).
 - :attr:`Tracker.ended` is replaced at every :meth:`Tracker.update` with the confirmed tracks that ended in
   it (unseen for longer than ``lost_s`` or ``max_missed`` updates). Unconfirmed tracks end silently.
+- :attr:`Tracker.born` is replaced at every update with the tracks confirmed in it under a new id, each
+  with the box of its first (unpublished, tentative) detection: where the object was first seen, so a line
+  it crossed while its track was tentative is still counted (:class:`agent.zones.Areas`' ``origins``). A
+  fragment that takes over a lost track's id is not in it: that id's places go on from before.
 
 Association is ByteTrack's, greedy by cost in six stages: (1) detections at or above ``high_score`` to the
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
@@ -48,13 +53,14 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.assignment import assign_greedy, greedy_pairs
+from agent.track_boxes import cxcywh_to_xyxy, iou_nm_xyxy, refind_cost_nm, xyxy_to_cxcywh
 
 __all__ = [
     "CameraTracks",
@@ -120,65 +126,6 @@ class EndedTrack:
 # ---- pure NumPy parts -----------------------------------------------------------------------------------
 
 
-def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
-    """(n, 4) corners to (n, 4) centre and size."""
-    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    out = np.empty_like(b)
-    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
-    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
-    out[:, 2] = b[:, 2] - b[:, 0]
-    out[:, 3] = b[:, 3] - b[:, 1]
-    return out
-
-
-def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
-    """(n, 4) centre and size to (n, 4) corners."""
-    b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
-    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
-    out = np.empty_like(b)
-    out[:, 0] = b[:, 0] - half_w
-    out[:, 1] = b[:, 1] - half_h
-    out[:, 2] = b[:, 0] + half_w
-    out[:, 3] = b[:, 1] + half_h
-    return out
-
-
-def iou_nm_xyxy(a_xyxy: F64, b_xyxy: F64) -> F64:
-    """(n, m) IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4); 0 where a union is empty."""
-    a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
-    # one (n, m) array per quantity, not (n, m, 2) ones, updated in place: the same arithmetic, fewer passes
-    inter = np.minimum(a[:, 2:3], b[None, :, 2])
-    inter -= np.maximum(a[:, 0:1], b[None, :, 0])
-    np.maximum(inter, 0.0, out=inter)
-    ih = np.minimum(a[:, 3:4], b[None, :, 3])
-    ih -= np.maximum(a[:, 1:2], b[None, :, 1])
-    np.maximum(ih, 0.0, out=ih)
-    inter *= ih
-    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
-    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
-    union = area_a[:, None] + area_b[None, :]
-    union -= inter
-    empty = ~(union > _EPS)  # NaN too, as before
-    np.maximum(union, _EPS, out=union)
-    inter /= union
-    inter[empty] = 0.0
-    return inter
-
-
-def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
-    """(n, m) centre distance of each detection from each track's box, in units of the track's size (the
-    geometric mean of its width and height); ``inf`` where their sizes differ by more than 2x either way."""
-    a = np.asarray(tracks_cxcywh, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(dets_cxcywh, dtype=np.float64).reshape(-1, 4)
-    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], _EPS, None))
-    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
-    area_a = np.clip(a[:, 2] * a[:, 3], _EPS, None)
-    area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
-    ratio = area_b[None, :] / area_a[:, None]
-    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
-
-
 # ---- the tracker ----------------------------------------------------------------------------------------
 
 # Fixed gains of the constant-velocity model (a steady-state Kalman filter on the centre; the size follows
@@ -200,6 +147,7 @@ class Tracker:
     def __init__(self, settings: TrackingSettings) -> None:
         self.settings = settings
         self.ended: list[EndedTrack] = []
+        self.born: dict[int, tuple[float, float, float, float]] = {}
         self._next_id = 1
         self._classes: dict[str, int] = {}
         self._class_names: list[str] = []
@@ -340,6 +288,12 @@ class Tracker:
         promote = self._heal(t, predicted, promote)
         self._ids[promote] = np.arange(self._next_id, self._next_id + len(promote), dtype=np.int64)
         self._next_id += len(promote)
+        self.born = {}
+        if len(promote):
+            first = cxcywh_to_xyxy(self._first_box[promote]).tolist()
+            self.born = {
+                int(i): (b[0], b[1], b[2], b[3]) for i, b in zip(self._ids[promote].tolist(), first, strict=True)
+            }
 
     def _heal(self, t: float, predicted: F64, promote: I64) -> I64:
         """Tentative tracks about to be confirmed that continue a lost confirmed track (near its predicted
@@ -445,6 +399,7 @@ class Tracked:
     boxes_xyxy: F64 | None = None
     classes: list[str] | None = None
     scores: F64 | None = None
+    born: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)  # Tracker.born
 
 
 _BOX_KEYS = ("x", "y", "width", "height")
@@ -491,7 +446,13 @@ class CameraTracks:
         boxes, classes, scores = _read_predictions(predictions)
         ids = tracker.update(t, boxes, classes, scores)
         return Tracked(
-            {**api, "predictions": _tagged(predictions, ids.tolist())}, ids, tracker.ended, boxes, classes, scores
+            {**api, "predictions": _tagged(predictions, ids.tolist())},
+            ids,
+            tracker.ended,
+            boxes,
+            classes,
+            scores,
+            tracker.born,
         )
 
     def finish(self, camera: str) -> list[EndedTrack]:

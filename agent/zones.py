@@ -12,6 +12,9 @@ Pure NumPy and plain Python state; no I/O. A track is placed by its box's **bott
   anchor's side has changed for ``inertia`` consecutive observations and the anchor's path from its last
   place on the old side to its first place on the new one passes through the segment (a track walking
   round the line's end changes side without crossing it). An anchor exactly on the line is on neither side.
+  A track seen for the first time may come with an **origin** (``origins``: where the tracker first saw
+  the object, before its track was confirmed and had an id): its lines start from the origin's sides, so
+  a line crossed while the track was tentative is counted when the track is first seen (zones are not).
 
 :class:`Areas` keeps the per-track state of one camera; :func:`polygon_problem` is what the config uses
 to refuse a polygon at start.
@@ -19,7 +22,7 @@ to refuse a polygon at start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -357,10 +360,15 @@ class Areas:
         self._edges = _Edges.of(self._polys, self._segs)
 
     def update(
-        self, tracker_ids: NDArray[Any], anchors_xy: NDArray[Any], frame_wh: tuple[int, int]
+        self,
+        tracker_ids: NDArray[Any],
+        anchors_xy: NDArray[Any],
+        frame_wh: tuple[int, int],
+        origins: Mapping[int, tuple[float, float]] | None = None,
     ) -> tuple[dict[int, frozenset[str]], list[Crossing]]:
         """One frame's observations (tracks with id < 0 are skipped) -> every observed track's zones now, and
-        the crossings this frame completed, in the order of ``tracker_ids``."""
+        the crossings this frame completed, in the order of ``tracker_ids``. ``origins``: an anchor per
+        tracker id where a track not seen here before was first seen (see the module's docstring)."""
         ids = np.asarray(tracker_ids, dtype=np.int64).reshape(-1)
         xy = np.asarray(anchors_xy, dtype=np.float64).reshape(-1, 2)
         if len(ids) != len(xy):
@@ -381,6 +389,9 @@ class Areas:
             track = self._tracks.get(tid)
             if track is None:
                 track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
+                origin = origins.get(tid) if origins else None
+                if origin is not None:
+                    self._start_lines(track, origin)
             obs = observed[i]
             if obs == track.steady:
                 for state in track.lines:
@@ -399,6 +410,14 @@ class Areas:
                     crossings.append(Crossing(tid, line.name, direction))
             track.steady = _steady(track)
         return places, crossings
+
+    def _start_lines(self, track: _Track, origin: tuple[float, float]) -> None:
+        """A new track's line sides from its origin (a line it is on starts with no side, as usual)."""
+        xy = np.array([origin], dtype=np.float64)
+        for k, (s, e) in enumerate(self._segs):
+            side = int(side_of_line(xy, s, e)[0])
+            if side != 0:
+                track.lines[k] = _Side(side, (float(origin[0]), float(origin[1])))
 
     def _observe_line(
         self, track: _Track, k: int, inertia: int, side: int, xy: tuple[float, float]

@@ -102,6 +102,7 @@ def agent_counts(model: OnnxModel, truth_path: Path, settings: TrackingSettings)
                 [p["class"] for p in preds],
                 np.array([p["confidence"] for p in preds]),
                 [e.tracker_id for e in tracked.ended],
+                tracked.born,
             )
     finally:
         cap.release()

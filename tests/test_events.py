@@ -290,3 +290,68 @@ def test_count_board_publishes_as_the_plain_rule_on_random_counts() -> None:
         want += [(f"b/cam/{k}", str(v).encode()) for k, v in current.items() if fresh or sent.get(k) != v]
         sent, sent_on = current, conn[0]
     assert got == want and len(want) > 50
+
+
+def test_a_line_crossed_while_the_track_was_tentative_is_counted() -> None:
+    """Regression (tests/track_scenes.py EARLY): the tracker says where each new track was first seen
+    (``Tracked.born``) and its lines start there, so crossings made before confirmation count."""
+    from agent.tracking import CameraTracks, TrackingSettings
+    from tests import track_scenes as scene
+
+    tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=3), ["cam0"])
+    gate = LineDef("gate", (40.0, 240.0), (600.0, 240.0))
+    ev = CameraEvents("cam0", device_id="dev", lines=[gate])
+    first_published: dict[int, float] = {}
+    for f in range(scene.EARLY_FRAMES):
+        boxes = scene.boxes_at(f, scene.EARLY)
+        predictions = [
+            {"x": (b[0] + b[2]) / 2, "y": (b[1] + b[3]) / 2, "width": b[2] - b[0], "height": b[3] - b[1]}
+            | {"class": w.cls, "confidence": 0.9, "class_id": 0, "points": []}
+            for w, b in boxes
+        ]
+        tracked = tracks.apply(
+            "cam0", T0 + f * 0.1, {"image": {"width": 640, "height": 480}, "predictions": predictions}
+        )
+        for tid, (_, b) in zip(tracked.ids.tolist(), boxes, strict=True):
+            first_published.setdefault(tid, b[3])
+        assert tracked.boxes_xyxy is not None and tracked.classes is not None and tracked.scores is not None
+        ev.observe(
+            T0 + f * 0.1,
+            f,
+            (640, 480),
+            tracked.ids,
+            tracked.boxes_xyxy,
+            tracked.classes,
+            tracked.scores,
+            [e.tracker_id for e in tracked.ended],
+            tracked.born,
+        )
+    first_published.pop(-1, None)
+    # the scene does what it says: each track is published first on the far side of the gate
+    assert sorted(first_published.values()) == [pytest.approx(250 - 2 * 12, abs=1), pytest.approx(232 + 2 * 11.75)]
+    want = scene.expected_lines(scene.EARLY)
+    assert {k: v for k, v in ev.counts().items() if k.startswith("gate/")} == want
+
+
+def test_a_track_found_again_across_the_line_counts_from_where_it_was_lost() -> None:
+    """A track lost above the gate and found again below it (first as a tentative detection, then under its
+    own id: re-found or healed) counts the crossing once, from its last place before the occlusion."""
+    from agent.tracking import CameraTracks, TrackingSettings
+
+    tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=3), ["cam0"])
+    ev = CameraEvents("cam0", device_id="dev", lines=[GATE])  # (0, 100)-(200, 100), downward = in
+    # standing at bottom 70 (above), hidden 2 frames, then at 150 (below): 2 box sizes off, too far to be
+    # found again at once (a tentative track starts)
+    path = [70.0] * 8 + [None, None] + [150.0, 151.0, 152.0, 153.0, 154.0]
+    ids = []
+    for f, bottom in enumerate(path):
+        preds = [] if bottom is None else [{"x": 100.0, "y": bottom - 20.0, "width": 40.0, "height": 40.0}]
+        preds = [p | {"class": "a", "confidence": 0.9, "class_id": 0, "points": []} for p in preds]
+        tracked = tracks.apply("cam0", T0 + f * 0.1, {"image": {"width": 200, "height": 200}, "predictions": preds})
+        assert tracked.boxes_xyxy is not None and tracked.classes is not None and tracked.scores is not None
+        ev.observe(
+            T0 + f * 0.1, f, WH, tracked.ids, tracked.boxes_xyxy, tracked.classes, tracked.scores, [], tracked.born
+        )
+        ids += tracked.ids.tolist()
+    assert ids[8] == -1 and set(ids[9:]) == {1}  # (the hidden frames have no detections)
+    assert ev.counts()["gate/in/all"] == 1 and ev.counts()["gate/out/all"] == 0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from agent.synth import CLASS_NAMES, main_synth
-from agent.synth_tracks import MIN_VISIBILITY, render_track_clip
+from agent.synth_tracks import MIN_VISIBILITY, count_pieces, render_track_clip
 
 
 def test_clip_and_truth_agree_and_are_deterministic(tmp_path: Path) -> None:
@@ -44,3 +45,34 @@ def test_synth_video_tracks_command(tmp_path: Path, capsys: object) -> None:
     out = tmp_path / "t.avi"
     assert main_synth(["video", str(out), "--tracks", "--seconds", "1", "--objects", "2", "--size", "160x120"]) == 0
     assert out.is_file() and out.with_suffix(".tracks.json").is_file()
+
+
+def _mask(rows: list[str]) -> np.ndarray:
+    return np.array([[c == "#" for c in r] for r in rows], dtype=np.uint8).reshape(
+        len(rows), len(rows[0]) if rows else 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "min_share", "pieces"),
+    [
+        ([], 0.05, 0),  # empty (0, 0)
+        (["...", "..."], 0.05, 0),  # nothing visible
+        (["##.", "##."], 0.05, 1),
+        (["##..##", "##..##"], 0.05, 2),  # a pillar across it
+        (["#.", ".#"], 0.05, 1),  # touching corners: 8-connected, one piece
+        (["#" * 20 + "." + "#", "#" * 20 + ".."], 0.05, 1),  # a 1-pixel sliver (2 %) is no piece
+        (["#" * 20 + "." + "#", "#" * 20 + ".."], 0.01, 2),  # ... unless the share allows it
+        (["#.#.#"], 0.05, 3),
+    ],
+)
+def test_count_pieces(rows: list[str], min_share: float, pieces: int) -> None:
+    assert count_pieces(_mask(rows), min_share) == pieces
+
+
+def test_split_objects_are_marked_where_the_pillar_cuts_them(tmp_path: Path) -> None:
+    doc = json.loads(render_track_clip(tmp_path / "s.avi", seconds=20.0, seed=100).read_text())
+    objs = [o for frame in doc["frames"] for o in frame]
+    split = [o for o in objs if o.get("split")]
+    assert split and len(split) < 0.2 * len(objs)  # some, not most
+    assert all(o["split"] is True for o in split)

@@ -427,3 +427,21 @@ def test_tagged_copies_are_the_dicts_with_tracker_id_and_the_originals_are_kept(
     assert out == [{**predictions[0], "tracker_id": 4}, {**predictions[1], "tracker_id": 5}, predictions[2]]
     assert [list(p) for p in out] == [["x", "class", "tracker_id"], ["x", "tracker_id", "class"], ["x"]]
     assert "tracker_id" not in predictions[0] and predictions[1]["tracker_id"] == 9 and out[2] is predictions[2]
+
+
+def test_born_gives_each_new_track_its_first_box_and_a_healed_fragment_none() -> None:
+    tracker = Tracker(ON)  # min_frames 3
+    borns = []
+    for k in range(4):
+        tracker.update(k / 10, _boxes((100.0 + 5 * k, 100.0)), ["a"], np.array([0.9]))
+        borns.append(tracker.born)
+    assert borns[:2] == [{}, {}] and borns[3] == {}  # only the update that confirms it
+    np.testing.assert_allclose(borns[2][1], [80, 80, 120, 120])  # its first detection's box, not its last
+    for k in range(4, 7):
+        tracker.update(k / 10, np.zeros((0, 4)), [], np.zeros(0))
+    healed = []
+    for k in range(7, 11):  # a fragment 2 sizes off, healed at confirmation: it goes on as track 1
+        ids = tracker.update(k / 10, _boxes((180.0, 100.0)), ["a"], np.array([0.9]))
+        healed.append(tracker.born)
+    assert ids.tolist() == [1] and healed == [{}, {}, {}, {}]
+    assert Tracker(ON).update(0.0, np.zeros((0, 4)), [], np.zeros(0)).size == 0

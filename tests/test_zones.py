@@ -186,6 +186,31 @@ def test_tracks_are_independent_and_forget_drops_state() -> None:
     assert crossings == []
 
 
+@pytest.mark.parametrize(
+    ("origin", "ys", "expected"),
+    [
+        (None, [60, 70], []),  # no origin: the first sighting only sets the side
+        ((50.0, 40.0), [60, 70], [Crossing(4, "gate", "in")]),  # first seen above, first published below
+        ((50.0, 60.0), [70, 80], []),  # first seen on the side it is published on: nothing crossed
+        ((50.0, 50.0), [60, 40], [Crossing(4, "gate", "out")]),  # origin on the line: no side, as usual
+        ((190.0, 40.0), [60, 70], []),  # above, but past the line's end: changed side without crossing it
+        ((50.0, 60.0), [40, 60], [Crossing(4, "gate", "out"), Crossing(4, "gate", "in")]),  # then as usual
+    ],
+)
+def test_a_new_tracks_origin_starts_its_lines(
+    origin: tuple[float, float] | None, ys: list[float], expected: list[Crossing]
+) -> None:
+    areas = Areas([ZoneDef("box", tuple(SQUARE), inertia=1)], [LineDef("gate", (0.0, 50.0), (100.0, 50.0))])
+    crossings = []
+    for k, y in enumerate(ys):
+        origins = {4: origin} if origin is not None else None
+        # the origin is read for a track seen for the first time only: given again later, it changes nothing
+        places, c = areas.update(np.array([4]), np.array([[50.0, y]]), (200, 100), origins if k < 2 else None)
+        crossings += c
+        assert places[4] == frozenset()  # zones are not started from the origin
+    assert crossings == expected
+
+
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="2 tracker ids for 1 anchors"):
         Areas().update(np.array([1, 2]), np.zeros((1, 2)), (10, 10))

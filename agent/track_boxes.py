@@ -1,0 +1,76 @@
+"""Box geometry of the tracker: pure NumPy functions over (n, 4) boxes, named by their layouts.
+
+``xyxy`` is corners (x1, y1, x2, y2), ``cxcywh`` centre and size, in frame pixels; an ``_nm`` result is an
+(n, m) matrix of every row of the first argument against every row of the second. Re-exported by
+:mod:`agent.tracking`, whose association uses them; tested by tables in ``tests/test_tracking.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["cxcywh_to_xyxy", "iou_nm_xyxy", "refind_cost_nm", "xyxy_to_cxcywh"]
+
+F64 = npt.NDArray[np.float64]
+
+_EPS = 1e-9
+
+
+def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
+    """(n, 4) corners to (n, 4) centre and size."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    out = np.empty_like(b)
+    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
+    out[:, 2] = b[:, 2] - b[:, 0]
+    out[:, 3] = b[:, 3] - b[:, 1]
+    return out
+
+
+def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
+    """(n, 4) centre and size to (n, 4) corners."""
+    b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    out = np.empty_like(b)
+    out[:, 0] = b[:, 0] - half_w
+    out[:, 1] = b[:, 1] - half_h
+    out[:, 2] = b[:, 0] + half_w
+    out[:, 3] = b[:, 1] + half_h
+    return out
+
+
+def iou_nm_xyxy(a_xyxy: F64, b_xyxy: F64) -> F64:
+    """(n, m) IoU of every box of ``a`` (n, 4) with every box of ``b`` (m, 4); 0 where a union is empty."""
+    a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
+    # one (n, m) array per quantity, not (n, m, 2) ones, updated in place: the same arithmetic, fewer passes
+    inter = np.minimum(a[:, 2:3], b[None, :, 2])
+    inter -= np.maximum(a[:, 0:1], b[None, :, 0])
+    np.maximum(inter, 0.0, out=inter)
+    ih = np.minimum(a[:, 3:4], b[None, :, 3])
+    ih -= np.maximum(a[:, 1:2], b[None, :, 1])
+    np.maximum(ih, 0.0, out=ih)
+    inter *= ih
+    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
+    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
+    union = area_a[:, None] + area_b[None, :]
+    union -= inter
+    empty = ~(union > _EPS)  # NaN too, as before
+    np.maximum(union, _EPS, out=union)
+    inter /= union
+    inter[empty] = 0.0
+    return inter
+
+
+def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
+    """(n, m) centre distance of each detection from each track's box, in units of the track's size (the
+    geometric mean of its width and height); ``inf`` where their sizes differ by more than 2x either way."""
+    a = np.asarray(tracks_cxcywh, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(dets_cxcywh, dtype=np.float64).reshape(-1, 4)
+    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], _EPS, None))
+    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
+    area_a = np.clip(a[:, 2] * a[:, 3], _EPS, None)
+    area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
+    ratio = area_b[None, :] / area_a[:, None]
+    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
