@@ -1,0 +1,137 @@
+"""The models a run measures (``--models``, ``--model-path``, ``--int8``) and the clips it feeds them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import cv2
+import onnxruntime as ort
+
+from agent.synth import render_video
+from benchmarks.bench_base import REPO, SOURCE_FPS, ModelInfo, log
+
+
+def bench_python(arg: str | None) -> Path | None:
+    for candidate in (arg, os.environ.get("SEG_BENCH_PYTHON"), str(REPO / ".venv-bench/bin/python")):
+        if candidate and Path(candidate).exists():
+            return Path(candidate)
+    return None
+
+
+def run_bench_env(python: Path, args: list[str], timeout: float = 900.0) -> dict[str, Any]:
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [str(python), str(REPO / "benchmarks/ultra.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"benchmarks/ultra.py {args[0]} failed ({proc.returncode}): {' | '.join(tail)}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def prepare_models(
+    work: Path,
+    wanted: list[str],
+    python: Path | None,
+    demo_override: Path | None = None,
+    int8: Path | None = None,
+) -> tuple[list[ModelInfo], list[str]]:
+    models: list[ModelInfo] = []
+    notes: list[str] = []
+    if "demo" in wanted:
+        demo = REPO / "models/demo-seg.onnx"
+        if demo_override is not None:
+            models.append(
+                ModelInfo(
+                    "demo",
+                    demo_override,
+                    f"{demo_override.name}, given with --demo (a checkpoint of the demo network's training, "
+                    "before models/demo-seg.onnx existed)"
+                    if not demo.exists()
+                    else f"{demo_override.name}, given with --demo",
+                )
+            )
+        elif demo.exists():
+            models.append(ModelInfo("demo", demo, "models/demo-seg.onnx (trained)"))
+        elif python is not None:
+            standin = work / "demo-seg-untrained.onnx"
+            if not standin.exists():
+                log("exporting the demo network, untrained (models/demo-seg.onnx is not there yet)")
+                run_bench_env(python, ["export-standin", "--out", str(standin), "--imgsz", "320"])
+            models.append(
+                ModelInfo(
+                    "demo",
+                    standin,
+                    "models/demo-seg.onnx was not there yet: the same network untrained (training/net.py, "
+                    "320x320, seed 0): same graph and cost, but it finds nothing, so its sparse figures are "
+                    "empty frames",
+                )
+            )
+        else:
+            notes.append("demo: models/demo-seg.onnx missing and no benchmark environment to export the network")
+    if "yolov8n-seg" in wanted:
+        if python is None:
+            notes.append(
+                "yolov8n-seg: skipped: no benchmark environment (bash benchmarks/setup_env.sh, or --bench-python)"
+            )
+        else:
+            path = work / "yolov8n-seg.onnx"
+            if not path.exists():
+                log("exporting YOLOv8n-seg from Ultralytics' YAML (random weights)")
+                run_bench_env(python, ["export-yolov8n", "--out", str(path), "--imgsz", "640"])
+            models.append(
+                ModelInfo(
+                    "yolov8n-seg",
+                    path,
+                    "Ultralytics YOLOv8n-seg from yolov8n-seg.yaml, random weights, ONNX 640x640 (80 classes): "
+                    "the real network's cost; random weights find nothing at confidence 0.4",
+                )
+            )
+    if int8 is not None:
+        models.append(ModelInfo("demo-int8", int8, f"{int8.name}: the demo model after `seg-agent quantize`"))
+    for m in models:
+        session = ort.InferenceSession(str(m.path), providers=["CPUExecutionProvider"])
+        shape = session.get_inputs()[0].shape
+        m.input_hw = (int(shape[2]), int(shape[3]))
+        rows = int(session.get_outputs()[0].shape[1])
+        m.num_masks = int(session.get_outputs()[1].shape[1])
+        m.num_classes = rows - 4 - m.num_masks
+    return models, notes
+
+
+# --------------------------------------------------------------------------------------------- frames
+
+
+def make_videos(work: Path, sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Path]:
+    """One 3 s MJPG clip per size, 30 fps, JPEG quality 80 (the pipeline runs loop it)."""
+    videos: dict[tuple[int, int], Path] = {}
+    for w, h in sizes:
+        path = work / f"shapes-{w}x{h}.avi"
+        if not path.exists():
+            render_video(path, seconds=3.0, fps=SOURCE_FPS, size=(w, h), seed=7, quality=80)
+        videos[(w, h)] = path
+    return videos
+
+
+def read_packets(path: Path, limit: int) -> list[bytes]:
+    """The clip's JPEG frames, undecoded (raw FFmpeg packets)."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_FORMAT, -1)
+    packets = []
+    while len(packets) < limit and cap.grab():
+        ok, packet = cap.retrieve()
+        if ok:
+            packets.append(packet.tobytes())
+    cap.release()
+    return packets
