@@ -40,74 +40,119 @@ def run_bench_env(python: Path, args: list[str], timeout: float = 900.0) -> dict
     return result
 
 
+TRAINED_640 = "yolov8n-synth"
+TRAINED_640_FILE = "models/yolov8n-seg-synth.onnx"
+"""The trained 640 model's key and where it is looked for (``--model-path yolov8n-synth=PATH`` overrides)."""
+
+MODEL_KEYS = ("demo", "yolov8n-seg", TRAINED_640)
+
+
 def prepare_models(
     work: Path,
     wanted: list[str],
     python: Path | None,
     demo_override: Path | None = None,
-    int8: Path | None = None,
+    paths: dict[str, Path] | None = None,
 ) -> tuple[list[ModelInfo], list[str]]:
+    """The models of a run, in ``wanted``'s order, then every ``paths`` key not in it (a trained model block
+    of its own); ``paths`` (key -> ONNX file) also overrides where a known key's model is found."""
+    paths = dict(paths or {})
     models: list[ModelInfo] = []
     notes: list[str] = []
-    if "demo" in wanted:
-        demo = REPO / "models/demo-seg.onnx"
-        if demo_override is not None:
-            models.append(
-                ModelInfo(
-                    "demo",
-                    demo_override,
-                    f"{demo_override.name}, given with --demo (a checkpoint of the demo network's training, "
-                    "before models/demo-seg.onnx existed)"
-                    if not demo.exists()
-                    else f"{demo_override.name}, given with --demo",
-                )
-            )
-        elif demo.exists():
-            models.append(ModelInfo("demo", demo, "models/demo-seg.onnx (trained)"))
-        elif python is not None:
-            standin = work / "demo-seg-untrained.onnx"
-            if not standin.exists():
-                log("exporting the demo network, untrained (models/demo-seg.onnx is not there yet)")
-                run_bench_env(python, ["export-standin", "--out", str(standin), "--imgsz", "320"])
-            models.append(
-                ModelInfo(
-                    "demo",
-                    standin,
-                    "models/demo-seg.onnx was not there yet: the same network untrained (training/net.py, "
-                    "320x320, seed 0): same graph and cost, but it finds nothing, so its sparse figures are "
-                    "empty frames",
-                )
-            )
+    for key in [*wanted, *(k for k in paths if k not in wanted)]:
+        if key == "demo" and key not in paths:
+            _demo(models, notes, work, python, demo_override)
+        elif key == "yolov8n-seg" and key not in paths:
+            _yolov8n_random(models, notes, work, python)
+        elif key == TRAINED_640 and key not in paths:
+            found = REPO / TRAINED_640_FILE
+            if found.exists():
+                models.append(ModelInfo(key, found, f"{TRAINED_640_FILE}: YOLOv8n-seg trained on `seg-agent synth`"))
+            else:
+                notes.append(f"{key}: skipped: {TRAINED_640_FILE} not there (give --model-path {key}=PATH)")
+        elif key in paths:
+            models.append(ModelInfo(key, paths[key].resolve(), f"{paths[key].name}, given with --model-path"))
         else:
-            notes.append("demo: models/demo-seg.onnx missing and no benchmark environment to export the network")
-    if "yolov8n-seg" in wanted:
-        if python is None:
-            notes.append(
-                "yolov8n-seg: skipped: no benchmark environment (bash benchmarks/setup_env.sh, or --bench-python)"
-            )
-        else:
-            path = work / "yolov8n-seg.onnx"
-            if not path.exists():
-                log("exporting YOLOv8n-seg from Ultralytics' YAML (random weights)")
-                run_bench_env(python, ["export-yolov8n", "--out", str(path), "--imgsz", "640"])
-            models.append(
-                ModelInfo(
-                    "yolov8n-seg",
-                    path,
-                    "Ultralytics YOLOv8n-seg from yolov8n-seg.yaml, random weights, ONNX 640x640 (80 classes): "
-                    "the real network's cost; random weights find nothing at confidence 0.4",
-                )
-            )
-    if int8 is not None:
-        models.append(ModelInfo("demo-int8", int8, f"{int8.name}: the demo model after `seg-agent quantize`"))
+            notes.append(f"{key}: unknown model (known: {', '.join(MODEL_KEYS)}; others need --model-path)")
     for m in models:
-        session = ort.InferenceSession(str(m.path), providers=["CPUExecutionProvider"])
-        shape = session.get_inputs()[0].shape
-        m.input_hw = (int(shape[2]), int(shape[3]))
-        rows = int(session.get_outputs()[0].shape[1])
-        m.num_masks = int(session.get_outputs()[1].shape[1])
-        m.num_classes = rows - 4 - m.num_masks
+        read_shapes(m)
     return models, notes
+
+
+def add_int8_twins(models: list[ModelInfo], twins: dict[str, Path], notes: list[str]) -> None:
+    """Each int8 file (fp32 key -> file) as a model of its own, right after its fp32 model."""
+    for fp32_key, path in twins.items():
+        at = next((i for i, m in enumerate(models) if m.key == fp32_key), None)
+        if at is None:
+            notes.append(f"{fp32_key}-int8: skipped: no {fp32_key} model in this run")
+            continue
+        note = f"{path.name}: {fp32_key} after `seg-agent quantize`"
+        twin = ModelInfo(f"{fp32_key}-int8", path.resolve(), note, trained=models[at].trained, int8_of=fp32_key)
+        read_shapes(twin)
+        models.insert(at + 1, twin)
+
+
+def read_shapes(m: ModelInfo) -> None:
+    """The input size, classes and mask channels from the ONNX file's input and outputs."""
+    session = ort.InferenceSession(str(m.path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    m.input_hw = (int(shape[2]), int(shape[3]))
+    rows = int(session.get_outputs()[0].shape[1])
+    m.num_masks = int(session.get_outputs()[1].shape[1])
+    m.num_classes = rows - 4 - m.num_masks
+
+
+def _demo(models: list[ModelInfo], notes: list[str], work: Path, python: Path | None, override: Path | None) -> None:
+    demo = REPO / "models/demo-seg.onnx"
+    if override is not None:
+        models.append(
+            ModelInfo(
+                "demo",
+                override,
+                f"{override.name}, given with --demo (a checkpoint of the demo network's training, "
+                "before models/demo-seg.onnx existed)"
+                if not demo.exists()
+                else f"{override.name}, given with --demo",
+            )
+        )
+    elif demo.exists():
+        models.append(ModelInfo("demo", demo, "models/demo-seg.onnx (trained)"))
+    elif python is not None:
+        standin = work / "demo-seg-untrained.onnx"
+        if not standin.exists():
+            log("exporting the demo network, untrained (models/demo-seg.onnx is not there yet)")
+            run_bench_env(python, ["export-standin", "--out", str(standin), "--imgsz", "320"])
+        models.append(
+            ModelInfo(
+                "demo",
+                standin,
+                "models/demo-seg.onnx was not there yet: the same network untrained (training/net.py, "
+                "320x320, seed 0): same graph and cost, but it finds nothing, so its sparse figures are "
+                "empty frames",
+                trained=False,
+            )
+        )
+    else:
+        notes.append("demo: models/demo-seg.onnx missing and no benchmark environment to export the network")
+
+
+def _yolov8n_random(models: list[ModelInfo], notes: list[str], work: Path, python: Path | None) -> None:
+    if python is None:
+        notes.append("yolov8n-seg: skipped: no benchmark environment (bash benchmarks/setup_env.sh, or --bench-python)")
+        return
+    path = work / "yolov8n-seg.onnx"
+    if not path.exists():
+        log("exporting YOLOv8n-seg from Ultralytics' YAML (random weights)")
+        run_bench_env(python, ["export-yolov8n", "--out", str(path), "--imgsz", "640"])
+    models.append(
+        ModelInfo(
+            "yolov8n-seg",
+            path,
+            "Ultralytics YOLOv8n-seg from yolov8n-seg.yaml, random weights, ONNX 640x640 (80 classes): "
+            "the model's cost only; random weights find nothing at confidence 0.4",
+            trained=False,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------- frames

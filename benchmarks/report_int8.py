@@ -8,10 +8,19 @@ from benchmarks.bench_base import fmt
 from benchmarks.report_estimates import PUBLISHED
 
 
-def int8_pipeline_table(results: dict[str, Any]) -> str:
-    """The demo model's pipeline rows, fp32 against int8 (measured minutes apart in this run, not interleaved)."""
+def int8_pairs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's side-by-side fp32/int8 comparisons (``benchmarks/int8.py``'s ``compare``), each with its fp32
+    model's ``key``; a run saved before there could be several has one, the demo model's."""
+    pairs = results.get("int8") or []
+    if isinstance(pairs, dict):
+        return [{"key": "demo", **pairs}]
+    return list(pairs)
+
+
+def int8_pipeline_table(results: dict[str, Any], key: str = "demo") -> str:
+    """A model's pipeline rows, fp32 against int8 (measured minutes apart in this run, not interleaved)."""
     by_key = {m["key"]: m for m in results["models"]}
-    fp32, int8 = by_key.get("demo"), by_key.get("demo-int8")
+    fp32, int8 = by_key.get(key), by_key.get(f"{key}-int8")
     if fp32 is None or int8 is None:
         return ""
     nan = float("nan")
@@ -47,11 +56,12 @@ def int8_on_arm(results: dict[str, Any]) -> str:
     cpu = pub["ultralytics_cpu_onnx_ms"]
     pi5 = pub["pi5_yolo11n_onnx_ms"] * cpu["yolov8n-seg"] / cpu["yolo11n"]
     pi4 = pi5 * pub["pi5_over_pi4_cpu"]
-    measured = ""
-    if results.get("int8"):
-        one = next((s for s in results["int8"]["session"] if s["threads"] == 1), None)
+    shown = []
+    for pair in int8_pairs(results):
+        one = next((s for s in pair["session"] if s["threads"] == 1 and s.get("clock", "wall") == "wall"), None)
         if one is not None:
-            measured = f" (here, with VNNI: {one['speedup']:.2f}x at 1 thread)"
+            shown.append(f"{pair['key']} {one['speedup']:.2f}x")
+    measured = f" (here, with VNNI, at 1 thread: {', '.join(shown)})" if shown else ""
     return "\n".join(
         [
             "### int8 on a Raspberry Pi 4 and 5 (expectations, not measured)",
