@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -11,7 +13,10 @@ from typing import Any
 import cv2
 import onnxruntime as ort
 
+from agent import synth
+from agent.quantize import main_quantize
 from agent.synth import render_video
+from benchmarks import int8 as int8_bench
 from benchmarks.bench_base import REPO, SOURCE_FPS, ModelInfo, log
 
 
@@ -90,6 +95,35 @@ def add_int8_twins(models: list[ModelInfo], twins: dict[str, Path], notes: list[
         twin = ModelInfo(f"{fp32_key}-int8", path.resolve(), note, trained=models[at].trained, int8_of=fp32_key)
         read_shapes(twin)
         models.insert(at + 1, twin)
+
+
+LARGE_INPUT = 640
+LARGE_CALIBRATION_FRAMES = 48
+"""Calibration frames for a model of a 640 input: ``seg-agent quantize`` of YOLOv8n-seg at 640 on the 160
+frames the demo model gets was killed by the kernel at 17.8 GB of RSS (2 cores, 23.5 GB; lane g5's run)."""
+
+
+def quantize(m: ModelInfo, work: Path) -> Path:
+    """``seg-agent quantize`` of a trained model: the demo's recipe (``benchmarks/int8.py``) for small inputs;
+    for a 640 input the same calibration set cut to :data:`LARGE_CALIBRATION_FRAMES` frames, spread evenly,
+    and its own 60 held-out synth frames (seed 3500) for the AP gate."""
+    if max(m.input_hw) < LARGE_INPUT:
+        path, _ = int8_bench.quantize_demo(m.path, work)
+        return path
+    data, gate = work / "calibration", work / "gate-60"
+    if not (data / "annotations.json").exists():
+        synth.write_coco_dataset(data, 160, seed=3000)
+    if not (gate / "annotations.json").exists():
+        synth.write_coco_dataset(gate, 60, seed=3500)
+    out = work / f"{m.path.stem}-int8.onnx"
+    args = [str(m.path), "--images", str(data / "images"), "--frames", str(LARGE_CALIBRATION_FRAMES)]
+    args += ["--eval-images", str(gate / "images"), "--annotations", str(gate / "annotations.json"), "--out", str(out)]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = main_quantize(args)
+    if rc != 0:
+        raise RuntimeError(f"seg-agent quantize refused or failed ({rc}):\n{text.getvalue()}")
+    return out
 
 
 def read_shapes(m: ModelInfo) -> None:

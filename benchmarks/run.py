@@ -72,6 +72,7 @@ from benchmarks.bench_models import (  # noqa: E402
     bench_python,
     make_videos,
     prepare_models,
+    quantize,
     read_packets,
 )
 from benchmarks.bench_stages import measure_stages  # noqa: E402
@@ -133,7 +134,7 @@ def _int8_files(spec: str | None, models: list[ModelInfo], work: Path) -> dict[s
         for m in models:
             if m.trained and m.int8_of is None:
                 log(f"{m.key}: quantizing (seg-agent quantize)")
-                files[m.key], _ = int8_bench.quantize_demo(m.path, work)
+                files[m.key] = quantize(m, work)
         return files
     if "=" in spec:
         return _pairs(spec)
