@@ -43,8 +43,15 @@ def broker(work: Path) -> Iterator[Any]:
 
 
 def agent_config(
-    path: Path, port: int, model: ModelInfo, camera: dict[str, Any], state: Path, sessions: int = 1
+    path: Path,
+    port: int,
+    model: ModelInfo,
+    camera: dict[str, Any],
+    state: Path,
+    sessions: int = 1,
+    local: dict[str, Any] | None = None,
 ) -> Path:
+    """The agent's config for a run; ``local``: more ``inference.local`` keys (``frames_in_flight``, ``spin``)."""
     config = {
         "device_id": "bench",
         "log_level": "warning",
@@ -57,7 +64,8 @@ def agent_config(
                 {"model": str(model.path), "threads": int(model.floor["best_threads"])}
                 if sessions == 1
                 else {"model": str(model.path), "threads": max(1, CORES // sessions), "sessions": sessions}
-            ),
+            )
+            | (local or {}),
         },
         "mqtt": {"host": "127.0.0.1", "port": port},
         "state_dir": str(state),
@@ -90,11 +98,18 @@ def run_agent(config: Path, mode: str, plan: Plan, timeout: float = 900.0) -> di
 
 
 def pipeline_throughput(
-    mq: Any, work: Path, model: ModelInfo, video: Path, plan: Plan, sessions: int = 1
+    mq: Any,
+    work: Path,
+    model: ModelInfo,
+    video: Path,
+    plan: Plan,
+    sessions: int = 1,
+    local: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         camera = {"source": str(video), "fps": 0, "realtime": False, "loop": True}
-        config = agent_config(Path(tmp) / "agent.yaml", mq.port, model, camera, Path(tmp) / "state", sessions)
+        state = Path(tmp) / "state"
+        config = agent_config(Path(tmp) / "agent.yaml", mq.port, model, camera, state, sessions, local)
         r = run_agent(config, "throughput", plan)
     rows = [row for row in r["rows"] if row[2] >= r["window_start"]]
     return {

@@ -23,6 +23,9 @@ OVERLAP = 0.30
 DENSE_INSTANCES = 150
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 SESSIONS = 2  # the extra throughput row: 2 sessions side by side, cores/2 threads each
+OVERLAP_LOCAL = {"frames_in_flight": 2, "spin": "on"}
+"""The other extra throughput row: one session, frame N's postprocessing, JSON and outbox beside frame N+1's run
+(its session thread runs them back to back), the pool spinning during runs (``auto`` would stop it)."""
 
 # Targets from the issue ("benchmark figures, not test assertions").
 TARGET_THROUGHPUT = 0.90  # pipeline frames/s >= 0.90 x floor frames/s

@@ -62,7 +62,7 @@ from benchmarks.bench_agent import (  # noqa: E402
     pipeline_throughput,
     ultralytics_predict,
 )
-from benchmarks.bench_base import CORES, PACED_FPS, SESSIONS, SIZES, ModelInfo, Plan, log  # noqa: E402
+from benchmarks.bench_base import CORES, OVERLAP_LOCAL, PACED_FPS, SESSIONS, SIZES, ModelInfo, Plan, log  # noqa: E402
 from benchmarks.bench_floor import Floor  # noqa: E402
 from benchmarks.bench_machine import busy_processes, machine  # noqa: E402
 from benchmarks.bench_models import (  # noqa: E402
@@ -172,6 +172,9 @@ def _measure_model(
             log(f"{m.key} {size_key}: pipeline, throughput, {SESSIONS} sessions x {CORES // SESSIONS} thread(s)")
             row["throughput_sessions"] = pipeline_throughput(mq, work, m, videos[(w, h)], plan, sessions=SESSIONS)
             floor.sample(plan.floor_runs // 2)
+        log(f"{m.key} {size_key}: pipeline, throughput, 2 frames in flight, spinning on")
+        row["throughput_overlap"] = pipeline_throughput(mq, work, m, videos[(w, h)], plan, local=OVERLAP_LOCAL)
+        floor.sample(plan.floor_runs // 2)
         log(f"{m.key} {size_key}: pipeline, paced at {PACED_FPS:g} fps")
         row["paced"] = pipeline_paced(mq, work, m, videos[(w, h)], plan)
         floor.sample(plan.floor_runs // 2)
