@@ -5,7 +5,7 @@ Nothing is downloaded (``YOLO_OFFLINE=1``; no plots, so no fonts; AMP off, so no
 
     nice -n 19 .venv-bench/bin/python benchmarks/train_yolov8n.py all --out models/yolov8n-seg-synth.onnx
 
-Steps (each also a command of its own: ``render``, ``train``, ``export``; ``all`` runs the three):
+Steps (each also a command of its own: ``render``, ``train``, ``polish``, ``export``; ``all`` runs them in turn):
 
 ``render``
     Frames of 640x480 from :func:`agent.synth.render_sample` (image ``i`` of seed ``s`` is
@@ -21,10 +21,15 @@ Steps (each also a command of its own: ``render``, ``train``, ``export``; ``all`
     mode: it re-fits the epoch count and the learning-rate curve to the time after the first epoch), one
     optimiser step per batch (``nbs = batch``). A progress line per ``--log-every`` steps goes to
     ``--log`` (and stderr).
+``polish``
+    From ``train``'s ``last.pt``: no mosaic, learning rate 2e-4 stepped down over three short epochs (a third
+    of the windows each), stopped after ``--polish-minutes`` at the latest: ``train``'s time mode ends at a
+    quarter of its starting rate.
 ``export``
-    The EMA weights of ``last.pt`` to ONNX, opset 17, simplified, at ``--imgsz`` (640): the network is fully
-    convolutional, so the window size it was trained at does not bind the export. Ultralytics writes
-    ``names`` (circle, rectangle, triangle), ``imgsz``, ``stride`` and ``task`` into the metadata.
+    The EMA weights of ``polish``'s ``last.pt`` (``--weights`` for another) to ONNX, opset 17, simplified,
+    at ``--imgsz`` (640): the network is fully convolutional, so the window size it was trained at does not
+    bind the export. Ultralytics writes ``names`` (circle, rectangle, triangle), ``imgsz``, ``stride`` and
+    ``task`` into the metadata.
 """
 
 from __future__ import annotations
@@ -125,7 +130,9 @@ def render(out: Path, n: int, n_val: int, seed: int, val_seed: int, crop: int, c
     return {"data": str(data), "windows": written, "render_s": round(time.perf_counter() - t0, 1)}
 
 
-def _progress_callbacks(model: Any, log: Path, every: int) -> None:
+def _progress_callbacks(model: Any, log: Path, every: int, deadline: float | None = None) -> None:
+    """A line per ``every`` steps (and per epoch) to ``log``; past ``deadline`` (epoch seconds) it stops
+    the run between batches, with the weights saved as at an epoch's end."""
     start = time.time()
     state = {"step": 0}
 
@@ -137,6 +144,9 @@ def _progress_callbacks(model: Any, log: Path, every: int) -> None:
 
     def on_batch_end(trainer: Any) -> None:
         state["step"] += 1
+        if deadline is not None and time.time() > deadline and not trainer.stop:
+            write(f"step {state['step']}: past the deadline, stopping")
+            trainer.stop = True
         if state["step"] % every == 0 or state["step"] <= 3:
             loss = {k: round(float(v), 3) for k, v in trainer.label_loss_items(trainer.tloss).items()}
             elapsed = time.time() - start
@@ -193,6 +203,48 @@ def train(data: Path, project: Path, crop: int, hours: float, epochs: int, batch
     return {"weights": str(project / "train" / "weights" / "last.pt"), "train_s": round(time.perf_counter() - t0, 1)}
 
 
+def polish(data: Path, project: Path, init: Path, crop: int, minutes: float, batch: int, log: Path, every: int) -> dict:
+    """The second phase: from ``init`` (phase one's ``last.pt``), no mosaic, a low learning rate stepped down
+    over three short epochs (a third of the windows each), stopped at ``minutes`` at the latest."""
+    import torch
+
+    _torchvision_or_stub()
+    from ultralytics import YOLO
+
+    torch.manual_seed(1)
+    model = YOLO(str(init), task="segment")
+    _progress_callbacks(model, log, every, deadline=time.time() + minutes * 60)
+    t0 = time.perf_counter()
+    model.train(
+        data=str(data),
+        imgsz=crop,
+        epochs=3,
+        fraction=0.34,
+        batch=batch,
+        nbs=batch,
+        device="cpu",
+        workers=0,
+        amp=False,
+        plots=False,
+        val=False,
+        project=str(project),
+        name="polish",
+        exist_ok=True,
+        optimizer="AdamW",
+        lr0=0.0002,
+        lrf=0.1,
+        warmup_epochs=0,
+        close_mosaic=0,
+        mosaic=0.0,
+        scale=0.25,
+        flipud=0.5,
+        seed=1,
+        deterministic=False,
+        verbose=True,
+    )
+    return {"weights": str(project / "polish" / "weights" / "last.pt"), "polish_s": round(time.perf_counter() - t0, 1)}
+
+
 def export(weights: Path, out: Path, imgsz: int) -> dict:
     _torchvision_or_stub()
     from ultralytics import YOLO
@@ -206,7 +258,7 @@ def export(weights: Path, out: Path, imgsz: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/train_yolov8n.py", description=__doc__.split("\n")[0])
-    p.add_argument("cmd", choices=["render", "train", "export", "all"])
+    p.add_argument("cmd", choices=["render", "train", "polish", "export", "all"])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "yolov8n-synth", help="data, weights, log")
     p.add_argument("--n", type=int, default=1500, help="training frames (640x480), seed --seed")
     p.add_argument("--n-val", type=int, default=50, help="validation frames, seed --val-seed")
@@ -217,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2, help="rendering processes")
     p.add_argument("--hours", type=float, default=1.0, help="training time (Ultralytics time mode); 0: --epochs")
     p.add_argument("--epochs", type=int, default=10, help="epochs when --hours is 0 (else a first estimate)")
+    p.add_argument("--polish-minutes", type=float, default=9.0, help="phase two's time limit (0: none)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--weights", type=Path, default=None, help="export: default WORK/train/weights/last.pt")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="polish: default WORK/train/weights/last.pt; export: .../polish/..."
+    )
     p.add_argument("--imgsz", type=int, default=640, help="export size")
     p.add_argument("--out", type=Path, default=REPO / "models" / "yolov8n-seg-synth.onnx")
     args = p.parse_args(argv)
@@ -241,8 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             work / "train.log",
             args.log_every,
         )
+    if args.cmd in ("polish", "all"):
+        result["polish"] = polish(
+            work / "data" / "data.yaml",
+            work,
+            (args.weights or work / "train" / "weights" / "last.pt").resolve(),
+            args.crop,
+            args.polish_minutes or 1e9,
+            args.batch,
+            work / "train.log",
+            args.log_every,
+        )
     if args.cmd in ("export", "all"):
-        weights = args.weights or work / "train" / "weights" / "last.pt"
+        weights = args.weights or work / "polish" / "weights" / "last.pt"
         result["export"] = export(weights.resolve(), args.out.resolve(), args.imgsz)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
