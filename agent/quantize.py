@@ -64,6 +64,9 @@ QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "R
 layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling), so that a tensor stays int8 from
 one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around every activation
 (demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP)."""
+HEAD_CONVS = "float"
+"""The last Conv/MatMul/Gemm before each output (``--head-convs``): ``float`` keeps their weights and
+outputs in float; ``int8`` quantizes them too, so only their outputs are dequantized into the float decode."""
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 """Layers whose outputs the decode reads: the last of them before each output stays in float."""
 REFERENCE_CONFIDENCE = 0.4
@@ -98,6 +101,7 @@ class QuantizePlan:
 
     activations: str
     reduce_range: bool
+    head_convs: str
     op_types: tuple[str, ...]
     float_nodes: tuple[str, ...]
     quantized_nodes: int
@@ -112,6 +116,7 @@ def quantize_model(
     activations: str = "auto",
     op_types: Sequence[str] = QUANTIZED_OPS,
     method: str = "percentile",
+    head_convs: str = HEAD_CONVS,
 ) -> QuantizePlan:
     """Write the QDQ int8 model of ``model_path`` (loaded as ``model``) to ``out_path``, calibrated on
     ``samples``. The original's metadata (class names, input size) is carried over."""
@@ -131,7 +136,9 @@ def quantize_model(
         graph = onnx.load(str(prepped))
         if _name_nodes(graph.graph):  # exclusion goes by node name
             onnx.save(graph, str(prepped))
-        keep_float = float_head_nodes(graph.graph, COMPUTE_OPS)
+        if head_convs not in ("float", "int8"):
+            raise ValueError(f"head_convs must be float or int8, got {head_convs!r}")
+        keep_float = float_head_nodes(graph.graph, COMPUTE_OPS, last_compute=head_convs == "float")
         ops = tuple(op_types)
         quantized = [n for n in graph.graph.node if n.name not in keep_float and (not ops or n.op_type in ops)]
         input_name = graph.graph.input[0].name
@@ -154,7 +161,7 @@ def quantize_model(
         _carry_metadata(result, original, f"int8 QDQ, {act} activations, per-channel int8 weights")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(result, str(out_path))
-    return QuantizePlan(act, reduce_range, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
+    return QuantizePlan(act, reduce_range, head_convs, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
 
 
 def _name_nodes(graph: Any) -> bool:
@@ -334,6 +341,13 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(QUANTIZED_OPS),
         help="op types to quantize, comma-separated, or 'all' (default: %(default)s)",
     )
+    p.add_argument(
+        "--head-convs",
+        choices=["float", "int8"],
+        default=HEAD_CONVS,
+        help="the last convolution before each output (box, class, mask coefficients, prototypes): kept in float, "
+        "or in int8 with only its output dequantized (default %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
     p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
     return p
@@ -400,6 +414,7 @@ def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Samp
             activations=args.activations,
             op_types=_op_types(args.ops),
             method=args.method,
+            head_convs=args.head_convs,
         )
     except QuantizeError:
         raise
@@ -407,7 +422,8 @@ def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Samp
         raise QuantizeError(f"quantization failed: {first_line(exc)}") from exc
     print(
         f"quantized    {plan.quantized_nodes} nodes ({', '.join(plan.op_types)}), {plan.activations} "
-        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float"
+        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float "
+        f"(the head's last convolutions in {plan.head_convs})"
     )
 
 
