@@ -55,7 +55,15 @@ if TYPE_CHECKING:
     from agent.evaluate import EvalReport
     from agent.model import OnnxModel
 
-__all__ = ["QuantizeError", "gate", "main_quantize", "quantize_model", "reference_set"]
+__all__ = [
+    "QuantizeError",
+    "activation_bytes",
+    "calibration_chunk",
+    "gate",
+    "main_quantize",
+    "quantize_model",
+    "reference_set",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 INSTALL_HINT = "pip install 'seg-agent[quantize]' (or: pip install onnx sympy)"
@@ -69,6 +77,12 @@ HEAD_CONVS = "float"
 outputs in float; ``int8`` quantizes them too, so only their outputs are dequantized into the float decode."""
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 """Layers whose outputs the decode reads: the last of them before each output stays in float."""
+CALIBRATION_MEMORY_BYTES = 1 << 29
+"""The float activations the calibration may hold at once (512 MiB): ONNX Runtime's calibrator keeps every
+tensor of every frame of a chunk (``CalibMaxIntermediateOutputs`` frames) and copies them while
+histogramming, ~4x this at its peak. A 640 YOLOv8n-seg has 0.28 GB of activations per frame: chunks of 16
+frames took 20 GB and were killed for memory on a 23 GB machine (the 416 demo model: 52 MB per frame)."""
+MAX_CHUNK_FRAMES = 16
 REFERENCE_CONFIDENCE = 0.4
 """With no annotations, the fp32 model's detections above this confidence are the reference instances."""
 
@@ -154,7 +168,7 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(keep_float),
             calibrate_method=methods[method],
-            extra_options={"CalibMaxIntermediateOutputs": 16},
+            extra_options={"CalibMaxIntermediateOutputs": calibration_chunk(graph.graph)},
         )
         result = onnx.load(str(Path(tmp) / "int8.onnx"))
         original = onnx.load(str(model_path), load_external_data=False)
@@ -162,6 +176,24 @@ def quantize_model(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(result, str(out_path))
     return QuantizePlan(act, reduce_range, head_convs, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
+
+
+def activation_bytes(graph: Any) -> int:
+    """Bytes of one frame's float activations in a shape-inferred ONNX ``GraphProto`` (value_info and
+    outputs with static shapes; tensors of unknown size count 0)."""
+    total = 0
+    for info in [*graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type == 1 and dims and all(d > 0 for d in dims):  # FLOAT
+            total += 4 * int(np.prod(dims))
+    return total
+
+
+def calibration_chunk(graph: Any, budget: int = CALIBRATION_MEMORY_BYTES) -> int:
+    """Frames per calibration chunk: as many as fit in ``budget`` bytes of activations, 1 to 16."""
+    per_frame = activation_bytes(graph)
+    return MAX_CHUNK_FRAMES if per_frame <= 0 else max(1, min(MAX_CHUNK_FRAMES, budget // per_frame))
 
 
 def _name_nodes(graph: Any) -> bool:

@@ -2,9 +2,10 @@
 
     python benchmarks/int8_profile.py MODEL.onnx [MODEL2.onnx ...] [--threads 2] [--runs 30]
 
-Each model gets the agent's session options (:func:`agent.runtime.session_options`, ORT_ENABLE_ALL) plus
-``enable_profiling``; the models are run interleaved (so that both see the same background load on this
-shared machine), on one letterboxed 640x480 synth frame, after a warm-up. For every op type of the
+Each model gets the agent's session (:func:`agent.runtime.open_session` with its ``session_options``,
+ORT_ENABLE_ALL, an int8 file without the NCHWc pass) plus ``enable_profiling``; the models are run
+interleaved (so that both see the same background load on this shared machine), on one letterboxed 640x480
+synth frame, after a warm-up. For every op type of the
 *optimized* graph (what ONNX Runtime actually runs: QLinearConv, QLinearSigmoid, the float head's Conv,
 the remaining QuantizeLinear/DequantizeLinear, layout reorders) it prints the median per run of the summed
 kernel time, the node count, and the share of the sum of those medians. On a loaded machine the sum of the
@@ -30,12 +31,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 from agent import synth  # noqa: E402
 from agent.calibration import model_tensor  # noqa: E402
 from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
-from agent.runtime import session_options  # noqa: E402
+from agent.runtime import open_session, session_options  # noqa: E402
 
 __all__ = ["profile_models", "render_profile"]
 
@@ -59,7 +59,7 @@ def _optimized_ops(model: Path, threads: int, work: Path) -> dict[str, int]:
 
     options = session_options(threads)
     options.optimized_model_filepath = str(work / f"{model.stem}.opt.onnx")
-    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    open_session(model, options, "cpu", None)
     counts: dict[str, int] = defaultdict(int)
     for node in onnx.load(options.optimized_model_filepath).graph.node:
         counts[node.op_type] += 1
@@ -75,7 +75,7 @@ def profile_models(models: list[Path], threads: int, runs: int) -> list[dict[str
         options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"ortprof-{m.stem}")
-        s = ort.InferenceSession(str(m), options, providers=["CPUExecutionProvider"])
+        s = open_session(m, options, "cpu", None)  # the agent's way: an int8 file without the NCHWc pass
         sessions.append((s, s.get_inputs()[0].name))
     for s, name in sessions:  # warm-up, then interleaved
         s.run(None, {name: tensor})

@@ -21,7 +21,15 @@ import pytest
 
 from agent import synth
 from agent.calibration import Sample, load_samples, split_holdout
-from agent.quantize import QuantizeError, _import_onnx, gate, main_quantize, median_run_ms
+from agent.quantize import (
+    QuantizeError,
+    _import_onnx,
+    activation_bytes,
+    calibration_chunk,
+    gate,
+    main_quantize,
+    median_run_ms,
+)
 from agent.quantize_graph import cpu_flags, float_head_nodes, is_x86, pick_activations
 
 onnx = pytest.importorskip("onnx")
@@ -404,3 +412,28 @@ def test_an_int8_file_runs_without_the_nchwc_layout_pass(quantized: tuple[int, s
     assert "QLinearConv" in layouts["int8"] and not {"ReorderInput", "ReorderOutput"} & layouts["int8"]
     if is_x86(platform.machine()):  # MLAS has NCHWc kernels on x86 only: there the pass still runs for fp32
         assert "ReorderOutput" in layouts["fp32"]
+
+
+def _shaped_graph(shapes: list[tuple[int, ...]], elem: int = TensorProto.FLOAT) -> Any:
+    values = [helper.make_tensor_value_info(f"t{i}", elem, list(s)) for i, s in enumerate(shapes)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    return helper.make_graph([], "g", [x], [], value_info=values)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "elem", "per_frame", "chunk"),
+    [
+        ([], TensorProto.FLOAT, 0, 16),  # nothing known: the old fixed chunk
+        ([(1, 16, 8, 8)], TensorProto.FLOAT, 4096, 16),  # small: capped at 16 frames
+        ([(1, 64, 1024, 1024)], TensorProto.FLOAT, 1 << 28, 2),  # 256 MiB a frame: 2 in 512 MiB
+        ([(1, 64, 2048, 2048)], TensorProto.FLOAT, 1 << 30, 1),  # more than the budget: still one frame
+        ([(1, 64, 2048, 2048)], TensorProto.UINT8, 0, 16),  # only float tensors count
+        ([(1, 0, 8, 8), (2, 3)], TensorProto.FLOAT, 24, 16),  # an unknown (0) dimension counts nothing
+    ],
+)
+def test_calibration_chunk_fits_the_memory_budget(
+    shapes: list[tuple[int, ...]], elem: int, per_frame: int, chunk: int
+) -> None:
+    graph = _shaped_graph(shapes, elem)
+    assert activation_bytes(graph) == per_frame
+    assert calibration_chunk(graph) == chunk
