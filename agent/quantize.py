@@ -79,9 +79,9 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 """Layers whose outputs the decode reads: the last of them before each output stays in float."""
 CALIBRATION_MEMORY_BYTES = 1 << 29
 """The float activations the calibration may hold at once (512 MiB): ONNX Runtime's calibrator keeps every
-tensor of every frame of a chunk (``CalibMaxIntermediateOutputs`` frames) and copies them while
-histogramming, ~4x this at its peak. A 640 YOLOv8n-seg has 0.28 GB of activations per frame: chunks of 16
-frames took 20 GB and were killed for memory on a 23 GB machine (the 416 demo model: 52 MB per frame)."""
+tensor of every frame of a chunk and copies them while histogramming. A 640 YOLOv8n-seg has 0.28 GB of
+activations per frame: all 120 calibration frames at once took 20 GB and were killed for memory on a 23 GB
+machine (the 416 demo model: 52 MB per frame, 6 GB at once)."""
 MAX_CHUNK_FRAMES = 16
 REFERENCE_CONFIDENCE = 0.4
 """With no annotations, the fp32 model's detections above this confidence are the reference instances."""
@@ -168,7 +168,7 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(keep_float),
             calibrate_method=methods[method],
-            extra_options={"CalibMaxIntermediateOutputs": calibration_chunk(graph.graph)},
+            extra_options=_chunk_options(calibration_chunk(graph.graph), len(samples)),
         )
         result = onnx.load(str(Path(tmp) / "int8.onnx"))
         original = onnx.load(str(model_path), load_external_data=False)
@@ -194,6 +194,15 @@ def calibration_chunk(graph: Any, budget: int = CALIBRATION_MEMORY_BYTES) -> int
     """Frames per calibration chunk: as many as fit in ``budget`` bytes of activations, 1 to 16."""
     per_frame = activation_bytes(graph)
     return MAX_CHUNK_FRAMES if per_frame <= 0 else max(1, min(MAX_CHUNK_FRAMES, budget // per_frame))
+
+
+def _chunk_options(chunk: int, frames: int) -> dict[str, int]:
+    """ONNX Runtime's options that calibrate ``chunk`` frames at a time. Its histogram calibrators
+    (percentile, entropy) ignore ``CalibMaxIntermediateOutputs`` and hold every frame's activations at once;
+    ``CalibStridedMinMax`` (despite its name, for any method) feeds them a stride at a time, merging the
+    histograms, but the stride must divide the frame count: the largest divisor up to ``chunk``."""
+    stride = next(d for d in range(max(1, min(chunk, frames)), 0, -1) if frames % d == 0) if frames else 1
+    return {"CalibMaxIntermediateOutputs": chunk, "CalibStridedMinMax": stride}
 
 
 def _name_nodes(graph: Any) -> bool:
