@@ -12,7 +12,11 @@ ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantiz
   ``Conv``/``MatMul``/``Gemm`` (the final Concat/Sigmoid/Mul of boxes and classes, the mask coefficients'
   Concat), everything under ``/dfl/``, and the last ``Conv``/``MatMul``/``Gemm`` before each output (the
   layers whose outputs *are* the box offsets, class logits, mask coefficients and prototypes: a coarse
-  grid there moves every box and every mask edge).
+  grid there moves every box and every mask edge). ``--head-convs int8`` quantizes those last layers too
+  (only their outputs are dequantized): measured, not the default (benchmarks/NOTES.md).
+* Calibration takes the frames a chunk at a time (:data:`CALIBRATION_MEMORY_BYTES` of activations), so a
+  640 model calibrates in under a gigabyte. The agent runs a file with this module's ``quantization``
+  metadata without ONNX Runtime's NCHWc pass (:data:`agent.runtime.INT8_CPU_DISABLED_OPTIMIZERS`).
 * Weights are signed int8, per output channel. Activations are ``uint8`` on x86 (ONNX Runtime's fast
   U8S8 kernels: ``VPDPBUSD`` with AVX-512 VNNI / AVX-VNNI, ``VPMADDUBSW`` without, where weights keep 7
   bits, ``reduce_range``, so the 16-bit sums cannot saturate) and ``int8`` on ARM (S8S8: ``sdot`` on cores
@@ -67,11 +71,12 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 INSTALL_HINT = "pip install 'seg-agent[quantize]' (or: pip install onnx sympy)"
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool", "Split")
 """Quantized by default: the arithmetic int8 speeds up (Conv, MatMul, Gemm) and the ops between two such
-layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling), so that a tensor stays int8 from
-one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around every activation
-(demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP)."""
+layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling, the C2f blocks' Split), so that a
+tensor stays int8 from one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around
+every activation (demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP; a 640
+YOLOv8n-seg: 1.54x without Split, whose 9 float islands took 5 % of the int8 run, 1.66x with it)."""
 HEAD_CONVS = "float"
 """The last Conv/MatMul/Gemm before each output (``--head-convs``): ``float`` keeps their weights and
 outputs in float; ``int8`` quantizes them too, so only their outputs are dequantized into the float decode."""

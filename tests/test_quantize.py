@@ -158,6 +158,47 @@ def test_head_convs_int8_quantizes_the_last_convolutions(
     assert all(c.input[1] in initializers for c in _head_convs(default))  # the default: float weights
 
 
+def _with_split_in_the_trunk(path: Path) -> str:
+    """The demo model with a Split into two channel halves and a Concat back after the stem's SiLU, as a
+    YOLOv8 C2f block splits (the same outputs): a Split between two convolutions. Returns the Split's name."""
+    model = onnx.load(str(MODEL))
+    graph = model.graph
+    stem = next(n for n in graph.node if n.op_type == "Mul")  # x * sigmoid(x) of the first convolution
+    tensor = stem.output[0]
+    for node in graph.node:
+        node.input[:] = [f"{tensor}_cat" if i == tensor else i for i in node.input]
+    halves = helper.make_tensor("split_halves", TensorProto.INT64, [2], [8, 8])  # the stem has 16 channels
+    graph.initializer.append(halves)
+    at = list(graph.node).index(stem) + 1
+    split = helper.make_node("Split", [tensor, "split_halves"], ["half_a", "half_b"], name="trunk_split", axis=1)
+    concat = helper.make_node("Concat", ["half_a", "half_b"], [f"{tensor}_cat"], name="trunk_concat", axis=1)
+    graph.node.insert(at, concat)
+    graph.node.insert(at, split)
+    onnx.save(model, str(path))
+    return "trunk_split"
+
+
+def test_a_split_between_convolutions_runs_in_uint8(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from agent.runtime import open_session, session_options
+
+    images, ann = synth_set
+    model = tmp_path / "split.onnx"
+    name = _with_split_in_the_trunk(model)
+    out = tmp_path / "split-int8.onnx"
+    for ops, quantized in ((None, True), ("Conv,MatMul,Gemm,Sigmoid,Mul,Add,Concat,Resize,MaxPool", False)):
+        argv = [str(model), "--images", str(images), "--annotations", str(ann), "--out", str(out)]
+        argv += ["--speed-runs", "1", "--max-drop", "100", *(["--ops", ops] if ops else [])]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main_quantize(argv) == 0
+        options = session_options(1)
+        options.optimized_model_filepath = str(tmp_path / "split.opt.onnx")
+        open_session(out, options, "cpu", None)
+        graph = onnx.load(options.optimized_model_filepath).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        split = next(n for n in graph.node if n.op_type == "Split" and n.input[0].startswith("/net/stem"))
+        assert (producer.get(split.input[0]) != "DequantizeLinear") is quantized, (ops, name)
+
+
 def test_the_gate_refuses_a_badly_calibrated_model(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
     # Calibrated on flat grey frames, the activation ranges are far too narrow for real frames.
     grey = tmp_path / "grey"
