@@ -96,11 +96,20 @@ def model_tensor(model: OnnxModel, image_bgr: NDArray[np.uint8]) -> NDArray[np.f
 
 
 class CalibrationReader:
-    """``CalibrationDataReader``: one prepared tensor per call, then ``None``."""
+    """``CalibrationDataReader``: one prepared tensor per call, then ``None``. ``len`` and ``set_range`` let
+    ONNX Runtime's strided calibration (``CalibStridedMinMax``) take the frames a chunk at a time."""
 
     def __init__(self, model: OnnxModel, input_name: str, samples: Sequence[Sample]) -> None:
         self._model, self._name = model, input_name
-        self._iter: Iterator[Sample] = iter(samples)
+        self._samples = list(samples)
+        self._iter: Iterator[Sample] = iter(self._samples)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """From now on, the samples ``[start_index, end_index)`` only."""
+        self._iter = iter(self._samples[start_index:end_index])
 
     def get_next(self) -> dict[str, NDArray[np.float32]] | None:
         sample = next(self._iter, None)

@@ -12,7 +12,11 @@ ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantiz
   ``Conv``/``MatMul``/``Gemm`` (the final Concat/Sigmoid/Mul of boxes and classes, the mask coefficients'
   Concat), everything under ``/dfl/``, and the last ``Conv``/``MatMul``/``Gemm`` before each output (the
   layers whose outputs *are* the box offsets, class logits, mask coefficients and prototypes: a coarse
-  grid there moves every box and every mask edge).
+  grid there moves every box and every mask edge). ``--head-convs int8`` quantizes those last layers too
+  (only their outputs are dequantized): measured, not the default (benchmarks/NOTES.md).
+* Calibration takes the frames a chunk at a time (:data:`CALIBRATION_MEMORY_BYTES` of activations), so a
+  640 model calibrates in under a gigabyte. The agent runs a file with this module's ``quantization``
+  metadata without ONNX Runtime's NCHWc pass (:data:`agent.runtime.INT8_CPU_DISABLED_OPTIMIZERS`).
 * Weights are signed int8, per output channel. Activations are ``uint8`` on x86 (ONNX Runtime's fast
   U8S8 kernels: ``VPDPBUSD`` with AVX-512 VNNI / AVX-VNNI, ``VPMADDUBSW`` without, where weights keep 7
   bits, ``reduce_range``, so the 16-bit sums cannot saturate) and ``int8`` on ARM (S8S8: ``sdot`` on cores
@@ -55,17 +59,35 @@ if TYPE_CHECKING:
     from agent.evaluate import EvalReport
     from agent.model import OnnxModel
 
-__all__ = ["QuantizeError", "gate", "main_quantize", "quantize_model", "reference_set"]
+__all__ = [
+    "QuantizeError",
+    "activation_bytes",
+    "calibration_chunk",
+    "gate",
+    "main_quantize",
+    "quantize_model",
+    "reference_set",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 INSTALL_HINT = "pip install 'seg-agent[quantize]' (or: pip install onnx sympy)"
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool", "Split")
 """Quantized by default: the arithmetic int8 speeds up (Conv, MatMul, Gemm) and the ops between two such
-layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling), so that a tensor stays int8 from
-one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around every activation
-(demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP)."""
+layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling, the C2f blocks' Split), so that a
+tensor stays int8 from one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around
+every activation (demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP; a 640
+YOLOv8n-seg: 1.54x without Split, whose 9 float islands took 5 % of the int8 run, 1.66x with it)."""
+HEAD_CONVS = "float"
+"""The last Conv/MatMul/Gemm before each output (``--head-convs``): ``float`` keeps their weights and
+outputs in float; ``int8`` quantizes them too, so only their outputs are dequantized into the float decode."""
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 """Layers whose outputs the decode reads: the last of them before each output stays in float."""
+CALIBRATION_MEMORY_BYTES = 1 << 29
+"""The float activations the calibration may hold at once (512 MiB): ONNX Runtime's calibrator keeps every
+tensor of every frame of a chunk and copies them while histogramming. A 640 YOLOv8n-seg has 0.28 GB of
+activations per frame: all 120 calibration frames at once took 20 GB and were killed for memory on a 23 GB
+machine (the 416 demo model: 52 MB per frame, 6 GB at once)."""
+MAX_CHUNK_FRAMES = 16
 REFERENCE_CONFIDENCE = 0.4
 """With no annotations, the fp32 model's detections above this confidence are the reference instances."""
 
@@ -98,6 +120,7 @@ class QuantizePlan:
 
     activations: str
     reduce_range: bool
+    head_convs: str
     op_types: tuple[str, ...]
     float_nodes: tuple[str, ...]
     quantized_nodes: int
@@ -112,6 +135,7 @@ def quantize_model(
     activations: str = "auto",
     op_types: Sequence[str] = QUANTIZED_OPS,
     method: str = "percentile",
+    head_convs: str = HEAD_CONVS,
 ) -> QuantizePlan:
     """Write the QDQ int8 model of ``model_path`` (loaded as ``model``) to ``out_path``, calibrated on
     ``samples``. The original's metadata (class names, input size) is carried over."""
@@ -131,7 +155,9 @@ def quantize_model(
         graph = onnx.load(str(prepped))
         if _name_nodes(graph.graph):  # exclusion goes by node name
             onnx.save(graph, str(prepped))
-        keep_float = float_head_nodes(graph.graph, COMPUTE_OPS)
+        if head_convs not in ("float", "int8"):
+            raise ValueError(f"head_convs must be float or int8, got {head_convs!r}")
+        keep_float = float_head_nodes(graph.graph, COMPUTE_OPS, last_compute=head_convs == "float")
         ops = tuple(op_types)
         quantized = [n for n in graph.graph.node if n.name not in keep_float and (not ops or n.op_type in ops)]
         input_name = graph.graph.input[0].name
@@ -147,14 +173,41 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(keep_float),
             calibrate_method=methods[method],
-            extra_options={"CalibMaxIntermediateOutputs": 16},
+            extra_options=_chunk_options(calibration_chunk(graph.graph), len(samples)),
         )
         result = onnx.load(str(Path(tmp) / "int8.onnx"))
         original = onnx.load(str(model_path), load_external_data=False)
         _carry_metadata(result, original, f"int8 QDQ, {act} activations, per-channel int8 weights")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(result, str(out_path))
-    return QuantizePlan(act, reduce_range, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
+    return QuantizePlan(act, reduce_range, head_convs, ops or ("all",), tuple(sorted(keep_float)), len(quantized))
+
+
+def activation_bytes(graph: Any) -> int:
+    """Bytes of one frame's float activations in a shape-inferred ONNX ``GraphProto`` (value_info and
+    outputs with static shapes; tensors of unknown size count 0)."""
+    total = 0
+    for info in [*graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        dims = [d.dim_value for d in tensor.shape.dim]
+        if tensor.elem_type == 1 and dims and all(d > 0 for d in dims):  # FLOAT
+            total += 4 * int(np.prod(dims))
+    return total
+
+
+def calibration_chunk(graph: Any, budget: int = CALIBRATION_MEMORY_BYTES) -> int:
+    """Frames per calibration chunk: as many as fit in ``budget`` bytes of activations, 1 to 16."""
+    per_frame = activation_bytes(graph)
+    return MAX_CHUNK_FRAMES if per_frame <= 0 else max(1, min(MAX_CHUNK_FRAMES, budget // per_frame))
+
+
+def _chunk_options(chunk: int, frames: int) -> dict[str, int]:
+    """ONNX Runtime's options that calibrate ``chunk`` frames at a time. Its histogram calibrators
+    (percentile, entropy) ignore ``CalibMaxIntermediateOutputs`` and hold every frame's activations at once;
+    ``CalibStridedMinMax`` (despite its name, for any method) feeds them a stride at a time, merging the
+    histograms, but the stride must divide the frame count: the largest divisor up to ``chunk``."""
+    stride = next(d for d in range(max(1, min(chunk, frames)), 0, -1) if frames % d == 0) if frames else 1
+    return {"CalibMaxIntermediateOutputs": chunk, "CalibStridedMinMax": stride}
 
 
 def _name_nodes(graph: Any) -> bool:
@@ -334,6 +387,13 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(QUANTIZED_OPS),
         help="op types to quantize, comma-separated, or 'all' (default: %(default)s)",
     )
+    p.add_argument(
+        "--head-convs",
+        choices=["float", "int8"],
+        default=HEAD_CONVS,
+        help="the last convolution before each output (box, class, mask coefficients, prototypes): kept in float, "
+        "or in int8 with only its output dequantized (default %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
     p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
     return p
@@ -400,6 +460,7 @@ def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Samp
             activations=args.activations,
             op_types=_op_types(args.ops),
             method=args.method,
+            head_convs=args.head_convs,
         )
     except QuantizeError:
         raise
@@ -407,7 +468,8 @@ def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Samp
         raise QuantizeError(f"quantization failed: {first_line(exc)}") from exc
     print(
         f"quantized    {plan.quantized_nodes} nodes ({', '.join(plan.op_types)}), {plan.activations} "
-        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float"
+        f"activations{' (reduce_range)' if plan.reduce_range else ''}, {len(plan.float_nodes)} head nodes in float "
+        f"(the head's last convolutions in {plan.head_convs})"
     )
 
 

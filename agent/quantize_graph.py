@@ -61,14 +61,14 @@ def pick_activations(choice: str, flags: Iterable[str], machine: str | None = No
     return act, reduce_range
 
 
-def float_head_nodes(graph: Any, compute_ops: Iterable[str]) -> frozenset[str]:
+def float_head_nodes(graph: Any, compute_ops: Iterable[str], *, last_compute: bool = True) -> frozenset[str]:
     """Names of the nodes of an ONNX ``GraphProto`` that decode the outputs, to keep in float.
 
-    Every node reached backwards from a graph output through nodes that are not ``compute_ops``; the first
-    ``compute_ops`` node on each path (the layer whose output *is* a box offset, class logit, mask
-    coefficient or prototype) is included and the walk stops there. Nodes under ``/dfl/`` are always
-    included and walked through (the DFL's own Conv is decode, not network). Shape-only inputs are not
-    followed.
+    Every node reached backwards from a graph output through nodes that are not ``compute_ops``; the walk
+    stops at the first ``compute_ops`` node on each path (the layer whose output *is* a box offset, class
+    logit, mask coefficient or prototype), which is included when ``last_compute`` (else it is quantized and
+    only its output is dequantized into the float decode). Nodes under ``/dfl/`` are always included and
+    walked through (the DFL's own Conv is decode, not network). Shape-only inputs are not followed.
     """
     compute = frozenset(compute_ops)
     producer = {out: node for node in graph.node for out in node.output}
@@ -81,9 +81,11 @@ def float_head_nodes(graph: Any, compute_ops: Iterable[str]) -> frozenset[str]:
         if node is None or node.name in seen:
             continue
         seen.add(node.name)
-        keep.add(node.name)
         if node.op_type in compute and DFL_MARK not in node.name:
+            if last_compute:
+                keep.add(node.name)
             continue
+        keep.add(node.name)
         if node.op_type not in _NO_DATA_INPUTS:
             stack.extend(name for name in node.input if name)
     return frozenset(keep)

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 __all__ = [
     "DEFAULT_PROVIDERS",
+    "INT8_CPU_DISABLED_OPTIMIZERS",
     "PROVIDER_NAMES",
     "ModelError",
     "first_line",
@@ -119,6 +120,11 @@ def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
 
 
 _CPU = "CPUExecutionProvider"
+INT8_CPU_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+"""Graph transformers left out for a model ``seg-agent quantize`` wrote (its ``quantization`` metadata) on the
+CPU provider alone: the NCHWc layout pass gains fp32 convolutions ~2x, but in an int8 graph it finds only the
+few float layers left, each wrapped in ReorderInput/ReorderOutput; without it the int8 demo model's run took
+3-5 % less CPU (benchmarks/NOTES.md). Where MLAS has no NCHWc kernels (ARM) the pass does nothing anyway."""
 _CUDA = "CUDAExecutionProvider"
 _TENSORRT = "TensorrtExecutionProvider"
 
@@ -193,6 +199,10 @@ def open_session(
         session = ort.InferenceSession(
             str(weights), sess_options=options, providers=_with_options(usable, trt_cache_dir)
         )
+        if session.get_providers() == [_CPU] and "quantization" in session.get_modelmeta().custom_metadata_map:
+            session = ort.InferenceSession(
+                str(weights), options, [_CPU], disabled_optimizers=list(INT8_CPU_DISABLED_OPTIMIZERS)
+            )
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         if usable == [_CPU]:
             raise ModelError(f"{weights}: not a loadable ONNX model: {first_line(exc)}") from exc

@@ -1,11 +1,13 @@
 """fp32 against int8 (``seg-agent quantize``) for one model, measured side by side in one process.
 
     python benchmarks/int8.py [--model models/demo-seg.onnx] [--int8 OUT.onnx] [--work runs/int8]
-                              [--heldout 200] [--runs 40] [--json results.json]
+                              [--heldout 200] [--runs 40] [--size WxH] [--profile] [--json results.json]
+                              [--quantize-args "--head-convs int8"]
 
 Without ``--int8`` the model is quantized first, with ``seg-agent quantize`` on ``agent.synth`` frames (seed
-3000, 160 frames, a quarter held out for its own gate). Then, the two models interleaved run by run so that
-both see the same background load (this machine is shared):
+3000, 160 frames, a quarter held out for its own gate; ``--quantize-args`` are passed on). ``--size 640x480``
+makes the calibration and held-out frames that size (default: synth's varied sizes). Then, the two models
+interleaved run by run so that both see the same background load (this machine is shared):
 
 * ``session.run`` on a letterboxed 640x480 synth frame, back to back, at 1 and 2 ONNX Runtime threads (and
   ONNX Runtime's default): medians, frames/s = 1000 / median, and the int8 ÷ fp32 ratio; and once more at 1
@@ -14,7 +16,9 @@ both see the same background load (this machine is shared):
 * ``OnnxModel.detect`` (letterbox, session, decode, masks, polygons) on 640x480 synth frames at the agent's
   thresholds (confidence 0.4, overlap 0.3): median latency and the detections per frame each model finds;
 * mask and box AP (``agent.evaluate``, the published polygons scored with pycocotools) on a held-out synth
-  set (seed 1000, which the demo model never saw in training), at ``seg-agent eval``'s thresholds.
+  set (seed 1000, which the demo model never saw in training), at ``seg-agent eval``'s thresholds;
+* with ``--profile``: ONNX Runtime's per-op profile of both models at 1 and 2 threads
+  (:mod:`benchmarks.int8_profile`), the op types that take most of the int8 run.
 
 ``benchmarks/run.py --int8`` calls :func:`compare` and puts :func:`render` into BENCHMARKS.md.
 """
@@ -64,16 +68,24 @@ def shown_flags() -> list[str]:
     return [f for f in keep if f in flags]
 
 
-def quantize_demo(model: Path, work: Path) -> tuple[Path, str]:
-    """``seg-agent quantize`` of ``model`` on 160 synth frames (seed 3000): the int8 path and its report."""
-    data = work / "calibration"
+def _size_tag(frame_size: tuple[int, int] | None) -> str:
+    return "" if frame_size is None else f"-{frame_size[1]}x{frame_size[0]}"
+
+
+def quantize_demo(
+    model: Path, work: Path, *, frame_size: tuple[int, int] | None = None, extra: list[str] | None = None
+) -> tuple[Path, str]:
+    """``seg-agent quantize`` of ``model`` on 160 synth frames (seed 3000; ``frame_size`` (h, w), default
+    synth's varied sizes): the int8 path and its report. ``extra``: more ``seg-agent quantize`` arguments."""
+    data = work / f"calibration{_size_tag(frame_size)}"
     if not (data / "annotations.json").exists():
-        synth.write_coco_dataset(data, 160, seed=3000)
+        synth.write_coco_dataset(data, 160, seed=3000, frame_size=frame_size)
     out = work / f"{model.stem}-int8.onnx"
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         ann = str(data / "annotations.json")
-        rc = main_quantize([str(model), "--images", str(data / "images"), "--annotations", ann, "--out", str(out)])
+        argv = [str(model), "--images", str(data / "images"), "--annotations", ann, "--out", str(out), *(extra or [])]
+        rc = main_quantize(argv)
     if rc != 0:
         raise RuntimeError(f"seg-agent quantize refused or failed ({rc}):\n{text.getvalue()}")
     return out, text.getvalue()
@@ -138,11 +150,20 @@ def _accuracy(fp32: Path, int8: Path, heldout: Path) -> dict[str, Any]:
     return out
 
 
-def compare(fp32: Path, int8: Path, work: Path, *, heldout_n: int = 200, runs: int = 40) -> dict[str, Any]:
+def compare(
+    fp32: Path,
+    int8: Path,
+    work: Path,
+    *,
+    heldout_n: int = 200,
+    runs: int = 40,
+    frame_size: tuple[int, int] | None = None,
+    profile: bool = False,
+) -> dict[str, Any]:
     """Every fp32 / int8 figure of one model pair (see the module doc)."""
-    heldout = work / f"heldout-{heldout_n}"
+    heldout = work / f"heldout-{heldout_n}{_size_tag(frame_size)}"
     if not (heldout / "annotations.json").exists():
-        synth.write_coco_dataset(heldout, heldout_n, seed=1000)
+        synth.write_coco_dataset(heldout, heldout_n, seed=1000, frame_size=frame_size)
     frames = _frames(8)
     probe = OnnxModel(fp32)
     tensor = model_tensor(probe, frames[0])
@@ -158,8 +179,12 @@ def compare(fp32: Path, int8: Path, work: Path, *, heldout_n: int = 200, runs: i
         + [_session_runs(fp32, int8, 1, tensor, runs, clock="cpu")],
         "detect": _detect_runs(fp32, int8, frames, max(1, runs // 8)),
         "accuracy": _accuracy(fp32, int8, heldout),
-        "load_end": os.getloadavg()[0],
     }
+    if profile:
+        from benchmarks.int8_profile import profile_models
+
+        result["profile"] = [s for t in (1, 2) for s in profile_models([fp32, int8], t, max(10, runs // 2))]
+    result["load_end"] = os.getloadavg()[0]
     return result
 
 
@@ -218,6 +243,19 @@ def render(r: dict[str, Any]) -> str:
         f"{100 * (acc['int8']['box_ap50'] - acc['fp32']['box_ap50']):+.2f} |",
         "",
     ]
+    if r.get("profile"):
+        lines += [
+            "ONNX Runtime's profile (`benchmarks/int8_profile.py`: the optimized graph's kernels, median per run of "
+            "each op type's summed time, its share of their sum; a loaded machine stretches the times, not the "
+            "shares):",
+            "",
+        ]
+        for prof in r["profile"]:
+            ops = sorted(prof["ops"].items(), key=lambda kv: -kv[1]["ms"])[:8]
+            total = prof["kernel_ms"] or 1.0
+            shown = ", ".join(f"{op} ×{v['nodes']} {v['ms']:.2f} ({100 * v['ms'] / total:.0f} %)" for op, v in ops)
+            lines.append(f"- {Path(prof['model']).name}, {prof['threads']} thread(s), {total:.2f} ms: {shown}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -228,15 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs/int8")
     p.add_argument("--heldout", type=int, default=200, help="held-out synth frames for AP")
     p.add_argument("--runs", type=int, default=40, help="session runs per model and thread count")
+    p.add_argument("--size", default=None, help="calibration and held-out frames WxH (default: varied sizes)")
+    p.add_argument("--profile", action="store_true", help="add ONNX Runtime's per-op profile at 1 and 2 threads")
+    p.add_argument("--quantize-args", default="", help="more seg-agent quantize arguments, one string")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    frame_size = None
+    if args.size:
+        w, _, h = args.size.lower().partition("x")
+        frame_size = (int(h), int(w))
     limit_helper_threads()
     args.work.mkdir(parents=True, exist_ok=True)
     int8 = args.int8
     if int8 is None:
-        int8, report = quantize_demo(args.model, args.work)
+        int8, report = quantize_demo(args.model, args.work, frame_size=frame_size, extra=args.quantize_args.split())
         print(report, file=sys.stderr)
-    result = compare(args.model, int8, args.work, heldout_n=args.heldout, runs=args.runs)
+    result = compare(
+        args.model, int8, args.work, heldout_n=args.heldout, runs=args.runs, frame_size=frame_size, profile=args.profile
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(render(result))

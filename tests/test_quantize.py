@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import platform
 import re
 import sys
 from pathlib import Path
@@ -20,8 +21,16 @@ import pytest
 
 from agent import synth
 from agent.calibration import Sample, load_samples, split_holdout
-from agent.quantize import QuantizeError, _import_onnx, gate, main_quantize, median_run_ms
-from agent.quantize_graph import cpu_flags, float_head_nodes, pick_activations
+from agent.quantize import (
+    QuantizeError,
+    _import_onnx,
+    activation_bytes,
+    calibration_chunk,
+    gate,
+    main_quantize,
+    median_run_ms,
+)
+from agent.quantize_graph import cpu_flags, float_head_nodes, is_x86, pick_activations
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("sympy")
@@ -109,6 +118,85 @@ def test_the_decode_head_stays_in_float(quantized: tuple[int, str, Path]) -> Non
     last_convs = [n for n in nodes if n.op_type == "Conv"]
     assert len(last_convs) >= 2 and all(n.input[1] in initializers for n in last_convs)  # float weights
     assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 20  # the backbone is int8
+
+
+def _head_convs(graph: Any) -> list[Any]:
+    """The last Conv before each output of a (QDQ) graph: walked back from the outputs through float ops and
+    DequantizeLinear nodes."""
+    producer = {out: node for node in graph.node for out in node.output}
+    found, stack, seen = [], [o.name for o in graph.output], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in ("Shape", "Size"):
+            continue
+        seen.add(node.name)
+        if node.op_type == "Conv" and "/dfl/" not in node.name:
+            found.append(node)
+        else:
+            stack.extend(i for i in node.input if i)
+    return found
+
+
+def test_head_convs_int8_quantizes_the_last_convolutions(
+    quantized: tuple[int, str, Path], synth_set: tuple[Path, Path], tmp_path: Path
+) -> None:
+    images, ann = synth_set
+    out = tmp_path / "head-int8.onnx"
+    rc, text, err = _quantize(
+        "--images", str(images), "--annotations", str(ann), "--out", str(out), "--head-convs", "int8"
+    )
+    assert rc == 0, text + err
+    assert "last convolutions in int8" in text
+    by_output = {o: n for n in onnx.load(str(out)).graph.node for o in n.output}
+    convs = _head_convs(onnx.load(str(out)).graph)
+    assert len(convs) >= 2
+    for conv in convs:  # input and weights arrive through DequantizeLinear: a QLinearConv once fused
+        assert by_output[conv.input[0]].op_type == "DequantizeLinear"
+        assert by_output[conv.input[1]].op_type == "DequantizeLinear"
+    default = onnx.load(str(quantized[2])).graph
+    initializers = {i.name for i in default.initializer}
+    assert all(c.input[1] in initializers for c in _head_convs(default))  # the default: float weights
+
+
+def _with_split_in_the_trunk(path: Path) -> str:
+    """The demo model with a Split into two channel halves and a Concat back after the stem's SiLU, as a
+    YOLOv8 C2f block splits (the same outputs): a Split between two convolutions. Returns the Split's name."""
+    model = onnx.load(str(MODEL))
+    graph = model.graph
+    stem = next(n for n in graph.node if n.op_type == "Mul")  # x * sigmoid(x) of the first convolution
+    tensor = stem.output[0]
+    for node in graph.node:
+        node.input[:] = [f"{tensor}_cat" if i == tensor else i for i in node.input]
+    halves = helper.make_tensor("split_halves", TensorProto.INT64, [2], [8, 8])  # the stem has 16 channels
+    graph.initializer.append(halves)
+    at = list(graph.node).index(stem) + 1
+    split = helper.make_node("Split", [tensor, "split_halves"], ["half_a", "half_b"], name="trunk_split", axis=1)
+    concat = helper.make_node("Concat", ["half_a", "half_b"], [f"{tensor}_cat"], name="trunk_concat", axis=1)
+    graph.node.insert(at, concat)
+    graph.node.insert(at, split)
+    onnx.save(model, str(path))
+    return "trunk_split"
+
+
+def test_a_split_between_convolutions_runs_in_uint8(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from agent.runtime import open_session, session_options
+
+    images, ann = synth_set
+    model = tmp_path / "split.onnx"
+    name = _with_split_in_the_trunk(model)
+    out = tmp_path / "split-int8.onnx"
+    for ops, quantized in ((None, True), ("Conv,MatMul,Gemm,Sigmoid,Mul,Add,Concat,Resize,MaxPool", False)):
+        argv = [str(model), "--images", str(images), "--annotations", str(ann), "--out", str(out)]
+        argv += ["--speed-runs", "1", "--max-drop", "100", *(["--ops", ops] if ops else [])]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main_quantize(argv) == 0
+        options = session_options(1)
+        options.optimized_model_filepath = str(tmp_path / "split.opt.onnx")
+        open_session(out, options, "cpu", None)
+        graph = onnx.load(options.optimized_model_filepath).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        split = next(n for n in graph.node if n.op_type == "Split" and n.input[0].startswith("/net/stem"))
+        assert (producer.get(split.input[0]) != "DequantizeLinear") is quantized, (ops, name)
 
 
 def test_the_gate_refuses_a_badly_calibrated_model(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
@@ -295,6 +383,45 @@ def test_float_head_nodes(nodes: list[Any], outputs: list[str], expected: set[st
     assert float_head_nodes(_graph(nodes, outputs), ("Conv", "MatMul", "Gemm")) == expected
 
 
+@pytest.mark.parametrize(
+    ("nodes", "outputs", "expected"),
+    [
+        ([], ["x"], set()),
+        ([_node("Conv", ["x", "w"], "a", "c1"), _node("Sigmoid", ["a"], "y", "s")], ["y"], {"s"}),
+        (  # the walk still stops at the last convolutions, which are now left to quantize
+            [
+                _node("Conv", ["x", "w"], "a", "c1"),
+                _node("Conv", ["a", "w"], "b", "c2"),
+                _node("Conv", ["a", "w"], "c", "c3"),
+                _node("Concat", ["b", "c"], "y", "cat"),
+            ],
+            ["y"],
+            {"cat"},
+        ),
+        (  # only an output straight from a convolution: nothing stays in float
+            [_node("Conv", ["x", "w"], "a", "c1"), _node("MatMul", ["a", "w"], "z", "mm")],
+            ["z"],
+            set(),
+        ),
+        (  # /dfl/ stays float, its own Conv included; the box convolution behind it does not
+            [
+                _node("Conv", ["x", "w"], "a", "/model.22/cv2/Conv"),
+                _node("Softmax", ["a"], "s", "/model.22/dfl/Softmax"),
+                _node("Conv", ["s", "w"], "d", "/model.22/dfl/conv/Conv"),
+                _node("Mul", ["d", "k"], "y", "/model.22/Mul"),
+            ],
+            ["y"],
+            {"/model.22/dfl/Softmax", "/model.22/dfl/conv/Conv", "/model.22/Mul"},
+        ),
+    ],
+)
+def test_float_head_nodes_with_the_last_convolutions_quantized(
+    nodes: list[Any], outputs: list[str], expected: set[str]
+) -> None:
+    graph = _graph(nodes, outputs)
+    assert float_head_nodes(graph, ("Conv", "MatMul", "Gemm"), last_compute=False) == expected
+
+
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_median_run_ms_times_each_model_on_either_clock(clock: str) -> None:
     from agent.calibration import model_tensor
@@ -310,3 +437,44 @@ def test_median_run_ms_times_each_model_on_either_clock(clock: str) -> None:
 def test_median_run_ms_rejects_an_unknown_clock(clock: str) -> None:
     with pytest.raises(ValueError, match="clock"):
         median_run_ms([], np.zeros((1, 3, 8, 8), np.float32), 1, clock=clock)
+
+
+def test_an_int8_file_runs_without_the_nchwc_layout_pass(quantized: tuple[int, str, Path], tmp_path: Path) -> None:
+    from agent.runtime import open_session, session_options
+
+    rc, text, out = quantized
+    assert rc == 0, text
+    layouts = {}
+    for name, path in (("fp32", MODEL), ("int8", out)):
+        options = session_options(1)
+        options.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        open_session(path, options, "cpu", None)
+        layouts[name] = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in layouts["int8"] and not {"ReorderInput", "ReorderOutput"} & layouts["int8"]
+    if is_x86(platform.machine()):  # MLAS has NCHWc kernels on x86 only: there the pass still runs for fp32
+        assert "ReorderOutput" in layouts["fp32"]
+
+
+def _shaped_graph(shapes: list[tuple[int, ...]], elem: int = TensorProto.FLOAT) -> Any:
+    values = [helper.make_tensor_value_info(f"t{i}", elem, list(s)) for i, s in enumerate(shapes)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    return helper.make_graph([], "g", [x], [], value_info=values)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "elem", "per_frame", "chunk"),
+    [
+        ([], TensorProto.FLOAT, 0, 16),  # nothing known: the old fixed chunk
+        ([(1, 16, 8, 8)], TensorProto.FLOAT, 4096, 16),  # small: capped at 16 frames
+        ([(1, 64, 1024, 1024)], TensorProto.FLOAT, 1 << 28, 2),  # 256 MiB a frame: 2 in 512 MiB
+        ([(1, 64, 2048, 2048)], TensorProto.FLOAT, 1 << 30, 1),  # more than the budget: still one frame
+        ([(1, 64, 2048, 2048)], TensorProto.UINT8, 0, 16),  # only float tensors count
+        ([(1, 0, 8, 8), (2, 3)], TensorProto.FLOAT, 24, 16),  # an unknown (0) dimension counts nothing
+    ],
+)
+def test_calibration_chunk_fits_the_memory_budget(
+    shapes: list[tuple[int, ...]], elem: int, per_frame: int, chunk: int
+) -> None:
+    graph = _shaped_graph(shapes, elem)
+    assert activation_bytes(graph) == per_frame
+    assert calibration_chunk(graph) == chunk
