@@ -191,10 +191,12 @@ class Tracker:
         self._t = t
         s = self.settings
         predicted = self._predict(t)
-        far = colour_far_nm(self._colour, colour, s.appearance_gate)  # refused matches
+        gated = colours_n3 is not None and s.appearance_gate > 0.0  # without colours: no cost for the gate
+        far = colour_far_nm(self._colour, colour, s.appearance_gate) if gated else None  # refused matches
         det_track = self._associate(predicted, boxes, cls, score, far)
         matched = det_track >= 0
-        self._colour[det_track[matched]] = blend_colour_n3(self._colour[det_track[matched]], colour[matched])
+        if gated:
+            self._colour[det_track[matched]] = blend_colour_n3(self._colour[det_track[matched]], colour[matched])
         self._correct(t, predicted, boxes, det_track, cls[matched], score[matched])
         out = np.full(len(boxes), -1, dtype=np.int64)
         has = det_track >= 0
@@ -235,11 +237,13 @@ class Tracker:
         cxcywh[:, :2] += self._state[:, 4:] * coast
         return cxcywh_to_xyxy(cxcywh)
 
-    def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64, far: npt.NDArray[np.bool_]) -> I64:
+    def _associate(
+        self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64, far: npt.NDArray[np.bool_] | None
+    ) -> I64:
         """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
         tracks again by distance when the box has changed too much for IoU). ``far``: (tracks, detections)
-        pairs whose colours differ beyond the gate, refused in stages 1, 3 and 3b (not 2, 4 and 5: a partly
-        hidden object's colour mixes in its occluder's, and a tentative track has one colour sample)."""
+        pairs whose colours differ beyond the gate (None: none), refused in stages 1, 3 and 3b (not 2, 4 and 5:
+        a partly hidden object's colour mixes in its occluder's, and a tentative track has one colour sample)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
         if not len(boxes) or not len(self._ids):
@@ -259,10 +263,12 @@ class Tracker:
             reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
             dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
             near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
-            near[far] = np.inf
+            if far is not None:
+                near[far] = np.inf
+        gated_iou = by_iou if far is None else np.where(far, np.inf, by_iou)
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
-            (confirmed, high, np.where(far, np.inf, by_iou), 1.0 - s.match_iou),  # 1: high, live and lost
+            (confirmed, high, gated_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
             (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
             (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
             (lost, low, near, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
