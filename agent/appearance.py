@@ -16,7 +16,6 @@ Pure NumPy/OpenCV functions, no state; importing this module has no side effects
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,26 +51,35 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     3 points, or one too thin to cover a sample, falls back to the middle half of its box; a box outside the
     image gives ``NaN``."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4) * scale
-    if len(polygons) != len(boxes):
+    n = len(boxes)
+    if len(polygons) != n:
         raise ValueError("one polygon per box")
-    out = np.full((len(boxes), 3), np.nan)
+    out = np.full((n, 3), np.nan)
     h, w = image_hwc.shape[:2]
-    corners = np.empty((len(boxes), 4), dtype=np.int64)
+    corners = np.empty((n, 4), dtype=np.int64)
     corners[:, :2] = np.floor(np.clip(boxes[:, :2], 0, (w, h)))
     corners[:, 2:] = np.ceil(np.clip(boxes[:, 2:], 0, (w, h)))
+    steps = np.maximum(1, -(-(corners[:, 2:] - corners[:, :2]).max(axis=1, initial=0) // _MAX_SIDE))
+    # every polygon into its crop's sample units in one pass, to 1/16 of a sample (fillPoly's shift 4)
+    sizes = np.array([len(p) if len(p) >= 3 else 0 for p in polygons], dtype=np.int64)
+    pts_all = np.zeros((0, 2), dtype=np.int32)
+    if sizes.any():
+        xy = np.concatenate(
+            [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p, k in zip(polygons, sizes, strict=True) if k]
+        )
+        owner = np.repeat(np.arange(n), sizes)
+        centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
+        pts_all = np.rint((centres - corners[owner, :2]) * (16 / steps[owner])[:, None]).astype(np.int32)
+    ends = np.cumsum(sizes).tolist()
     for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
         if x1 <= x0 or y1 <= y0:
             continue
-        step = max(1, math.ceil(max(x1 - x0, y1 - y0) / _MAX_SIDE))
+        step = int(steps[i])
         crop = np.ascontiguousarray(image_hwc[y0:y1:step, x0:x1:step])
-        poly = polygons[i]
         mask = np.zeros(crop.shape[:2], dtype=np.uint8)
-        if len(poly) >= 3:
-            # in sample units, to 1/16 of a sample (fillPoly's shift): a sample outside the polygon stays out
-            centres = (np.asarray(poly, dtype=np.float64) + 0.5) * scale - 0.5  # pixel centres onto the image
-            pts = np.rint((centres - (x0, y0)) * (16 / step)).astype(np.int32)
-            cv2.fillPoly(mask, [pts], 1, cv2.LINE_8, 4)
-        if not mask.any():  # degenerate polygon: the middle half of the box
+        if sizes[i]:
+            cv2.fillPoly(mask, [pts_all[ends[i] - sizes[i] : ends[i]]], 1, cv2.LINE_8, 4)
+        if not sizes[i] or not mask.any():  # degenerate polygon: the middle half of the box
             ch, cw = int(crop.shape[0]), int(crop.shape[1])
             mask[ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
         out[i] = cv2.mean(crop, mask)[:3]
