@@ -143,7 +143,7 @@ def _track_clip(
             det = detector.detect(frame, confidence=confidence, overlap=overlap, max_detections=300)
             t1 = time.perf_counter()
             api = detections_to_api(det, detector.class_names, image_wh=(w, h), time_s=t1 - t0)
-            tracked = tracks.apply("eval", i / float(doc["fps"]), api)
+            tracked = tracks.apply("eval", i / float(doc["fps"]), api, frame)
             track_s.append(time.perf_counter() - t1)
             detect_s.append(t1 - t0)
             confirmed = [p for p in tracked.api["predictions"] if "tracker_id" in p]

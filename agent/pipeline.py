@@ -130,7 +130,7 @@ class Sink:
         api = outcome.api
         tracked = None
         if self._tracks is not None:  # hosted and local results alike: one tracker per camera
-            tracked = self._tracks.apply(frame.camera, frame.track_time, api)  # .ids, .ended: for events
+            tracked = self._tracks.apply(frame.camera, frame.track_time, api, frame.decoded)  # no decode for it
             api = tracked.api
         message = to_message(
             api,

@@ -60,6 +60,11 @@ class Points(Sequence[dict[str, float]]):
     def __len__(self) -> int:
         return len(self._xy)
 
+    @property
+    def xy(self) -> NDArray[np.float64]:
+        """The (k, 2) vertices as one array (read it, don't change it): for the tracker's appearance."""
+        return self._xy
+
     @overload
     def __getitem__(self, index: int) -> dict[str, float]: ...
     @overload

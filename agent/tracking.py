@@ -39,7 +39,10 @@ seen since the tentative track began, away from it: that is another object) take
 over that track's id instead of a new one; no published id ever changes, since the tentative track had none. A
 track's class is the score-weighted vote of its detections; ``class_cost`` (0.5) is added to the cost across
 classes, so a flipped class continues a track only when the box agrees well (IoU >= 0.85, or within 1 track
-size when lost); >= 1 keeps classes apart. Greedy, not optimal assignment: ``scipy``'s
+size when lost); >= 1 keeps classes apart. Appearance (:mod:`agent.appearance`): given the frame's pixels, each
+detection's mean colour inside its mask; a track's is blended over its matches, and stages 1, 3, 3b and healing
+refuse a pair further apart than ``appearance_gate`` (same-class objects that cross no longer swap ids).
+Greedy, not optimal assignment: ``scipy``'s
 ``linear_sum_assignment`` gave the same figures on the evaluation clips (measured before the re-finding and
 healing stages) and the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
 The pure parts are NumPy functions named by their array layouts, tested by tables.
@@ -59,6 +62,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.appearance import blend_colour_n3, colour_far_nm, mean_bgr_n3, polygons_of
 from agent.assignment import assign_greedy, greedy_pairs
 from agent.track_boxes import cxcywh_to_xyxy, iou_nm_xyxy, refind_cost_nm, xyxy_to_cxcywh
 
@@ -78,6 +82,7 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
 
 _EPS = 1e-9
 
@@ -96,6 +101,7 @@ class TrackingSettings:
     low_match_iou: float = 0.5  # least IoU for a low detection (stricter: it may be clutter)
     class_cost: float = 0.5  # added to the cost of a detection and a track of another class (>= 1: never);
     # below 1 a partly hidden object whose detection flips class keeps its track when the box agrees well
+    appearance_gate: float = 60.0  # a match is refused when the mean colours (BGR) differ more; 0: off
 
     def __post_init__(self) -> None:
         checks = [
@@ -106,6 +112,7 @@ class TrackingSettings:
             (0.0 < self.match_iou <= 1.0, "match_iou must be in (0, 1]"),
             (0.0 < self.low_match_iou <= 1.0, "low_match_iou must be in (0, 1]"),
             (self.class_cost >= 0.0, "class_cost must be >= 0"),
+            (self.appearance_gate >= 0.0, "appearance_gate must be >= 0"),
         ]
         for ok, reason in checks:
             if not ok:
@@ -161,14 +168,19 @@ class Tracker:
         self._ids = np.zeros(0, dtype=np.int64)  # -1 until confirmed
         self._cls = np.zeros(0, dtype=np.int64)  # the class with the most votes
         self._votes = np.zeros((0, 0))  # (tracks, classes seen): the scores of each track's detections
+        self._colour = np.zeros((0, 3))  # mean BGR inside the masks, blended over matches; NaN: unknown
         self._t: float | None = None
 
-    def update(self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64) -> I64:
-        """The tracker id of each detection (-1: not yet confirmed) after the frame captured at ``t``."""
+    def update(
+        self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64, colours_n3: F64 | None = None
+    ) -> I64:
+        """The tracker id of each detection (-1: not yet confirmed) after the frame captured at ``t``;
+        ``colours_n3``: each detection's mean BGR (:func:`agent.appearance.mean_bgr_n3`; NaN or None: unknown)."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         score = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if len(classes) != len(boxes) or len(score) != len(boxes):
-            raise ValueError("boxes_xyxy, classes and scores must have the same length")
+        colour = np.full((len(boxes), 3), np.nan) if colours_n3 is None else np.asarray(colours_n3, np.float64)
+        if len(classes) != len(boxes) or len(score) != len(boxes) or colour.shape != (len(boxes), 3):
+            raise ValueError("boxes_xyxy, classes, scores and colours_n3 must have the same length")
         known = self._classes.get
         index = [known(c) for c in classes]
         if None in index:  # a class name not seen before (rare): give it a column of votes
@@ -179,8 +191,13 @@ class Tracker:
         self._t = t
         s = self.settings
         predicted = self._predict(t)
-        det_track = self._associate(predicted, boxes, cls, score)
-        self._correct(t, predicted, boxes, det_track, cls[det_track >= 0], score[det_track >= 0])
+        gated = colours_n3 is not None and s.appearance_gate > 0.0  # without colours: no cost for the gate
+        far = colour_far_nm(self._colour, colour, s.appearance_gate) if gated else None  # refused matches
+        det_track = self._associate(predicted, boxes, cls, score, far)
+        matched = det_track >= 0
+        if gated:
+            self._colour[det_track[matched]] = blend_colour_n3(self._colour[det_track[matched]], colour[matched])
+        self._correct(t, predicted, boxes, det_track, cls[matched], score[matched])
         out = np.full(len(boxes), -1, dtype=np.int64)
         has = det_track >= 0
         out[has] = self._ids[det_track[has]]
@@ -188,7 +205,7 @@ class Tracker:
         gone = ((self._ids < 0) & (self._missed > 0)) | ((t - self._last_t) > s.lost_s) | (self._missed >= s.max_missed)
         self.ended = self._drop(~gone)
         new = ~has & (score >= s.high_score)
-        out[new] = self._add(t, boxes[new], cls[new], score[new])
+        out[new] = self._add(t, boxes[new], cls[new], score[new], colour[new])
         return out
 
     def finish(self) -> list[EndedTrack]:
@@ -220,9 +237,13 @@ class Tracker:
         cxcywh[:, :2] += self._state[:, 4:] * coast
         return cxcywh_to_xyxy(cxcywh)
 
-    def _associate(self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64) -> I64:
+    def _associate(
+        self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64, far: npt.NDArray[np.bool_] | None
+    ) -> I64:
         """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
-        tracks again by distance when the box has changed too much for IoU)."""
+        tracks again by distance when the box has changed too much for IoU). ``far``: (tracks, detections)
+        pairs whose colours differ beyond the gate (None: none), refused in stages 1, 3 and 3b (not 2, 4 and 5:
+        a partly hidden object's colour mixes in its occluder's, and a tentative track has one colour sample)."""
         s = self.settings
         det_track = np.full(len(boxes), -1, dtype=np.int64)
         if not len(boxes) or not len(self._ids):
@@ -242,9 +263,12 @@ class Tracker:
             reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
             dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
             near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
+            if far is not None:
+                near[far] = np.inf
+        gated_iou = by_iou if far is None else np.where(far, np.inf, by_iou)
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
-            (confirmed, high, by_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
+            (confirmed, high, gated_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
             (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
             (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
             (lost, low, near, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
@@ -312,6 +336,7 @@ class Tracker:
         seen_since = self._last_t[lost][:, None] >= self._first_t[promote][None, :]
         apart = refind_cost_nm(self._state[lost, :4], self._first_box[promote]) > _HEAL_APART
         cost[seen_since & apart] = np.inf
+        cost[colour_far_nm(self._colour[lost], self._colour[promote], self.settings.appearance_gate)] = np.inf
         if self.settings.class_cost >= 1.0:  # classes kept apart: here too
             cost[self._cls[lost][:, None] != self._cls[promote][None, :]] = np.inf
         pairs, _, _ = assign_greedy(cost, _HEAL_DISTANCE)
@@ -324,7 +349,7 @@ class Tracker:
         self._ids[old] = -1  # ends silently: its id lives on in the new row
         return np.setdiff1d(promote, new)
 
-    def _add(self, t: float, boxes: F64, cls: I64, score: F64) -> I64:
+    def _add(self, t: float, boxes: F64, cls: I64, score: F64, colour: F64) -> I64:
         """Start a track per detection; their ids (-1: tentative)."""
         n = len(boxes)
         if n == 0:
@@ -346,6 +371,7 @@ class Tracker:
         votes = np.zeros((n, self._votes.shape[1]))
         votes[np.arange(n), cls] = score
         self._votes = np.concatenate([self._votes, votes])
+        self._colour = np.concatenate([self._colour, colour])
         return ids
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
@@ -371,6 +397,7 @@ class Tracker:
         self._ids = self._ids[keep]
         self._cls = self._cls[keep]
         self._votes = self._votes[keep]
+        self._colour = self._colour[keep]
         return ended
 
 
@@ -439,12 +466,18 @@ class CameraTracks:
     def __init__(self, settings: TrackingSettings, cameras: Iterable[str]) -> None:
         self._trackers = {name: Tracker(settings) for name in cameras}
 
-    def apply(self, camera: str, t: float, api: dict[str, Any]) -> Tracked:
-        """Track one frame's predictions; a new API object (``api`` itself is not changed)."""
+    def apply(self, camera: str, t: float, api: dict[str, Any], image: U8 | None = None) -> Tracked:
+        """Track one frame's predictions; a new API object (``api`` itself is not changed). ``image``: the
+        frame's pixels (BGR, possibly decoded smaller than ``api["image"]``) where at hand, for the colours
+        of the appearance gate; None: boxes and classes alone."""
         predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
         tracker = self._trackers[camera]
         boxes, classes, scores = _read_predictions(predictions)
-        ids = tracker.update(t, boxes, classes, scores)
+        colours = None
+        if image is not None and tracker.settings.appearance_gate > 0.0 and predictions:
+            width = float((api.get("image") or {}).get("width") or image.shape[1])
+            colours = mean_bgr_n3(image, polygons_of(predictions), boxes, image.shape[1] / width)
+        ids = tracker.update(t, boxes, classes, scores, colours)
         return Tracked(
             {**api, "predictions": _tagged(predictions, ids.tolist())},
             ids,

@@ -133,6 +133,7 @@ def read_tracking(t: Reader) -> TrackingSettings:
         match_iou=t.number_in("match_iou", 0.001, 1.0),
         low_match_iou=t.number_in("low_match_iou", 0.001, 1.0),
         class_cost=t.number_in("class_cost", 0.0, 10.0),
+        appearance_gate=t.number_in("appearance_gate", 0.0, 442.0),
     )
     t.finish()
     return settings

@@ -91,7 +91,7 @@ def agent_counts(model: OnnxModel, truth_path: Path, settings: TrackingSettings)
             det = model.detect(frame, confidence=0.4, overlap=0.3)
             api = detections_to_api(det, model.class_names, image_wh=(w, h), time_s=0.0)
             t = i / float(doc["fps"])
-            tracked = tracks.apply("cam", t, api)
+            tracked = tracks.apply("cam", t, api, frame)  # the pixels: the appearance gate
             preds = tracked.api["predictions"]
             events.observe(
                 t,

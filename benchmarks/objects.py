@@ -15,6 +15,12 @@ median of the demo model's bare ``OnnxModel.run`` (ONNX Runtime's ``session.run`
 of its whole ``detect`` on a 640x480 frame, measured in the same process before and after. The figures are
 medians over the rounds.
 
+``--image`` measures this checkout a second time with each frame's pixels passed to ``CameraTracks.apply``
+(the appearance gate's colours, as the Sink does for frames it has decoded): a 1280x720 frame rendered per
+frame outside the timed part, each box filled with its object's own colour, each prediction's ``points`` a
+32-vertex ellipse in its box as the local model gives. That run's ids may differ (the gate refuses matches),
+so its digest is shown apart and not compared.
+
 ``--model`` (repeatable) adds other ONNX models' ``session.run`` (and ``detect``) as further references, for
 instance a 640 YOLOv8n-seg export; each percentage is tracking + events over that model's median time.
 
@@ -110,7 +116,29 @@ def _digest(frames: list[tuple[list[int], bytes, list[bytes], list[tuple[str, by
     return h.hexdigest()
 
 
-def child(objects: int, frames: int, models: list[Path]) -> dict[str, Any]:
+def _with_pixels(apis: list[dict[str, Any]], objects: int) -> Any:
+    """Each API object with ellipse ``points`` on its predictions, and a function rendering frame i."""
+    from agent.results import Points
+
+    colours = np.random.default_rng(7).integers(0, 256, size=(objects, 3))
+    angle = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    unit = np.stack([np.cos(angle), np.sin(angle)], axis=1) / 2
+    for api in apis:
+        for p in api["predictions"]:
+            p["points"] = Points(unit * (p["width"], p["height"]) + (p["x"], p["y"]))
+
+    def render(api: dict[str, Any]) -> np.ndarray:
+        img = np.full((720, 1280, 3), 90, np.uint8)
+        for p in api["predictions"]:
+            k = int(p["detection_id"].split("-")[1])
+            x0, y0 = max(0, int(p["x"] - p["width"] / 2)), max(0, int(p["y"] - p["height"] / 2))
+            img[y0 : int(p["y"] + p["height"] / 2), x0 : int(p["x"] + p["width"] / 2)] = colours[k]
+        return img
+
+    return render
+
+
+def child(objects: int, frames: int, models: list[Path], image: bool = False) -> dict[str, Any]:
     import agent
     import agent.config
     import agent.model
@@ -123,6 +151,7 @@ def child(objects: int, frames: int, models: list[Path]) -> dict[str, Any]:
     from tracking import scene
 
     apis = scene(objects, frames + 20)
+    render = _with_pixels(apis, objects) if image else None
     refs = [DEMO, *models]
     before = [_model_ms(m) for m in refs]
     produced = []
@@ -148,8 +177,9 @@ def child(objects: int, frames: int, models: list[Path]) -> dict[str, Any]:
         track_s, event_s = [], []
         for i, api in enumerate(apis):
             t = 1_800_000_000.0 + i / 10.0
+            pixels = None if render is None else render(api)
             t0 = time.perf_counter()
-            tracked = tracks.apply("cam", t, api)
+            tracked = tracks.apply("cam", t, api) if pixels is None else tracks.apply("cam", t, api, pixels)
             t1 = time.perf_counter()
             stage.deliver("cam", t, i, tracked)
             t2 = time.perf_counter()
@@ -185,25 +215,29 @@ def main() -> int:
     p.add_argument("--objects", type=int, default=50)
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--model", type=Path, action="append", default=[], help="another ONNX model to compare with")
+    p.add_argument("--image", action="store_true", help="also this checkout with the frames' pixels")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     models = [m.resolve() for m in args.model]
     if args.child:
-        print(json.dumps(child(args.objects, args.frames, models)))
+        print(json.dumps(child(args.objects, args.frames, models, args.image)))
         return 0
-    repos = {"this": Path(os.environ.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT)}
+    this = Path(os.environ.get("PYTHONPATH", str(ROOT)).split(os.pathsep)[0] or ROOT)
+    repos = {"this": this}
     if args.baseline:
         repos = {"baseline": args.baseline, **repos}
+    if args.image:
+        repos["this+image"] = this
     got: dict[str, list[dict[str, Any]]] = {name: [] for name in repos}
     for _ in range(args.rounds):
         for name, repo in repos.items():
             cmd = [sys.executable, __file__, "--child", "--objects", str(args.objects), "--frames", str(args.frames)]
-            cmd += [a for m in models for a in ("--model", str(m))]
+            cmd += [a for m in models for a in ("--model", str(m))] + (["--image"] if name == "this+image" else [])
             env = {**os.environ, "PYTHONPATH": str(repo)}
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=repo)
             got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.objects} objects, 3 zones, 2 lines, {args.frames} frames, medians of {args.rounds} rounds")
-    digests = {r["digest"] for rows in got.values() for r in rows}
+    digests = {r["digest"] for name, rows in got.items() for r in rows if name != "this+image"}
     for name, rows in got.items():
         assert all(r["agent"] == str(repos[name].resolve()) for r in rows), [r["agent"] for r in rows]
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k not in ("agent", "digest")}
@@ -217,6 +251,8 @@ def main() -> int:
                 f"{'':9s} vs {ref.name}: session.run {med[f'run_ms_{k}']:.1f} ms ({ratio:.2f} %),"
                 f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %)"
             )
+    if args.image:
+        print(f"this+image (appearance gate on; ids may differ): {got['this+image'][0]['digest'][:16]}")
     if len(digests) != 1:
         print(f"OUTPUTS DIFFER between checkouts or rounds: {sorted(digests)}")
         return 1

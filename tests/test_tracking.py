@@ -114,7 +114,14 @@ def test_track_ends_after_lost_s_and_finish_ends_the_rest() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("min_frames", 0), ("lost_s", 0.0), ("max_missed", 0), ("low_score", 0.9), ("match_iou", 0.0)],
+    [
+        ("min_frames", 0),
+        ("lost_s", 0.0),
+        ("max_missed", 0),
+        ("low_score", 0.9),
+        ("match_iou", 0.0),
+        ("appearance_gate", -1.0),
+    ],
 )
 def test_settings_refuse_bad_values(field: str, value: float) -> None:
     with pytest.raises(ValueError):
@@ -175,6 +182,9 @@ def test_tracking_section_is_off_by_default_and_parsed(tmp_path: Path) -> None:
     doc = _config(tmp_path, {"enabled": True, "min_frames": 5, "lost_s": 1.5, "class_cost": 1.0})
     got = parse_settings(doc, base_dir=tmp_path, env={}).tracking
     assert (got.enabled, got.min_frames, got.lost_s, got.class_cost) == (True, 5, 1.5, 1.0)
+    assert got.appearance_gate == 60.0
+    doc = _config(tmp_path, {"enabled": True, "appearance_gate": 0})
+    assert parse_settings(doc, base_dir=tmp_path, env={}).tracking.appearance_gate == 0.0
 
 
 @pytest.mark.parametrize(
@@ -186,6 +196,7 @@ def test_tracking_section_is_off_by_default_and_parsed(tmp_path: Path) -> None:
         ({"match_iou": 2}, "tracking.match_iou"),
         ({"enabled": "yes"}, "tracking.enabled"),
         ({"speed": 1}, "tracking.speed"),
+        ({"appearance_gate": -1}, "tracking.appearance_gate"),
     ],
 )
 def test_tracking_section_errors_name_the_key(tmp_path: Path, tracking: object, where: str) -> None:
@@ -445,3 +456,62 @@ def test_born_gives_each_new_track_its_first_box_and_a_healed_fragment_none() ->
         healed.append(tracker.born)
     assert ids.tolist() == [1] and healed == [{}, {}, {}, {}]
     assert Tracker(ON).update(0.0, np.zeros((0, 4)), [], np.zeros(0)).size == 0
+
+
+# ---- appearance -----------------------------------------------------------------------------------------
+
+
+def _bounce(gate: float) -> list[list[int]]:
+    """Two objects of one class, red and blue, 6 px a frame towards each other on one line; their boxes
+    coincide at frame 10 and they bounce back: constant velocity predicts each where the other is."""
+    red, blue = (30.0, 30.0, 220.0), (220.0, 60.0, 30.0)
+    tracker = Tracker(TrackingSettings(enabled=True, appearance_gate=gate))
+    rows = []
+    for k in range(21):
+        d = 6 * (10 - abs(10 - k))
+        boxes = np.array([[x - 20, 100, x + 20, 140] for x in (140 + d, 260 - d)], float)
+        rows.append(tracker.update(k / 10, boxes, ["a", "a"], np.array([0.9, 0.9]), np.array([red, blue])).tolist())
+    return rows
+
+
+def test_the_appearance_gate_keeps_ids_where_boxes_alone_swap_them() -> None:
+    off, on = _bounce(0.0), _bounce(60.0)
+    assert off[9] == [1, 2] and off[20] == [2, 1]  # without colours the ids swap at the bounce
+    assert all(row == [1, 2] for row in on[2:])
+
+
+def test_unknown_colours_track_as_without_them() -> None:
+    frames = [([(100 + 10 * k, 200), (400 - 10 * k, 200)], ["a", "a"], [0.9, 0.9]) for k in range(31)]
+    plain = _run(Tracker(ON), frames)
+    tracker = Tracker(ON)
+    nan = np.full((2, 3), np.nan)
+    unknown = [
+        tracker.update(i / 10, _boxes(*c), cl, np.array(s, float), nan).tolist() for i, (c, cl, s) in enumerate(frames)
+    ]
+    assert unknown == plain
+
+
+def test_camera_tracks_measure_colours_from_the_image() -> None:
+    # the bounce scene drawn: the boxes coincide at frame 10, but each mask is a strip of its own box (red
+    # the top one, blue the bottom one), so the colours inside the masks stay apart through the crossing
+    def api_and_image(k: int) -> tuple[dict[str, Any], np.ndarray]:
+        img = np.full((240, 400, 3), 90, np.uint8)
+        d = 6 * (10 - abs(10 - k))
+        preds = []
+        for x, (y0, y1), colour in ((140 + d, (100, 109), (30, 30, 220)), (260 - d, (131, 139), (220, 60, 30))):
+            img[y0 : y1 + 1, x - 20 : x + 20] = colour
+            pts = [(x - 20, y0), (x + 19, y0), (x + 19, y1), (x - 20, y1)]
+            preds.append({"x": float(x), "y": 120.0, "width": 40.0, "height": 40.0, "confidence": 0.9, "class": "a"})
+            preds[-1]["points"] = [{"x": float(px), "y": float(py)} for px, py in pts]
+        return {"image": {"width": 400, "height": 240}, "predictions": preds}, img
+
+    def run(gate: float, with_image: bool) -> list[list[int]]:
+        tracks = CameraTracks(TrackingSettings(enabled=True, appearance_gate=gate), ["c"])
+        out = []
+        for k in range(21):
+            api, img = api_and_image(k)
+            out.append(tracks.apply("c", k / 10, api, img if with_image else None).ids.tolist())
+        return out
+
+    assert all(row == [1, 2] for row in run(60.0, True)[2:])
+    assert run(60.0, False)[20] == run(0.0, True)[20] == [2, 1]  # no image, or the gate off: as before

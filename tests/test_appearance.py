@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.appearance import blend_colour_n3, colour_far_nm, mean_bgr_n3, polygons_of
+from agent.results import Points
+
+NAN3 = [np.nan, np.nan, np.nan]
+
+
+def _image() -> np.ndarray:
+    """100x100 grey; a red square x 10-49, y 10-49; the left half of a blue square x 60-99, y 60-99."""
+    img = np.full((100, 100, 3), 90, np.uint8)
+    img[10:50, 10:50] = (30, 30, 220)
+    img[60:100, 60:80] = (220, 60, 30)
+    return img
+
+
+# polygons as the API has them: the contour's pixels, inclusive (the box's right edge is one further)
+SQUARE = np.array([[10, 10], [49, 10], [49, 49], [10, 49]], float)
+BLUE_HALF = np.array([[60, 60], [79, 60], [79, 99], [60, 99]], float)
+
+
+@pytest.mark.parametrize(
+    ("polygons", "boxes", "expected"),
+    [
+        ([], np.zeros((0, 4)), np.zeros((0, 3))),  # empty
+        ([SQUARE], [[10, 10, 50, 50]], [[30, 30, 220]]),  # inside the mask only
+        ([SQUARE * 0.5 + 5], [[0, 0, 60, 60]], [[30, 30, 220]]),  # a mask smaller than its box: the mask's colour
+        ([BLUE_HALF], [[60, 60, 100, 100]], [[220, 60, 30]]),  # the mask, not the box (half of it grey)
+        ([np.zeros((0, 2))], [[10, 10, 50, 50]], [[30, 30, 220]]),  # no points: the box's middle
+        ([SQUARE[:2]], [[10, 10, 50, 50]], [[30, 30, 220]]),  # 2 points: the same
+        ([SQUARE], [[200, 200, 240, 240]], [NAN3]),  # outside the image: unknown
+        ([SQUARE], [[30, 30, 30, 60]], [NAN3]),  # a zero-width box: unknown
+        ([SQUARE, BLUE_HALF], [[10, 10, 50, 50], [60, 60, 100, 100]], [[30, 30, 220], [220, 60, 30]]),
+    ],
+)
+def test_mean_bgr_n3(polygons: list[np.ndarray], boxes: object, expected: object) -> None:
+    out = mean_bgr_n3(_image(), polygons, np.asarray(boxes, float))
+    assert out.shape == (len(polygons), 3)
+    np.testing.assert_allclose(out, np.asarray(expected, float).reshape(-1, 3), atol=2.0)
+
+
+def test_mean_bgr_n3_scales_frame_pixels_onto_a_smaller_image() -> None:
+    small = _image()[::2, ::2]  # the frame decoded at half size; polygons and boxes stay in frame pixels
+    out = mean_bgr_n3(small, [BLUE_HALF], np.array([[60.0, 60, 100, 100]]), scale=0.5)
+    # fillPoly takes the polygon's edge samples too: one grey column of six at this size, far inside the gate
+    assert np.linalg.norm(out[0] - (220, 60, 30)) < 30.0
+    assert np.linalg.norm(out[0] - (90, 90, 90)) > 100.0
+
+
+def test_mean_bgr_n3_big_box_is_sampled_not_read_whole() -> None:
+    img = np.full((1000, 1000, 3), 50, np.uint8)
+    img[:, 500:] = 250
+    out = mean_bgr_n3(
+        img, [np.array([[0, 0], [1000, 0], [1000, 1000], [0, 1000]], float)], np.array([[0.0, 0, 1000, 1000]])
+    )
+    np.testing.assert_allclose(out, [[150, 150, 150]], atol=10.0)
+
+
+def test_mean_bgr_n3_needs_one_polygon_per_box() -> None:
+    with pytest.raises(ValueError):
+        mean_bgr_n3(_image(), [SQUARE], np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize(
+    ("tracks", "dets", "gate", "expected"),
+    [
+        (np.zeros((0, 3)), np.zeros((0, 3)), 60.0, np.zeros((0, 0), bool)),
+        (np.zeros((2, 3)), np.zeros((0, 3)), 60.0, np.zeros((2, 0), bool)),
+        ([[0, 0, 0]], [[0, 0, 59], [0, 0, 61]], 60.0, [[False, True]]),
+        ([[0, 0, 0]], [[0, 0, 61]], 0.0, [[False]]),  # 0: the gate is off
+        ([NAN3, [0, 0, 0]], [[255, 255, 255], NAN3], 60.0, [[False, False], [True, False]]),  # unknown never refuses
+    ],
+)
+def test_colour_far_nm(tracks: object, dets: object, gate: float, expected: object) -> None:
+    out = colour_far_nm(np.asarray(tracks, float), np.asarray(dets, float), gate)
+    np.testing.assert_array_equal(out, np.asarray(expected, bool))
+
+
+def test_blend_colour_n3() -> None:
+    old = np.array([[100.0, 0, 0], NAN3, [10.0, 10, 10], NAN3])
+    new = np.array([[0.0, 0, 100], [1.0, 2, 3], NAN3, NAN3])
+    out = blend_colour_n3(old, new)
+    np.testing.assert_allclose(out[:3], [[70, 0, 30], [1, 2, 3], [10, 10, 10]])
+    assert np.isnan(out[3]).all()
+    assert blend_colour_n3(np.zeros((0, 3)), np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_polygons_of_reads_points_arrays_and_dicts() -> None:
+    preds = [
+        {"points": Points(SQUARE)},
+        {"points": [{"x": 1.0, "y": 2.0}, {"x": 3.0, "y": 4.0}]},
+        {"points": []},
+        {},
+    ]
+    out = polygons_of(preds)
+    np.testing.assert_array_equal(out[0], SQUARE)
+    np.testing.assert_array_equal(out[1], [[1, 2], [3, 4]])
+    assert out[2].shape == (0, 2) and out[3].shape == (0, 2)
