@@ -95,6 +95,23 @@ class CameraStatus:
     height: int
 
 
+class _FileTimeline:
+    """``realtime: false``: a file's own timeline (``Sampled.file_time``), anchored at the wall time its first
+    frame was read; ``None`` for frames with no file time (live sources, ``realtime: true``)."""
+
+    __slots__ = ("_t0",)
+
+    def __init__(self) -> None:
+        self._t0: float | None = None  # the wall time file time 0 stands for
+
+    def track_time(self, timestamp: float, file_time: float | None) -> float | None:
+        if file_time is None:
+            return None
+        if self._t0 is None:
+            self._t0 = timestamp - file_time
+        return self._t0 + file_time
+
+
 class Camera:
     """One video source. See the module docstring; all methods are thread-safe."""
 
@@ -146,7 +163,7 @@ class Camera:
         # file progress, kept across reopenings so a reopened file resumes where it was
         self._file_k = 0  # next sample number on the file's timeline
         self._file_base = 0  # global index (across loops) of the current pass's frame 0
-        self._file_t0: float | None = None  # realtime: false: the wall time file time 0 stands for
+        self._timeline = _FileTimeline()
 
     # ------------------------------------------------------------------ public API
 
@@ -174,11 +191,7 @@ class Camera:
                     return None
                 self._cond.wait(remaining)
             sampled, self._slot = self._slot, None
-            track_time = None
-            if sampled.file_time is not None:  # realtime: false: the file's own timeline, from its first frame
-                if self._file_t0 is None:
-                    self._file_t0 = sampled.timestamp - sampled.file_time
-                track_time = self._file_t0 + sampled.file_time
+            track_time = self._timeline.track_time(sampled.timestamp, sampled.file_time)
             self._sampled += 1
             seq = self._sampled
             self._out_rate.mark()

@@ -28,8 +28,8 @@ from agent.quantize import (
     calibration_chunk,
     gate,
     main_quantize,
-    median_run_ms,
 )
+from agent.quantize_check import median_run_ms
 from agent.quantize_graph import cpu_flags, float_head_nodes, is_x86, pick_activations
 
 onnx = pytest.importorskip("onnx")
