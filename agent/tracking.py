@@ -83,7 +83,6 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
-B = npt.NDArray[np.bool_]
 Colours = F64 | ColoursOf | None  # each detection's colour, a function giving some of them (on demand), or none
 
 _EPS = 1e-9
@@ -251,14 +250,12 @@ class Tracker:
         """The colours the gate may need (:func:`agent.appearance.colour_needed_m` of stages 1-2's pairs)."""
         s = self.settings
         bounds = np.where(score >= s.high_score, 1.0 - s.match_iou, 1.0 - s.low_match_iou)
-        confirmed = self._ids >= 0
-        candidate = (by_iou <= bounds[None, :]) & confirmed[:, None]
-        fresh = confirmed & (self._missed == 0) & (self._colour_age < COLOUR_EVERY - 1)
-        fresh &= ~np.isnan(self._colour[:, 0])
+        candidate = (by_iou <= bounds[None, :]) & (self._ids >= 0)[:, None]  # confirmed tracks: stages 1-2
+        fresh = (self._missed == 0) & (self._colour_age < COLOUR_EVERY - 1) & ~np.isnan(self._colour[:, 0])
         return lazy_colours_m3(colours_of, candidate, fresh, score >= s.low_score)
 
     def _associate(
-        self, predicted_xyxy: F64, boxes: F64, score: F64, other_class: F64, by_iou: F64, far: B | None
+        self, predicted: F64, boxes: F64, score: F64, other_class: F64, by_iou: F64, far: npt.NDArray[np.bool_] | None
     ) -> I64:
         """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
         tracks again by distance when the box has changed too much for IoU). ``far``: (tracks, detections)
@@ -278,7 +275,7 @@ class Tracker:
             # the longer a track has been lost, the farther from its predicted box it may be found
             unseen = (self._t or 0.0) - self._last_t[lost_rows]
             reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
-            dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
+            dist = refind_cost_nm(xyxy_to_cxcywh(predicted[lost_rows]), xyxy_to_cxcywh(boxes))
             near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
             if far is not None:
                 near[far] = np.inf
