@@ -10,23 +10,41 @@ colours differ by more than ``tracking.appearance_gate`` (BGR euclidean distance
 - :func:`colour_far_nm`: (n, m) whether a track's colour and a detection's differ by more than the gate
   (``False`` where either is unknown: an unknown colour never refuses a match).
 - :func:`blend_colour_n3`: a track's colour after a match (0.7 old + 0.3 new; an unknown old takes the new).
+- :func:`colour_needed_m` and :func:`lazy_colours_m3`: colours measured only where the gate could change a
+  match (most detections of a steady scene continue the one track they overlap: their colours are skipped,
+  and each track's colour is sampled again every :data:`COLOUR_EVERY` matches); :func:`colours_of_image`
+  measures them from a frame's pixels on demand.
 
 Pure NumPy/OpenCV functions, no state; importing this module has no side effects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["blend_colour_n3", "colour_far_nm", "mean_bgr_n3", "polygons_of"]
+__all__ = [
+    "COLOUR_EVERY",
+    "ColoursOf",
+    "blend_colour_n3",
+    "colour_far_nm",
+    "colour_needed_m",
+    "colours_of_image",
+    "lazy_colours_m3",
+    "mean_bgr_n3",
+    "polygons_of",
+]
 
 F64 = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+ColoursOf = Callable[[I64], F64]  # the (k, 3) colours of the detections at these k indices
+COLOUR_EVERY = 5  # a track matched this many times without a colour sample has its colour measured again
 
 _MAX_SIDE = 16  # samples per side of a box's crop: 256 pixels at most per detection
 _BLEND = 0.3  # how far a track's colour moves towards its new detection's
@@ -91,10 +109,11 @@ def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.b
     (0: the gate is off, all False)."""
     a = np.asarray(tracks_n3, dtype=np.float64).reshape(-1, 3)
     b = np.asarray(dets_m3, dtype=np.float64).reshape(-1, 3)
-    if gate <= 0.0:
-        return np.zeros((len(a), len(b)), dtype=bool)
-    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=2))
-    far: npt.NDArray[np.bool_] = dist > gate  # NaN compares False: unknown never refuses
+    far = np.zeros((len(a), len(b)), dtype=bool)
+    known = np.nonzero(~np.isnan(b).any(axis=1))[0]  # lazily measured: most detections' colours unknown
+    if gate > 0.0 and len(known):
+        dist = np.sqrt(((a[:, None, :] - b[None, known, :]) ** 2).sum(axis=2))
+        far[:, known] = dist > gate  # NaN compares False: unknown never refuses
     return far
 
 
@@ -106,3 +125,37 @@ def blend_colour_n3(old_n3: F64, new_n3: F64) -> F64:
     blended = (1.0 - _BLEND) * old + _BLEND * new
     blended = np.where(np.isnan(old), new, blended)
     return np.where(np.isnan(new), old, blended)
+
+
+def colour_needed_m(candidate_nm: npt.NDArray[np.bool_], fresh_n: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """(m,) detections whose colour the gate could use. ``candidate_nm``: (tracks, detections) pairs the
+    box stages could match; ``fresh_n``: tracks whose colour is known and recent, seen in the last update.
+    A detection is skipped only when it is the one candidate of a fresh track that is its one candidate: the
+    box match is certain unless the colours differ, which a fresh colour of the same object rarely does."""
+    cand = np.asarray(candidate_nm, dtype=bool)
+    sole = cand & (cand.sum(axis=1) == 1)[:, None] & (cand.sum(axis=0) == 1)[None, :]
+    skipped: npt.NDArray[np.bool_] = (sole & np.asarray(fresh_n, dtype=bool)[:, None]).any(axis=0)
+    return ~skipped
+
+
+def lazy_colours_m3(colours_of: ColoursOf, candidate_nm: B, fresh_n: B, wanted_m: B) -> F64:
+    """(m, 3) colours, asked of ``colours_of`` (once, for the indices needed) for the detections ``wanted_m``
+    that :func:`colour_needed_m` finds needed; NaN (unknown: no gating, the track's colour kept) elsewhere."""
+    out = np.full((len(wanted_m), 3), np.nan)
+    index = np.nonzero(colour_needed_m(candidate_nm, fresh_n) & wanted_m)[0]
+    if len(index):
+        got = np.asarray(colours_of(index), dtype=np.float64)
+        if got.shape != (len(index), 3):
+            raise ValueError(f"colours_of gave {got.shape} for {len(index)} detections, need ({len(index)}, 3)")
+        out[index] = got
+    return out
+
+
+def colours_of_image(image_hwc: U8, predictions: Sequence[dict[str, Any]], boxes_xyxy: F64, scale: float) -> ColoursOf:
+    """:func:`mean_bgr_n3` of the predictions at the indices asked, from ``image_hwc`` (on demand)."""
+
+    def colours_of(index: I64) -> F64:
+        chosen = [predictions[i] for i in index.tolist()]
+        return mean_bgr_n3(image_hwc, polygons_of(chosen), np.asarray(boxes_xyxy)[index], scale)
+
+    return colours_of

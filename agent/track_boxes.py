@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["cxcywh_to_xyxy", "iou_nm_xyxy", "refind_cost_nm", "xyxy_to_cxcywh"]
+__all__ = ["cxcywh_to_xyxy", "iou_nm_xyxy", "predictions_xyxy", "refind_cost_nm", "xyxy_to_cxcywh"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -74,3 +77,12 @@ def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
     area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
     ratio = area_b[None, :] / area_a[:, None]
     return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+
+
+def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
+    """(n, 4) corners of API predictions (``x``, ``y`` the box centre, ``width``, ``height``, in pixels)."""
+    cxcywh = np.array(
+        [[float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"])] for p in predictions],
+        dtype=np.float64,
+    ).reshape(-1, 4)
+    return cxcywh_to_xyxy(cxcywh)

@@ -62,9 +62,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.appearance import blend_colour_n3, colour_far_nm, mean_bgr_n3, polygons_of
+from agent.appearance import COLOUR_EVERY, ColoursOf, blend_colour_n3, colour_far_nm, colours_of_image, lazy_colours_m3
 from agent.assignment import assign_greedy, greedy_pairs
-from agent.track_boxes import cxcywh_to_xyxy, iou_nm_xyxy, refind_cost_nm, xyxy_to_cxcywh
+from agent.track_boxes import cxcywh_to_xyxy, iou_nm_xyxy, predictions_xyxy, refind_cost_nm, xyxy_to_cxcywh
 
 __all__ = [
     "CameraTracks",
@@ -83,6 +83,7 @@ __all__ = [
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+Colours = F64 | ColoursOf | None  # each detection's colour, a function giving some of them (on demand), or none
 
 _EPS = 1e-9
 
@@ -169,16 +170,17 @@ class Tracker:
         self._cls = np.zeros(0, dtype=np.int64)  # the class with the most votes
         self._votes = np.zeros((0, 0))  # (tracks, classes seen): the scores of each track's detections
         self._colour = np.zeros((0, 3))  # mean BGR inside the masks, blended over matches; NaN: unknown
+        self._colour_age = np.zeros(0, dtype=np.int64)  # matches since the colour was last sampled
         self._t: float | None = None
 
-    def update(
-        self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64, colours_n3: F64 | None = None
-    ) -> I64:
+    def update(self, t: float, boxes_xyxy: F64, classes: Sequence[str], scores: F64, colours_n3: Colours = None) -> I64:
         """The tracker id of each detection (-1: not yet confirmed) after the frame captured at ``t``;
-        ``colours_n3``: each detection's mean BGR (:func:`agent.appearance.mean_bgr_n3`; NaN or None: unknown)."""
+        ``colours_n3``: each detection's mean BGR (:func:`agent.appearance.mean_bgr_n3`; NaN or None: unknown),
+        or a function giving those of the detections at some indices, asked only where the gate may matter."""
         boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         score = np.asarray(scores, dtype=np.float64).reshape(-1)
-        colour = np.full((len(boxes), 3), np.nan) if colours_n3 is None else np.asarray(colours_n3, np.float64)
+        colour = np.asarray(np.nan if colours_n3 is None or callable(colours_n3) else colours_n3, np.float64)
+        colour = np.full((len(boxes), 3), np.nan) if colour.ndim == 0 else colour
         if len(classes) != len(boxes) or len(score) != len(boxes) or colour.shape != (len(boxes), 3):
             raise ValueError("boxes_xyxy, classes, scores and colours_n3 must have the same length")
         known = self._classes.get
@@ -191,12 +193,19 @@ class Tracker:
         self._t = t
         s = self.settings
         predicted = self._predict(t)
+        penalty = np.inf if s.class_cost >= 1.0 else s.class_cost  # 1 or more: never, in every stage
+        other_class = np.where(self._cls[:, None] != cls[None, :], penalty, 0.0)
+        by_iou = 1.0 - iou_nm_xyxy(predicted, boxes) + other_class
         gated = colours_n3 is not None and s.appearance_gate > 0.0  # without colours: no cost for the gate
+        if gated and callable(colours_n3):
+            colour = self._lazy_colours(colours_n3, by_iou, score)
         far = colour_far_nm(self._colour, colour, s.appearance_gate) if gated else None  # refused matches
-        det_track = self._associate(predicted, boxes, cls, score, far)
+        det_track = self._associate(predicted, boxes, score, other_class, by_iou, far)
         matched = det_track >= 0
         if gated:
-            self._colour[det_track[matched]] = blend_colour_n3(self._colour[det_track[matched]], colour[matched])
+            rows = det_track[matched]
+            self._colour[rows] = blend_colour_n3(self._colour[rows], colour[matched])
+            self._colour_age[rows] = np.where(np.isnan(colour[matched, 0]), self._colour_age[rows] + 1, 0)
         self._correct(t, predicted, boxes, det_track, cls[matched], score[matched])
         out = np.full(len(boxes), -1, dtype=np.int64)
         has = det_track >= 0
@@ -237,8 +246,16 @@ class Tracker:
         cxcywh[:, :2] += self._state[:, 4:] * coast
         return cxcywh_to_xyxy(cxcywh)
 
+    def _lazy_colours(self, colours_of: ColoursOf, by_iou: F64, score: F64) -> F64:
+        """The colours the gate may need (:func:`agent.appearance.colour_needed_m` of stages 1-2's pairs)."""
+        s = self.settings
+        bounds = np.where(score >= s.high_score, 1.0 - s.match_iou, 1.0 - s.low_match_iou)
+        candidate = (by_iou <= bounds[None, :]) & (self._ids >= 0)[:, None]  # confirmed tracks: stages 1-2
+        fresh = (self._missed == 0) & (self._colour_age < COLOUR_EVERY - 1) & ~np.isnan(self._colour[:, 0])
+        return lazy_colours_m3(colours_of, candidate, fresh, score >= s.low_score)
+
     def _associate(
-        self, predicted_xyxy: F64, boxes: F64, cls: I64, score: F64, far: npt.NDArray[np.bool_] | None
+        self, predicted: F64, boxes: F64, score: F64, other_class: F64, by_iou: F64, far: npt.NDArray[np.bool_] | None
     ) -> I64:
         """For each detection the row of its track, or -1 (ByteTrack's stages, plus two that find lost
         tracks again by distance when the box has changed too much for IoU). ``far``: (tracks, detections)
@@ -248,9 +265,6 @@ class Tracker:
         det_track = np.full(len(boxes), -1, dtype=np.int64)
         if not len(boxes) or not len(self._ids):
             return det_track
-        penalty = np.inf if s.class_cost >= 1.0 else s.class_cost  # 1 or more: never, in every stage
-        other_class = np.where(self._cls[:, None] != cls[None, :], penalty, 0.0)
-        by_iou = 1.0 - iou_nm_xyxy(predicted_xyxy, boxes) + other_class
         high = score >= s.high_score
         low = (score >= s.low_score) & ~high
         confirmed = self._ids >= 0
@@ -261,7 +275,7 @@ class Tracker:
             # the longer a track has been lost, the farther from its predicted box it may be found
             unseen = (self._t or 0.0) - self._last_t[lost_rows]
             reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
-            dist = refind_cost_nm(xyxy_to_cxcywh(predicted_xyxy[lost_rows]), xyxy_to_cxcywh(boxes))
+            dist = refind_cost_nm(xyxy_to_cxcywh(predicted[lost_rows]), xyxy_to_cxcywh(boxes))
             near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
             if far is not None:
                 near[far] = np.inf
@@ -372,6 +386,7 @@ class Tracker:
         votes[np.arange(n), cls] = score
         self._votes = np.concatenate([self._votes, votes])
         self._colour = np.concatenate([self._colour, colour])
+        self._colour_age = np.concatenate([self._colour_age, np.zeros(n, dtype=np.int64)])
         return ids
 
     def _drop(self, keep: npt.NDArray[np.bool_]) -> list[EndedTrack]:
@@ -398,19 +413,11 @@ class Tracker:
         self._cls = self._cls[keep]
         self._votes = self._votes[keep]
         self._colour = self._colour[keep]
+        self._colour_age = self._colour_age[keep]
         return ended
 
 
 # ---- the pipeline's stage -------------------------------------------------------------------------------
-
-
-def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
-    """(n, 4) corners of API predictions (``x``, ``y`` the box centre, ``width``, ``height``, in pixels)."""
-    cxcywh = np.array(
-        [[float(p["x"]), float(p["y"]), float(p["width"]), float(p["height"])] for p in predictions],
-        dtype=np.float64,
-    ).reshape(-1, 4)
-    return cxcywh_to_xyxy(cxcywh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +483,7 @@ class CameraTracks:
         colours = None
         if image is not None and tracker.settings.appearance_gate > 0.0 and predictions:
             width = float((api.get("image") or {}).get("width") or image.shape[1])
-            colours = mean_bgr_n3(image, polygons_of(predictions), boxes, image.shape[1] / width)
+            colours = colours_of_image(image, predictions, boxes, image.shape[1] / width)
         ids = tracker.update(t, boxes, classes, scores, colours)
         return Tracked(
             {**api, "predictions": _tagged(predictions, ids.tolist())},

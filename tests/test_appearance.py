@@ -3,7 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.appearance import blend_colour_n3, colour_far_nm, mean_bgr_n3, polygons_of
+from agent.appearance import (
+    blend_colour_n3,
+    colour_far_nm,
+    colour_needed_m,
+    colours_of_image,
+    lazy_colours_m3,
+    mean_bgr_n3,
+    polygons_of,
+)
 from agent.results import Points
 
 NAN3 = [np.nan, np.nan, np.nan]
@@ -99,3 +107,49 @@ def test_polygons_of_reads_points_arrays_and_dicts() -> None:
     np.testing.assert_array_equal(out[0], SQUARE)
     np.testing.assert_array_equal(out[1], [[1, 2], [3, 4]])
     assert out[2].shape == (0, 2) and out[3].shape == (0, 2)
+
+
+T, F = True, False
+
+
+@pytest.mark.parametrize(
+    ("candidate", "fresh", "expected"),
+    [
+        (np.zeros((0, 0), bool), np.zeros(0, bool), []),  # empty
+        (np.zeros((2, 0), bool), [T, T], []),  # no detections
+        (np.zeros((0, 2), bool), [], [T, T]),  # no tracks: every colour (new tracks need one)
+        ([[T, F], [F, T]], [T, T], [F, F]),  # each the sole candidate of a fresh track: skipped
+        ([[T, F], [F, T]], [T, F], [F, T]),  # a stale (or lost, or unknown) track's colour: measured
+        ([[T, T], [F, F]], [T, T], [T, T]),  # a track with two candidates: both measured
+        ([[T, F], [T, F]], [T, T], [T, T]),  # a detection with two candidate tracks (and nothing for the 2nd)
+        ([[F, F], [F, F]], [T, T], [T, T]),  # no candidate: it may start a track or be found by distance
+    ],
+)
+def test_colour_needed_m(candidate: object, fresh: object, expected: object) -> None:
+    out = colour_needed_m(np.asarray(candidate, bool), np.asarray(fresh, bool))
+    np.testing.assert_array_equal(out, np.asarray(expected, bool).reshape(-1))
+
+
+def test_lazy_colours_m3_asks_once_for_the_needed_only() -> None:
+    asked: list[list[int]] = []
+
+    def colours_of(index: np.ndarray) -> np.ndarray:
+        asked.append(index.tolist())
+        return np.stack([index, index, index], axis=1).astype(float)
+
+    candidate = np.array([[T, F, F], [F, F, F]])
+    out = lazy_colours_m3(colours_of, candidate, np.array([T, T]), np.array([T, T, F]))
+    assert asked == [[1]]  # 0: the sole candidate of a fresh track; 2: not wanted (an ignored detection)
+    np.testing.assert_array_equal(out[1], [1, 1, 1])
+    assert np.isnan(out[[0, 2]]).all()
+    assert lazy_colours_m3(colours_of, candidate, np.array([T, T]), np.array([T, F, F])).shape == (3, 3)
+    assert len(asked) == 1  # nothing needed: not asked at all
+    with pytest.raises(ValueError, match="colours_of gave"):
+        lazy_colours_m3(lambda index: np.zeros((1, 3)), np.zeros((0, 2), bool), np.zeros(0, bool), np.ones(2, bool))
+
+
+def test_colours_of_image_measures_the_predictions_asked() -> None:
+    preds = [{"points": Points(SQUARE)}, {"points": Points(BLUE_HALF)}]
+    colours_of = colours_of_image(_image(), preds, np.array([[10, 10, 50, 50], [60, 60, 80, 100]], float), 1.0)
+    np.testing.assert_allclose(colours_of(np.array([1])), [[220, 60, 30]])
+    np.testing.assert_allclose(colours_of(np.array([1, 0])), [[220, 60, 30], [30, 30, 220]])

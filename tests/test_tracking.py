@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.appearance import COLOUR_EVERY
 from agent.config import ConfigError, parse_settings
 from agent.tracking import (
     CameraTracks,
@@ -461,16 +462,21 @@ def test_born_gives_each_new_track_its_first_box_and_a_healed_fragment_none() ->
 # ---- appearance -----------------------------------------------------------------------------------------
 
 
-def _bounce(gate: float) -> list[list[int]]:
+def _bounce(gate: float, asked: list[list[int]] | None = None) -> list[list[int]]:
     """Two objects of one class, red and blue, 6 px a frame towards each other on one line; their boxes
-    coincide at frame 10 and they bounce back: constant velocity predicts each where the other is."""
-    red, blue = (30.0, 30.0, 220.0), (220.0, 60.0, 30.0)
+    coincide at frame 10 and they bounce back: constant velocity predicts each where the other is.
+    ``asked``: the colours given on demand (a function), the indices asked each frame appended to it."""
+    colours = np.array([(30.0, 30.0, 220.0), (220.0, 60.0, 30.0)])  # red, blue
     tracker = Tracker(TrackingSettings(enabled=True, appearance_gate=gate))
     rows = []
     for k in range(21):
         d = 6 * (10 - abs(10 - k))
         boxes = np.array([[x - 20, 100, x + 20, 140] for x in (140 + d, 260 - d)], float)
-        rows.append(tracker.update(k / 10, boxes, ["a", "a"], np.array([0.9, 0.9]), np.array([red, blue])).tolist())
+        given: Any = colours
+        if asked is not None:
+            asked.append([])
+            given = lambda index: (asked[-1].extend(index.tolist()), colours[index])[1]  # noqa: E731
+        rows.append(tracker.update(k / 10, boxes, ["a", "a"], np.array([0.9, 0.9]), given).tolist())
     return rows
 
 
@@ -478,6 +484,30 @@ def test_the_appearance_gate_keeps_ids_where_boxes_alone_swap_them() -> None:
     off, on = _bounce(0.0), _bounce(60.0)
     assert off[9] == [1, 2] and off[20] == [2, 1]  # without colours the ids swap at the bounce
     assert all(row == [1, 2] for row in on[2:])
+    asked: list[list[int]] = []
+    assert _bounce(60.0, asked) == on  # colours on demand: the same ids
+    # asked where each box overlaps both tracks' predictions (frames 9-12), not on the steady way in
+    assert all(asked[k] == [0, 1] for k in range(9, 13)) and asked[3:7] == [[]] * 4
+
+
+def test_a_steady_scene_asks_for_few_colours() -> None:
+    # five objects apart, moving steadily: each detection is its track's sole candidate, so colours are
+    # measured at birth, while tentative, and every COLOUR_EVERY matches, not at every frame
+    asked: list[int] = []
+
+    def colours_of(index: np.ndarray) -> np.ndarray:
+        asked.extend(index.tolist())
+        return np.tile([[40.0, 90.0, 200.0]], (len(index), 1)) + 10 * index[:, None]
+
+    tracker, eager, frames, n = Tracker(ON), Tracker(ON), 40, 5
+    for k in range(frames):
+        boxes = _boxes(*[(100 + 150 * i + 4 * k, 200 + 2 * k) for i in range(n)])
+        every = colours_of(np.arange(n))
+        del asked[-n:]
+        lazy_ids = tracker.update(k / 10, boxes, ["a"] * n, np.full(n, 0.9), colours_of)
+        assert lazy_ids.tolist() == eager.update(k / 10, boxes, ["a"] * n, np.full(n, 0.9), every).tolist()
+    assert lazy_ids.tolist() == [1, 2, 3, 4, 5]
+    assert len(asked) <= n * ON.min_frames + n * frames // COLOUR_EVERY  # eager: n * frames = 200
 
 
 def test_unknown_colours_track_as_without_them() -> None:
