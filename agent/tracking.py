@@ -42,6 +42,8 @@ classes, so a flipped class continues a track only when the box agrees well (IoU
 size when lost); >= 1 keeps classes apart. Appearance (:mod:`agent.appearance`): given the frame's pixels, each
 detection's mean colour inside its mask; a track's is blended over its matches, and stages 1, 3, 3b and healing
 refuse a pair further apart than ``appearance_gate`` (same-class objects that cross no longer swap ids).
+Colours are measured on demand (``colour_needed_m``): not for a detection that is the one candidate of a
+steady confirmed track of known colour, whose colour is refreshed every ``COLOUR_EVERY`` matches only.
 Greedy, not optimal assignment: ``scipy``'s
 ``linear_sum_assignment`` gave the same figures on the evaluation clips (measured before the re-finding and
 healing stages) and the same pairs at 50 objects (``benchmarks/tracking.py``), and is a large dependency for a Pi.
@@ -53,8 +55,6 @@ frame order).
 
 from __future__ import annotations
 
-import itertools
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +64,15 @@ import numpy.typing as npt
 
 from agent.appearance import COLOUR_EVERY, ColoursOf, blend_colour_n3, colour_far_nm, colours_of_image, lazy_colours_m3
 from agent.assignment import assign_greedy, greedy_pairs
-from agent.track_boxes import cxcywh_to_xyxy, iou_nm_xyxy, predictions_xyxy, refind_cost_nm, xyxy_to_cxcywh
+from agent.track_boxes import (
+    cxcywh_to_xyxy,
+    iou_nm_xyxy,
+    predictions_xyxy,
+    read_predictions,
+    refind_cost_nm,
+    tag_predictions,
+    xyxy_to_cxcywh,
+)
 
 __all__ = [
     "CameraTracks",
@@ -436,36 +444,6 @@ class Tracked:
     born: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)  # Tracker.born
 
 
-_BOX_KEYS = ("x", "y", "width", "height")
-_BOX_AND_SCORE = operator.itemgetter(*_BOX_KEYS, "confidence")
-
-
-def _read_predictions(predictions: Sequence[dict[str, Any]]) -> tuple[F64, list[str], F64]:
-    """(n, 4) corners, n class names and (n,) confidences of API predictions, in one pass over them."""
-    try:  # the usual prediction: numbers under every key, read by NumPy straight from the dicts (3x faster)
-        values = np.fromiter(
-            itertools.chain.from_iterable(map(_BOX_AND_SCORE, predictions)), np.float64, 5 * len(predictions)
-        ).reshape(-1, 5)
-        usual = not np.isnan(values).any()  # NumPy reads None as NaN, where float() refuses it
-    except (KeyError, TypeError, ValueError):  # no confidence, or a value that is no number
-        usual = False
-    if not usual:  # one by one, with float()'s rules and errors
-        rows = [(*(float(p[k]) for k in _BOX_KEYS), float(p.get("confidence", 0.0))) for p in predictions]
-        values = np.array(rows, dtype=np.float64).reshape(-1, 5)
-    return cxcywh_to_xyxy(values[:, :4]), [str(p.get("class", "")) for p in predictions], values[:, 4].copy()
-
-
-def _tagged(predictions: list[dict[str, Any]], ids: list[int]) -> list[dict[str, Any]]:
-    """The predictions, those with an id copied with ``tracker_id`` (as ``{**p, "tracker_id": i}``, 3x faster)."""
-    out = []
-    for p, i in zip(predictions, ids, strict=True):
-        if i >= 0:
-            p = p.copy()
-            p["tracker_id"] = i
-        out.append(p)
-    return out
-
-
 class CameraTracks:
     """One :class:`Tracker` per camera, fed the API objects of both the hosted and the local path alike (so a
     track goes on across a switch). Each camera's results come from one worker thread, in capture order."""
@@ -479,14 +457,14 @@ class CameraTracks:
         of the appearance gate; None: boxes and classes alone."""
         predictions: list[dict[str, Any]] = list(api.get("predictions") or [])
         tracker = self._trackers[camera]
-        boxes, classes, scores = _read_predictions(predictions)
+        boxes, classes, scores = read_predictions(predictions)
         colours = None
         if image is not None and tracker.settings.appearance_gate > 0.0 and predictions:
             width = float((api.get("image") or {}).get("width") or image.shape[1])
             colours = colours_of_image(image, predictions, boxes, image.shape[1] / width)
         ids = tracker.update(t, boxes, classes, scores, colours)
         return Tracked(
-            {**api, "predictions": _tagged(predictions, ids.tolist())},
+            {**api, "predictions": tag_predictions(predictions, ids.tolist())},
             ids,
             tracker.ended,
             boxes,

@@ -389,7 +389,7 @@ def test_iou_nm_matches_a_per_pair_reference(seed: int) -> None:
 
 
 def _read_one_by_one(predictions: list[dict[str, Any]]) -> tuple[list[list[float]], list[str], list[float]]:
-    """What _read_predictions read before its NumPy fast path: float() of each value."""
+    """What read_predictions read before its NumPy fast path: float() of each value."""
     rows = [[float(p[k]) for k in ("x", "y", "width", "height")] for p in predictions]
     boxes = [[x - w / 2, y - h / 2, x + w / 2, y + h / 2] for x, y, w, h in rows]
     return boxes, [str(p.get("class", "")) for p in predictions], [float(p.get("confidence", 0.0)) for p in predictions]
@@ -410,9 +410,9 @@ _BOX = {"x": 10.0, "y": 20.0, "width": 4.0, "height": 6.0}
     ],
 )
 def test_read_predictions_fast_path_reads_as_float_does(predictions: list[dict[str, Any]]) -> None:
-    from agent.tracking import _read_predictions
+    from agent.track_boxes import read_predictions
 
-    boxes, classes, scores = _read_predictions(predictions)
+    boxes, classes, scores = read_predictions(predictions)
     want_boxes, want_classes, want_scores = _read_one_by_one(predictions)
     assert boxes.shape == (len(predictions), 4) and scores.shape == (len(predictions),)
     np.testing.assert_array_equal(boxes, np.array(want_boxes).reshape(-1, 4))
@@ -425,17 +425,17 @@ def test_read_predictions_fast_path_reads_as_float_does(predictions: list[dict[s
 )
 def test_read_predictions_refuses_what_float_refuses(prediction: dict[str, Any], error: type[Exception]) -> None:
     """NumPy would read None as NaN: the one-by-one path raises as float() does."""
-    from agent.tracking import _read_predictions
+    from agent.track_boxes import read_predictions
 
     with pytest.raises(error):
-        _read_predictions([prediction])
+        read_predictions([prediction])
 
 
 def test_tagged_copies_are_the_dicts_with_tracker_id_and_the_originals_are_kept() -> None:
-    from agent.tracking import _tagged
+    from agent.track_boxes import tag_predictions
 
     predictions = [{"x": 1.0, "class": "a"}, {"x": 2.0, "tracker_id": 9, "class": "b"}, {"x": 3.0}]
-    out = _tagged(predictions, [4, 5, -1])
+    out = tag_predictions(predictions, [4, 5, -1])
     assert out == [{**predictions[0], "tracker_id": 4}, {**predictions[1], "tracker_id": 5}, predictions[2]]
     assert [list(p) for p in out] == [["x", "class", "tracker_id"], ["x", "tracker_id", "class"], ["x"]]
     assert "tracker_id" not in predictions[0] and predictions[1]["tracker_id"] == 9 and out[2] is predictions[2]
