@@ -99,8 +99,10 @@ def add_int8_twins(models: list[ModelInfo], twins: dict[str, Path], notes: list[
 
 LARGE_INPUT = 640
 LARGE_CALIBRATION_FRAMES = 48
-"""Calibration frames for a model of a 640 input: ``seg-agent quantize`` of YOLOv8n-seg at 640 on the 160
-frames the demo model gets was killed by the kernel at 17.8 GB of RSS (2 cores, 23.5 GB; lane g5's run)."""
+"""Calibration frames for a model of a 640 input. Set when ``seg-agent quantize`` held every calibration frame's
+activations (160 frames at 640 were killed at 17.8 GB of RSS); calibration now goes a chunk at a time (under
+1 GB), so more frames would fit. Kept at 48 because the committed BENCHMARKS.md int8 twin of the 640 model was
+made with it; raising it changes that file, to be measured (AP and speed) before it is."""
 
 
 def quantize(m: ModelInfo, work: Path) -> Path:

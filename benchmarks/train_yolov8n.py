@@ -163,6 +163,22 @@ def _progress_callbacks(model: Any, log: Path, every: int, deadline: float | Non
     model.add_callback("on_fit_epoch_end", on_epoch_end)
 
 
+_TRAIN_COMMON: dict[str, Any] = {
+    "device": "cpu",
+    "workers": 0,
+    "amp": False,
+    "plots": False,
+    "exist_ok": True,
+    "optimizer": "AdamW",
+    "scale": 0.25,
+    "flipud": 0.5,
+    "deterministic": False,
+    "verbose": True,
+}
+"""What both training phases share: CPU only, no AMP, no plots (nothing fetched: fonts, AMP checks), AdamW,
+the same augmentation of scale and flips."""
+
+
 def train(data: Path, project: Path, crop: int, hours: float, epochs: int, batch: int, log: Path, every: int) -> dict:
     import torch
 
@@ -174,31 +190,22 @@ def train(data: Path, project: Path, crop: int, hours: float, epochs: int, batch
     _progress_callbacks(model, log, every)
     t0 = time.perf_counter()
     model.train(
+        **_TRAIN_COMMON,
         data=str(data),
         imgsz=crop,
         epochs=epochs,
         time=hours or None,
         batch=batch,
         nbs=batch,  # one optimiser step per batch: the run is short
-        device="cpu",
-        workers=0,
-        amp=False,
-        plots=False,
         val=False,  # the final epoch still validates; the real measure is seg-agent eval at 640
         project=str(project),
         name="train",
-        exist_ok=True,
         pretrained=False,
-        optimizer="AdamW",
         lr0=0.0015,
         warmup_epochs=0.3,
         close_mosaic=1,
         mosaic=0.5,
-        scale=0.25,
-        flipud=0.5,
         seed=0,
-        deterministic=False,
-        verbose=True,
     )
     return {"weights": str(project / "train" / "weights" / "last.pt"), "train_s": round(time.perf_counter() - t0, 1)}
 
@@ -216,31 +223,22 @@ def polish(data: Path, project: Path, init: Path, crop: int, minutes: float, bat
     _progress_callbacks(model, log, every, deadline=time.time() + minutes * 60)
     t0 = time.perf_counter()
     model.train(
+        **_TRAIN_COMMON,
         data=str(data),
         imgsz=crop,
         epochs=3,
         fraction=0.34,
         batch=batch,
         nbs=batch,
-        device="cpu",
-        workers=0,
-        amp=False,
-        plots=False,
         val=False,
         project=str(project),
         name="polish",
-        exist_ok=True,
-        optimizer="AdamW",
         lr0=0.0002,
         lrf=0.1,
         warmup_epochs=0,
         close_mosaic=0,
         mosaic=0.0,
-        scale=0.25,
-        flipud=0.5,
         seed=1,
-        deterministic=False,
-        verbose=True,
     )
     return {"weights": str(project / "polish" / "weights" / "last.pt"), "polish_s": round(time.perf_counter() - t0, 1)}
 
