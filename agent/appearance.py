@@ -67,7 +67,12 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     boxes ``boxes_xyxy`` (n, 4); both in frame pixels, times ``scale`` on the image (``scale`` < 1: an image
     decoded at a reduced size). A polygon of fewer than
     3 points, or one too thin to cover a sample, falls back to the middle half of its box; a box outside the
-    image gives ``NaN``."""
+    image gives ``NaN``.
+
+    Each box is read as a grid of at most :data:`_MAX_SIDE` samples a side (its crop taken with a stride);
+    every box's grid is gathered from the image in one indexing pass, its polygon drawn into its own tile of
+    one (n, 16, 16) mask (``cv2.fillPoly`` on a view of the tile: the same pixels as on a crop-sized mask)
+    and the means taken as ``cv2.mean`` does (the exact integer sums times ``1 / count``)."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4) * scale
     n = len(boxes)
     if len(polygons) != n:
@@ -75,33 +80,57 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     out = np.full((n, 3), np.nan)
     h, w = image_hwc.shape[:2]
     corners = np.empty((n, 4), dtype=np.int64)
-    corners[:, :2] = np.floor(np.clip(boxes[:, :2], 0, (w, h)))
-    corners[:, 2:] = np.ceil(np.clip(boxes[:, 2:], 0, (w, h)))
-    steps = np.maximum(1, -(-(corners[:, 2:] - corners[:, :2]).max(axis=1, initial=0) // _MAX_SIDE))
-    # every polygon into its crop's sample units in one pass, to 1/16 of a sample (fillPoly's shift 4)
-    sizes = np.array([len(p) if len(p) >= 3 else 0 for p in polygons], dtype=np.int64)
-    pts_all = np.zeros((0, 2), dtype=np.int32)
-    if sizes.any():
-        xy = np.concatenate(
-            [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p, k in zip(polygons, sizes, strict=True) if k]
-        )
-        owner = np.repeat(np.arange(n), sizes)
-        centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
-        pts_all = np.rint((centres - corners[owner, :2]) * (16 / steps[owner])[:, None]).astype(np.int32)
-    ends = np.cumsum(sizes).tolist()
-    for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
-        if x1 <= x0 or y1 <= y0:
-            continue
-        step = int(steps[i])
-        crop = np.ascontiguousarray(image_hwc[y0:y1:step, x0:x1:step])
-        mask = np.zeros(crop.shape[:2], dtype=np.uint8)
-        if sizes[i]:
-            cv2.fillPoly(mask, [pts_all[ends[i] - sizes[i] : ends[i]]], 1, cv2.LINE_8, 4)
-        if not sizes[i] or not mask.any():  # degenerate polygon: the middle half of the box
-            ch, cw = int(crop.shape[0]), int(crop.shape[1])
-            mask[ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
-        out[i] = cv2.mean(crop, mask)[:3]
+    clipped = np.minimum(np.maximum(boxes, 0.0), (w, h, w, h))  # np.clip's values, without its overhead
+    corners[:, :2] = np.floor(clipped[:, :2])
+    corners[:, 2:] = np.ceil(clipped[:, 2:])
+    extent = corners[:, 2:] - corners[:, :2]  # (n, 2) width, height
+    ok = np.nonzero((extent > 0).all(axis=1))[0]
+    if not len(ok):
+        return out
+    corners, extent = corners[ok], extent[ok]
+    steps = np.maximum(1, -(-extent.max(axis=1) // _MAX_SIDE))
+    shape = -(-extent // steps[:, None])  # (k, 2) samples across, down: the strided crop's size
+    masks = _polygon_masks_k(polygons, ok, corners, steps, shape, scale)
+    empty = ~masks.any(axis=(1, 2))
+    if empty.any():  # no polygon, or one too thin: the middle half of the box
+        grid = np.arange(_MAX_SIDE)
+        sw, sh = shape[empty, 0:1], shape[empty, 1:2]
+        band_x = (grid >= sw // 4) & (grid < np.minimum(sw, np.maximum(sw // 4 + 1, (3 * sw + 3) // 4)))
+        band_y = (grid >= sh // 4) & (grid < np.minimum(sh, np.maximum(sh // 4 + 1, (3 * sh + 3) // 4)))
+        masks[empty] = band_y[:, :, None] & band_x[:, None, :]
+    # the samples inside the masks, gathered from the image at once: sample (r, c) of box j is the pixel
+    # (y0 + step r, x0 + step c); their sums per box are exact integers, divided as cv2.mean does
+    flat = np.flatnonzero(masks)
+    box = flat >> 8  # _MAX_SIDE == 16: 256 samples a box, 16 a row
+    at = (corners[:, 1] * w + corners[:, 0])[box] + steps[box] * (((flat >> 4) & 15) * w + (flat & 15))
+    counts = np.bincount(box, minlength=len(ok))
+    if image_hwc.flags.c_contiguous:  # a view of the pixels as rows: one gather of whole pixels
+        pixels = image_hwc.reshape(h * w, -1).take(at, axis=0)
+    else:
+        pixels = image_hwc[at // w, at % w]
+    sums = np.add.reduceat(pixels[:, :3], np.cumsum(counts) - counts, axis=0, dtype=np.int64)
+    out[ok] = sums * (1.0 / counts)[:, None]
     return out
+
+
+def _polygon_masks_k(
+    polygons: Sequence[F64], ok: I64, corners: I64, steps: I64, shape: I64, scale: float
+) -> npt.NDArray[np.bool_]:
+    """(k, 16, 16) each kept box's polygon drawn on its sample grid (its top-left tile of ``shape``), to 1/16
+    of a sample (``fillPoly``'s shift 4); all False for a polygon of fewer than 3 points."""
+    tiles = np.zeros((len(ok), _MAX_SIDE, _MAX_SIDE), dtype=np.uint8)
+    chosen = [polygons[i] for i in ok.tolist()]
+    sizes = np.array([len(p) if len(p) >= 3 else 0 for p in chosen], dtype=np.int64)
+    if sizes.any():
+        xy = np.concatenate([p for p, k in zip(chosen, sizes.tolist(), strict=True) if k], dtype=np.float64)
+        owner = np.repeat(np.arange(len(ok)), sizes)
+        centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
+        pts = np.rint((centres - corners[owner, :2]) * (16 / steps[owner])[:, None]).astype(np.int32)
+        ends = np.cumsum(sizes).tolist()
+        for j, (k, (cw, ch)) in enumerate(zip(sizes.tolist(), shape.tolist(), strict=True)):
+            if k:
+                cv2.fillPoly(tiles[j, :ch, :cw], [pts[ends[j] - k : ends[j]]], 1, cv2.LINE_8, 4)
+    return tiles.astype(bool)
 
 
 def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.bool_]:
