@@ -38,21 +38,25 @@ def greedy_pairs(cost: F64, max_cost: float) -> tuple[I64, I64]:
     if len(rows) > 1:
         order = np.argsort(cost[rows, cols], kind="stable")
         rows, cols = rows[order], cols[order]
-        # each row and each column a candidate once: every candidate is a match, in that order (no loop)
-        if np.bincount(rows).max() > 1 or np.bincount(cols).max() > 1:
-            rows, cols = _greedy_loop(rows.tolist(), cols.tolist())
-    return rows.astype(np.int64), cols.astype(np.int64)
+        # a candidate alone in its row and its column is a match whatever the order; only the others (few:
+        # objects that overlap) are taken one by one
+        shared = (np.bincount(rows)[rows] > 1) | (np.bincount(cols)[cols] > 1)
+        if shared.any():
+            keep = ~shared
+            at = np.nonzero(shared)[0]
+            keep[at[_greedy_loop(rows[at].tolist(), cols[at].tolist())]] = True
+            rows, cols = rows[keep], cols[keep]
+    return rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False)
 
 
-def _greedy_loop(rows: list[int], cols: list[int]) -> tuple[I64, I64]:
+def _greedy_loop(rows: list[int], cols: list[int]) -> list[int]:
+    """The positions of the candidates taken, in order, each row and column at most once."""
     row_used: set[int] = set()
     col_used: set[int] = set()
-    out_r: list[int] = []
-    out_c: list[int] = []
-    for r, c in zip(rows, cols, strict=True):
+    taken: list[int] = []
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         if r not in row_used and c not in col_used:
             row_used.add(r)
             col_used.add(c)
-            out_r.append(r)
-            out_c.append(c)
-    return np.array(out_r, dtype=np.int64), np.array(out_c, dtype=np.int64)
+            taken.append(k)
+    return taken

@@ -23,6 +23,7 @@ __all__ = [
     "predictions_xyxy",
     "read_predictions",
     "refind_cost_nm",
+    "refind_near_nm",
     "tag_predictions",
     "xyxy_to_cxcywh",
 ]
@@ -36,22 +37,19 @@ def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
     """(n, 4) corners to (n, 4) centre and size."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     out = np.empty_like(b)
-    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
-    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
-    out[:, 2] = b[:, 2] - b[:, 0]
-    out[:, 3] = b[:, 3] - b[:, 1]
+    np.add(b[:, :2], b[:, 2:], out=out[:, :2])  # both coordinates at once: the same arithmetic, fewer calls
+    out[:, :2] /= 2
+    np.subtract(b[:, 2:], b[:, :2], out=out[:, 2:])
     return out
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
     """(n, 4) centre and size to (n, 4) corners."""
     b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
-    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    half = b[:, 2:] / 2
     out = np.empty_like(b)
-    out[:, 0] = b[:, 0] - half_w
-    out[:, 1] = b[:, 1] - half_h
-    out[:, 2] = b[:, 0] + half_w
-    out[:, 3] = b[:, 1] + half_h
+    np.subtract(b[:, :2], half, out=out[:, :2])
+    np.add(b[:, :2], half, out=out[:, 2:])
     return out
 
 
@@ -89,6 +87,14 @@ def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
     area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
     ratio = area_b[None, :] / area_a[:, None]
     return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+
+
+def refind_near_nm(tracks_xyxy: F64, dets_xyxy: F64, reach_n: F64, extra_nm: F64) -> F64:
+    """(n, m) the tracker's re-finding cost: :func:`refind_cost_nm` of the boxes' centres and sizes over each
+    track's reach (n,), plus ``extra_nm`` (its class cost). Element by element, so the cost of some pairs is
+    the same as those pairs' entries of every pair's."""
+    dist = refind_cost_nm(xyxy_to_cxcywh(tracks_xyxy), xyxy_to_cxcywh(dets_xyxy))
+    return dist / np.asarray(reach_n, dtype=np.float64).reshape(-1, 1) + extra_nm
 
 
 def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:
