@@ -123,9 +123,10 @@ def _polygon_masks_k(
     sizes = np.array([len(p) if len(p) >= 3 else 0 for p in chosen], dtype=np.int64)
     if sizes.any():
         xy = np.concatenate([p for p, k in zip(chosen, sizes.tolist(), strict=True) if k], dtype=np.float64)
-        owner = np.repeat(np.arange(len(ok)), sizes)
         centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
-        pts = np.rint((centres - corners[owner, :2]) * (16 / steps[owner])[:, None]).astype(np.int32)
+        centres -= np.repeat(corners[:, :2], sizes, axis=0)  # each point from its own box's corner ...
+        centres *= np.repeat(16 / steps, sizes)[:, None]  # ... in 1/16 of its box's samples
+        pts = np.rint(centres).astype(np.int32)
         ends = np.cumsum(sizes).tolist()
         for j, (k, (cw, ch)) in enumerate(zip(sizes.tolist(), shape.tolist(), strict=True)):
             if k:
@@ -141,8 +142,15 @@ def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.b
     far = np.zeros((len(a), len(b)), dtype=bool)
     known = np.nonzero(~np.isnan(b).any(axis=1))[0]  # lazily measured: most detections' colours unknown
     if gate > 0.0 and len(known):
-        dist = np.sqrt(((a[:, None, :] - b[None, known, :]) ** 2).sum(axis=2))
-        far[:, known] = dist > gate  # NaN compares False: unknown never refuses
+        # the squares summed channel by channel, in the order a sum over the (n, k, 3) differences takes
+        # them (the same distances, without the 3-wide arrays)
+        bk = b[known].T
+        d = a[:, 0:1] - bk[0]
+        square = d * d
+        for c in (1, 2):
+            d = np.subtract(a[:, c : c + 1], bk[c], out=d)
+            square += d * d
+        far[:, known] = np.sqrt(square, out=square) > gate  # NaN compares False: unknown never refuses
     return far
 
 

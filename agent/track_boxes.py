@@ -81,12 +81,13 @@ def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
     geometric mean of its width and height); ``inf`` where their sizes differ by more than 2x either way."""
     a = np.asarray(tracks_cxcywh, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(dets_cxcywh, dtype=np.float64).reshape(-1, 4)
-    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], _EPS, None))
-    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
-    area_a = np.clip(a[:, 2] * a[:, 3], _EPS, None)
-    area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
+    area_a = np.maximum(a[:, 2] * a[:, 3], _EPS)  # np.clip's values (NaN too), without its overhead
+    area_b = np.maximum(b[:, 2] * b[:, 3], _EPS)
+    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    dist /= np.sqrt(area_a)[:, None]
     ratio = area_b[None, :] / area_a[:, None]
-    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+    dist[~((ratio >= 0.25) & (ratio <= 4.0))] = np.inf
+    return dist
 
 
 def refind_near_nm(tracks_xyxy: F64, dets_xyxy: F64, reach_n: F64, extra_nm: F64) -> F64:

@@ -280,7 +280,7 @@ class Tracker:
         lost = confirmed & (self._missed > 0)
         # stage 3's cost (None below), only for the pairs it looks at; the longer a track has been lost, the
         # farther from its predicted box it may be found
-        reach = 1.0 + _REFIND_GROWTH * np.clip((self._t or 0.0) - self._last_t, 0.0, _MAX_COAST_S)
+        reach = 1.0 + _REFIND_GROWTH * np.minimum(np.maximum((self._t or 0.0) - self._last_t, 0.0), _MAX_COAST_S)
         gated_iou = by_iou if far is None else np.where(far, np.inf, by_iou)
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [

@@ -134,6 +134,20 @@ def test_colour_far_nm(tracks: object, dets: object, gate: float, expected: obje
     np.testing.assert_array_equal(out, np.asarray(expected, bool))
 
 
+def test_colour_far_nm_is_the_3_wide_distance() -> None:
+    """Channel by channel, the same distances as the (n, k, 3) sum of squares it replaced, bit for bit."""
+    rng = np.random.default_rng(15)
+    for _ in range(200):
+        n, m = (int(v) for v in rng.integers(0, 20, size=2))
+        tracks, dets = rng.uniform(0, 255, (n, 3)), np.round(rng.uniform(0, 255, (m, 3)))
+        tracks[rng.random(n) < 0.2] = np.nan
+        dets[rng.random(m) < 0.5] = np.nan
+        gate = float(rng.choice([0.0, 60.0, 30.5]))
+        dist = np.sqrt(((tracks[:, None, :] - dets[None, :, :]) ** 2).sum(axis=2))
+        want = (dist > gate) if gate > 0 else np.zeros((n, m), bool)
+        np.testing.assert_array_equal(colour_far_nm(tracks, dets, gate), want)
+
+
 def test_blend_colour_n3() -> None:
     old = np.array([[100.0, 0, 0], NAN3, [10.0, 10, 10], NAN3])
     new = np.array([[0.0, 0, 100], [1.0, 2, 3], NAN3, NAN3])

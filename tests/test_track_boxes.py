@@ -65,3 +65,22 @@ def test_refind_near_nm_of_some_pairs_is_those_entries_of_all() -> None:
     rows, cols = np.array([3, 0, 17]), np.array([29, 1, 2, 8])
     part = refind_near_nm(tracks[rows], dets[cols], reach[rows], extra[rows[:, None], cols[None, :]])
     np.testing.assert_array_equal(part, full[rows[:, None], cols[None, :]])
+
+
+def _refind_cost_before(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], 1e-9, None))
+    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
+    ratio = np.clip(b[:, 2] * b[:, 3], 1e-9, None)[None, :] / np.clip(a[:, 2] * a[:, 3], 1e-9, None)[:, None]
+    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+
+
+def test_refind_cost_nm_is_the_previous_arithmetic() -> None:
+    rng = np.random.default_rng(5)
+    cases = [(np.zeros((0, 4)), np.zeros((0, 4))), (xyxy_to_cxcywh(EDGES), xyxy_to_cxcywh(EDGES))]
+    for _ in range(100):
+        a, b = rng.normal(0, 100, (int(rng.integers(0, 9)), 4)), rng.normal(0, 100, (int(rng.integers(0, 9)), 4))
+        a[rng.random(a.shape) < 0.1] = 0.0  # zero sizes
+        b[rng.random(b.shape) < 0.05] = np.nan
+        cases.append((a, b))
+    for a, b in cases:
+        np.testing.assert_array_equal(refind_cost_nm(a, b), _refind_cost_before(a, b))
