@@ -79,59 +79,59 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
         raise ValueError("one polygon per box")
     out = np.full((n, 3), np.nan)
     h, w = image_hwc.shape[:2]
-    corners = np.empty((n, 4), dtype=np.int64)
     clipped = np.minimum(np.maximum(boxes, 0.0), (w, h, w, h))  # np.clip's values, without its overhead
-    corners[:, :2] = np.floor(clipped[:, :2])
-    corners[:, 2:] = np.ceil(clipped[:, 2:])
-    extent = corners[:, 2:] - corners[:, :2]  # (n, 2) width, height
-    ok = np.nonzero((extent > 0).all(axis=1))[0]
-    if not len(ok):
+    corners = np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
+    # per box, in plain integers (a few boxes: cheaper than arrays): its strided crop's step and size
+    kept: list[tuple[int, int, int, int]] = []  # (index, x0, y0, step)
+    grids = []  # (samples across, samples down)
+    for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
+        if x1 > x0 and y1 > y0:
+            step = max(1, -(-max(x1 - x0, y1 - y0) // _MAX_SIDE))
+            kept.append((i, x0, y0, step))
+            grids.append((-(-(x1 - x0) // step), -(-(y1 - y0) // step)))
+    if not kept:
         return out
-    corners, extent = corners[ok], extent[ok]
-    steps = np.maximum(1, -(-extent.max(axis=1) // _MAX_SIDE))
-    shape = -(-extent // steps[:, None])  # (k, 2) samples across, down: the strided crop's size
-    masks = _polygon_masks_k(polygons, ok, corners, steps, shape, scale)
-    empty = ~masks.any(axis=(1, 2))
-    if empty.any():  # no polygon, or one too thin: the middle half of the box
-        grid = np.arange(_MAX_SIDE)
-        sw, sh = shape[empty, 0:1], shape[empty, 1:2]
-        band_x = (grid >= sw // 4) & (grid < np.minimum(sw, np.maximum(sw // 4 + 1, (3 * sw + 3) // 4)))
-        band_y = (grid >= sh // 4) & (grid < np.minimum(sh, np.maximum(sh // 4 + 1, (3 * sh + 3) // 4)))
-        masks[empty] = band_y[:, :, None] & band_x[:, None, :]
+    index, x0s, y0s, steps = (np.array(c, dtype=np.int64) for c in zip(*kept, strict=True))
+    masks = _polygon_masks_k([polygons[i] for i in index.tolist()], x0s, y0s, steps, grids, scale)
     # the samples inside the masks, gathered from the image at once: sample (r, c) of box j is the pixel
     # (y0 + step r, x0 + step c); their sums per box are exact integers, divided as cv2.mean does
     flat = np.flatnonzero(masks)
     box = flat >> 8  # _MAX_SIDE == 16: 256 samples a box, 16 a row
-    at = (corners[:, 1] * w + corners[:, 0])[box] + steps[box] * (((flat >> 4) & 15) * w + (flat & 15))
-    counts = np.bincount(box, minlength=len(ok))
+    at = (y0s * w + x0s)[box] + steps[box] * (((flat >> 4) & 15) * w + (flat & 15))
+    counts = np.bincount(box, minlength=len(kept))
     if image_hwc.flags.c_contiguous:  # a view of the pixels as rows: one gather of whole pixels
         pixels = image_hwc.reshape(h * w, -1).take(at, axis=0)
     else:
         pixels = image_hwc[at // w, at % w]
     sums = np.add.reduceat(pixels[:, :3], np.cumsum(counts) - counts, axis=0, dtype=np.int64)
-    out[ok] = sums * (1.0 / counts)[:, None]
+    out[index] = sums * (1.0 / counts)[:, None]
     return out
 
 
 def _polygon_masks_k(
-    polygons: Sequence[F64], ok: I64, corners: I64, steps: I64, shape: I64, scale: float
-) -> npt.NDArray[np.bool_]:
-    """(k, 16, 16) each kept box's polygon drawn on its sample grid (its top-left tile of ``shape``), to 1/16
-    of a sample (``fillPoly``'s shift 4); all False for a polygon of fewer than 3 points."""
-    tiles = np.zeros((len(ok), _MAX_SIDE, _MAX_SIDE), dtype=np.uint8)
-    chosen = [polygons[i] for i in ok.tolist()]
-    sizes = np.array([len(p) if len(p) >= 3 else 0 for p in chosen], dtype=np.int64)
-    if sizes.any():
-        xy = np.concatenate([p for p, k in zip(chosen, sizes.tolist(), strict=True) if k], dtype=np.float64)
+    polygons: Sequence[F64], x0s: I64, y0s: I64, steps: I64, grids: Sequence[tuple[int, int]], scale: float
+) -> npt.NDArray[np.uint8]:
+    """(k, 16, 16) each box's polygon drawn on its sample grid (its top-left tile of ``grids``' size, samples
+    across and down), to 1/16 of a sample (``fillPoly``'s shift 4); a polygon of fewer than 3 points, or one
+    too thin to cover a sample, is the middle half of its box instead."""
+    tiles = np.zeros((len(polygons), _MAX_SIDE, _MAX_SIDE), dtype=np.uint8)
+    sizes = [len(p) if len(p) >= 3 else 0 for p in polygons]
+    pts = np.zeros((0, 2), dtype=np.int32)
+    if any(sizes):
+        xy = np.concatenate([p for p, k in zip(polygons, sizes, strict=True) if k], dtype=np.float64)
         centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
-        centres -= np.repeat(corners[:, :2], sizes, axis=0)  # each point from its own box's corner ...
+        centres -= np.repeat(np.stack([x0s, y0s], axis=1), sizes, axis=0)  # each point from its box's corner ..
         centres *= np.repeat(16 / steps, sizes)[:, None]  # ... in 1/16 of its box's samples
         pts = np.rint(centres).astype(np.int32)
-        ends = np.cumsum(sizes).tolist()
-        for j, (k, (cw, ch)) in enumerate(zip(sizes.tolist(), shape.tolist(), strict=True)):
-            if k:
-                cv2.fillPoly(tiles[j, :ch, :cw], [pts[ends[j] - k : ends[j]]], 1, cv2.LINE_8, 4)
-    return tiles.astype(bool)
+    end = 0
+    for j, (k, (cw, ch)) in enumerate(zip(sizes, grids, strict=True)):
+        if k:  # a view of the tile: fillPoly draws into it clipped to the crop's size
+            end += k
+            cv2.fillPoly(tiles[j, :ch, :cw], [pts[end - k : end]], 1, cv2.LINE_8, 4)
+    for j in np.flatnonzero(~tiles.any(axis=(1, 2))).tolist():  # rare: the middle half of the box
+        cw, ch = grids[j]
+        tiles[j, ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
+    return tiles
 
 
 def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.bool_]:
