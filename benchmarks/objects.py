@@ -14,7 +14,8 @@ busy machine slows both alike; a child reports medians over ``--frames`` frames 
 median of the demo model's bare ``OnnxModel.run`` (ONNX Runtime's ``session.run`` on a 640x640 tensor) and
 of its whole ``detect`` on a 640x480 frame, measured in the same process before and after. The figures are
 medians over the rounds; the CPU time of both stages (``time.thread_time``) is shown too, the figure other
-processes' load stretches least.
+processes' load stretches least, and against it the CPU time of a 1-thread ``session.run`` of each model
+(the ratio to trust on a busy machine; the agent runs the model on 2 threads, whose wall time idle is less).
 
 ``--image`` measures each checkout a second time with each frame's pixels passed to ``CameraTracks.apply``
 (the appearance gate's colours, as the Sink does for frames it has decoded): a 1280x720 frame rendered per
@@ -78,6 +79,22 @@ def _settings(tmp: Path) -> Any:
 
 
 DEMO = ROOT / "models" / "demo-seg.onnx"
+
+
+def _model_cpu_ms(path: Path, runs: int = 7) -> float:
+    """Median CPU time of a 1-thread session.run (``time.thread_time``: the load of other processes does not
+    stretch it, as it stretches the wall time of a multi-threaded run)."""
+    from agent.model import OnnxModel
+
+    model = OnnxModel(path, threads=1)
+    tensor = np.random.default_rng(0).random((1, 3, *model.input_hw), dtype=np.float32)
+    cpu = []
+    for i in range(runs + 2):
+        t0 = time.thread_time()
+        model.run(tensor)
+        if i >= 2:
+            cpu.append(time.thread_time() - t0)
+    return 1000 * statistics.median(cpu)
 
 
 def _model_ms(path: Path = DEMO, runs: int = 15) -> tuple[float, float]:
@@ -196,6 +213,7 @@ def child(objects: int, frames: int, models: list[Path], image: bool = False) ->
         counts_file = Path(d) / "line_counts.json"
         counts = counts_file.read_bytes() if counts_file.exists() else b""
     after = [_model_ms(m) for m in refs]
+    cpu = [_model_cpu_ms(m) for m in refs]
     both = [a + b for a, b in zip(track_s, event_s, strict=True)]
     out = {
         "tracking_ms": 1000 * statistics.median(track_s),
@@ -208,6 +226,7 @@ def child(objects: int, frames: int, models: list[Path], image: bool = False) ->
     for k, ((run0, det0), (run1, det1)) in enumerate(zip(before, after, strict=True)):
         out[f"run_ms_{k}"] = (run0 + run1) / 2
         out[f"detect_ms_{k}"] = (det0 + det1) / 2
+        out[f"run_cpu_ms_{k}"] = cpu[k]
     return out
 
 
@@ -251,9 +270,11 @@ def main() -> int:
         )
         for k, ref in enumerate([DEMO, *models]):
             ratio = statistics.median(100 * r["both_ms"] / r[f"run_ms_{k}"] for r in rows)
+            cpu_ratio = statistics.median(100 * r["both_cpu_ms"] / r[f"run_cpu_ms_{k}"] for r in rows)
             print(
                 f"{'':14s} vs {ref.name}: session.run {med[f'run_ms_{k}']:.1f} ms ({ratio:.2f} %),"
-                f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %)"
+                f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %);"
+                f" CPU time of a 1-thread session.run {med[f'run_cpu_ms_{k}']:.1f} ms ({cpu_ratio:.2f} %)"
             )
     if len(digests) != 1 or len(with_pixels) > 1:
         print(f"OUTPUTS DIFFER between checkouts or rounds: {sorted(digests)} {sorted(with_pixels)}")
