@@ -4,7 +4,23 @@ import numpy as np
 import pytest
 
 from agent.assignment import assign_greedy, greedy_pairs
-from tests.test_tracking import _greedy_reference
+
+
+def _greedy_reference(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]:
+    """The plain greedy assignment: every pair in row-major order, stably sorted by cost, taken when both free."""
+    n, m = cost.shape
+    order = sorted(
+        ((cost[r, c], r, c) for r in range(n) for c in range(m) if cost[r, c] <= max_cost), key=lambda p: p[0]
+    )
+    rows: set[int] = set()
+    cols: set[int] = set()
+    out = []
+    for _, r, c in order:
+        if r not in rows and c not in cols:
+            rows.add(r)
+            cols.add(c)
+            out.append((r, c))
+    return out
 
 
 @pytest.mark.parametrize(
