@@ -82,55 +82,62 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     clipped = np.minimum(np.maximum(boxes, 0.0), (w, h, w, h))  # np.clip's values, without its overhead
     corners = np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
     # per box, in plain integers (a few boxes: cheaper than arrays): its strided crop's step and size
-    kept: list[tuple[int, int, int, int]] = []  # (index, x0, y0, step)
+    kept: list[int] = []
     grids = []  # (samples across, samples down)
+    frames = []  # (x0, y0, step, 16 / step): where its samples are
     for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
         if x1 > x0 and y1 > y0:
             step = max(1, -(-max(x1 - x0, y1 - y0) // _MAX_SIDE))
-            kept.append((i, x0, y0, step))
+            kept.append(i)
             grids.append((-(-(x1 - x0) // step), -(-(y1 - y0) // step)))
+            frames.append((x0, y0, step, 16 / step))
     if not kept:
         return out
-    index, x0s, y0s, steps = (np.array(c, dtype=np.int64) for c in zip(*kept, strict=True))
-    masks = _polygon_masks_k([polygons[i] for i in index.tolist()], x0s, y0s, steps, grids, scale)
+    per_box = np.array(frames, dtype=np.float64)
+    masks = _polygon_masks_k([polygons[i] for i in kept], per_box, grids, scale)
     # the samples inside the masks, gathered from the image at once: sample (r, c) of box j is the pixel
     # (y0 + step r, x0 + step c); their sums per box are exact integers, divided as cv2.mean does
     flat = np.flatnonzero(masks)
-    box = flat >> 8  # _MAX_SIDE == 16: 256 samples a box, 16 a row
-    at = (y0s * w + x0s)[box] + steps[box] * (((flat >> 4) & 15) * w + (flat & 15))
-    counts = np.bincount(box, minlength=len(kept))
+    counts = np.bincount(flat >> 8, minlength=len(kept))  # _MAX_SIDE == 16: 256 samples a box, 16 a row
+    if not counts.all():  # rare: no polygon, or one too thin to cover a sample: the middle half of the box
+        for j in np.flatnonzero(counts == 0).tolist():
+            cw, ch = grids[j]
+            masks[j, ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
+        flat = np.flatnonzero(masks)
+        counts = np.bincount(flat >> 8, minlength=len(kept))
+    box = flat >> 8
+    origin = (per_box[:, 1] * w + per_box[:, 0]).astype(np.int64)
+    at = origin[box] + per_box[:, 2].astype(np.int64)[box] * (((flat >> 4) & 15) * w + (flat & 15))
     if image_hwc.flags.c_contiguous:  # a view of the pixels as rows: one gather of whole pixels
         pixels = image_hwc.reshape(h * w, -1).take(at, axis=0)
     else:
         pixels = image_hwc[at // w, at % w]
     sums = np.add.reduceat(pixels[:, :3], np.cumsum(counts) - counts, axis=0, dtype=np.int64)
-    out[index] = sums * (1.0 / counts)[:, None]
+    out[kept] = sums * (1.0 / counts)[:, None]
     return out
 
 
 def _polygon_masks_k(
-    polygons: Sequence[F64], x0s: I64, y0s: I64, steps: I64, grids: Sequence[tuple[int, int]], scale: float
+    polygons: Sequence[F64], per_box: F64, grids: Sequence[tuple[int, int]], scale: float
 ) -> npt.NDArray[np.uint8]:
     """(k, 16, 16) each box's polygon drawn on its sample grid (its top-left tile of ``grids``' size, samples
-    across and down), to 1/16 of a sample (``fillPoly``'s shift 4); a polygon of fewer than 3 points, or one
-    too thin to cover a sample, is the middle half of its box instead."""
+    across and down), to 1/16 of a sample (``fillPoly``'s shift 4); ``per_box``: (k, 4) each box's crop
+    corner x0, y0, step and 16 / step. A polygon of fewer than 3 points leaves its tile empty."""
     tiles = np.zeros((len(polygons), _MAX_SIDE, _MAX_SIDE), dtype=np.uint8)
     sizes = [len(p) if len(p) >= 3 else 0 for p in polygons]
-    pts = np.zeros((0, 2), dtype=np.int32)
-    if any(sizes):
-        xy = np.concatenate([p for p, k in zip(polygons, sizes, strict=True) if k], dtype=np.float64)
-        centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
-        centres -= np.repeat(np.stack([x0s, y0s], axis=1), sizes, axis=0)  # each point from its box's corner ..
-        centres *= np.repeat(16 / steps, sizes)[:, None]  # ... in 1/16 of its box's samples
-        pts = np.rint(centres).astype(np.int32)
+    if not any(sizes):
+        return tiles
+    xy = np.concatenate([p for p, k in zip(polygons, sizes, strict=True) if k], dtype=np.float64)
+    centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
+    frame = np.repeat(per_box, sizes, axis=0)  # each point's box
+    centres -= frame[:, :2]  # from its box's corner ...
+    centres *= frame[:, 3:]  # ... in 1/16 of its box's samples
+    pts = np.rint(centres).astype(np.int32)
     end = 0
     for j, (k, (cw, ch)) in enumerate(zip(sizes, grids, strict=True)):
         if k:  # a view of the tile: fillPoly draws into it clipped to the crop's size
             end += k
             cv2.fillPoly(tiles[j, :ch, :cw], [pts[end - k : end]], 1, cv2.LINE_8, 4)
-    for j in np.flatnonzero(~tiles.any(axis=(1, 2))).tolist():  # rare: the middle half of the box
-        cw, ch = grids[j]
-        tiles[j, ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
     return tiles
 
 
