@@ -5,7 +5,8 @@ predictions cross. Their colours rarely agree, so the tracker (:mod:`agent.track
 colours differ by more than ``tracking.appearance_gate`` (BGR euclidean distance, 0-441).
 
 - :func:`mean_bgr_n3`: (n, 3) mean B, G, R inside each polygon, computed on the box's crop taken with a
-  stride (at most :data:`_MAX_SIDE` samples a side), so its cost does not grow with the object's size;
+  stride (at most :data:`_MAX_SIDE` samples a side), so its cost does not grow with the object's size; the
+  samples of every box gathered and summed at once (only the polygons are drawn one by one);
   ``NaN`` where nothing of the box is in the image (no gating for that detection).
 - :func:`colour_far_nm`: (n, m) whether a track's colour and a detection's differ by more than the gate
   (``False`` where either is unknown: an unknown colour never refuses a match).
@@ -69,10 +70,11 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     3 points, or one too thin to cover a sample, falls back to the middle half of its box; a box outside the
     image gives ``NaN``.
 
-    Each box is read as a grid of at most :data:`_MAX_SIDE` samples a side (its crop taken with a stride);
-    every box's grid is gathered from the image in one indexing pass, its polygon drawn into its own tile of
-    one (n, 16, 16) mask (``cv2.fillPoly`` on a view of the tile: the same pixels as on a crop-sized mask)
-    and the means taken as ``cv2.mean`` does (the exact integer sums times ``1 / count``)."""
+    Each box is read as a grid of at most :data:`_MAX_SIDE` samples a side (its crop taken with a stride):
+    its polygon drawn into its own tile of one (k, 16, 16) mask (``cv2.fillPoly`` on a view of the tile: the
+    same samples as on a crop-sized mask), then the samples inside every mask gathered from the image in one
+    indexing pass and the means taken as ``cv2.mean`` does (the exact integer sums times ``1 / count``): the
+    same colours, bit for bit, as a crop, a mask and ``cv2.mean`` per detection."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4) * scale
     n = len(boxes)
     if len(polygons) != n:
