@@ -1,0 +1,105 @@
+"""A uint8 image input for the int8 files ``seg-agent quantize`` writes: the frame's bytes go straight in.
+
+A QDQ int8 model's first node quantizes the float input: ``q = round(x / scale) + zero_point``. The agent's
+float input is a uint8 pixel times 1/255, so when that QuantizeLinear's scale is exactly ``float32(1/255)``
+and its zero point 0, ``q`` *is* the pixel: the agent's letterbox then writes the resized frame's bytes into a
+uint8 tensor (no float conversion, a quarter of the memory traffic) and the graph starts at the
+DequantizeLinear that followed the QuantizeLinear. The outputs are bit-identical to the float-input int8
+model's (``tests/test_quantize_input.py``).
+
+:func:`input_overrides` makes the calibration give the input that scale and zero point (the input is in 0..1
+by construction, so its full range is exactly 0..1; percentile calibration would otherwise clip a little of
+it); :func:`to_uint8_input` rewrites a quantized ``ModelProto`` and records it in its metadata
+(:data:`METADATA_KEY`). Only for uint8 activations (x86's default): with int8 activations (ARM) the zero
+point of 0..1 is -128 and the bytes would need an offset, so those files keep their float input.
+
+``onnx`` is needed here only (the quantize extra); this module imports it from the ``ModelProto`` it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["INPUT_SCALE", "METADATA_KEY", "METADATA_VALUE", "input_overrides", "to_uint8_input"]
+
+INPUT_SCALE = np.float32(1.0 / 255.0)
+"""The scale of a uint8 pixel in the agent's float input (:func:`agent.preprocess.letterbox`)."""
+METADATA_KEY = "quantization_input"
+METADATA_VALUE = "uint8 NCHW RGB 0..255 (the float input's quantization: scale 1/255, zero point 0)"
+
+_UINT8 = 2  # onnx.TensorProto.UINT8
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+def input_overrides(input_name: str, activations: str) -> dict[str, Any]:
+    """``quantize_static`` extra options that quantize ``input_name`` with scale 1/255 and zero point 0
+    (uint8 activations only; ``{}`` otherwise)."""
+    if activations != "uint8":
+        return {}
+    override = {"scale": np.array(INPUT_SCALE, dtype=np.float32), "zero_point": np.array(0, dtype=np.uint8)}
+    return {"TensorQuantOverrides": {input_name: [override]}}
+
+
+def _initializer(graph: Any, name: str) -> Any | None:
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    return None
+
+
+def _is_pixel_quantization(graph: Any, node: Any) -> bool:
+    """Whether a QuantizeLinear/DequantizeLinear ``node`` has scale float32(1/255) and uint8 zero point 0."""
+    if len(node.input) < 3 or any(a.name == "axis" and a.i != 1 for a in node.attribute):
+        return False
+    scale, zero = _initializer(graph, node.input[1]), _initializer(graph, node.input[2])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return False
+    return bool(
+        scale.dtype == np.float32 and scale.reshape(()) == INPUT_SCALE and zero.dtype == np.uint8 and zero.item() == 0
+    )
+
+
+def _input_quantizer(graph: Any) -> tuple[Any, list[Any]] | None:
+    """The input's QuantizeLinear and its DequantizeLinear consumers, when the rewrite is exact."""
+    if len(graph.input) != 1 or graph.input[0].type.tensor_type.elem_type != _FLOAT:
+        return None
+    name = graph.input[0].name
+    readers = [n for n in graph.node if name in n.input]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or readers[0].input[0] != name:
+        return None
+    quant = readers[0]
+    if not _is_pixel_quantization(graph, quant) or quant.output[0] in {o.name for o in graph.output}:
+        return None
+    dequants = [n for n in graph.node if quant.output[0] in n.input]
+    if not dequants or any(n.op_type != "DequantizeLinear" or not _is_pixel_quantization(graph, n) for n in dequants):
+        return None
+    return quant, dequants
+
+
+def to_uint8_input(model: Any) -> bool:
+    """Rewrite a QDQ ``ModelProto`` in place so its one input is uint8 and feeds the DequantizeLinear nodes
+    that read the input's QuantizeLinear, which is removed. Only when exact (the QuantizeLinear's and each
+    DequantizeLinear's scale is float32(1/255), zero point uint8 0, the float input read by nothing else);
+    returns whether it did. The metadata gets :data:`METADATA_KEY`."""
+    graph = model.graph
+    found = _input_quantizer(graph)
+    if found is None:
+        return False
+    quant, dequants = found
+    name = graph.input[0].name
+    for node in dequants:
+        node.input[0] = name
+    graph.node.remove(quant)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name in quant.input[1:] and i.name not in used]:
+        graph.initializer.remove(init)
+    graph.input[0].type.tensor_type.elem_type = _UINT8
+    for entry in [p for p in model.metadata_props if p.key == METADATA_KEY]:
+        model.metadata_props.remove(entry)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, METADATA_VALUE
+    return True
