@@ -10,7 +10,8 @@ model's (``tests/test_quantize_input.py``).
 :func:`input_overrides` makes the calibration give the input that scale and zero point (the input is in 0..1
 by construction, so its full range is exactly 0..1; percentile calibration would otherwise clip a little of
 it); :func:`to_uint8_input` rewrites a quantized ``ModelProto`` and records it in its metadata
-(:data:`METADATA_KEY`). Only for uint8 activations (x86's default): with int8 activations (ARM) the zero
+(:data:`METADATA_KEY`); :func:`to_float_input` undoes it (the same outputs for a float input: an A/B of the
+two, or a tool that feeds float). Only for uint8 activations (x86's default): with int8 activations (ARM) the zero
 point of 0..1 is -128 and the bytes would need an offset, so those files keep their float input.
 
 ``onnx`` is needed here only (the quantize extra); this module imports it from the ``ModelProto`` it is given.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INPUT_SCALE", "METADATA_KEY", "METADATA_VALUE", "input_overrides", "to_uint8_input"]
+__all__ = ["INPUT_SCALE", "METADATA_KEY", "METADATA_VALUE", "input_overrides", "to_float_input", "to_uint8_input"]
 
 INPUT_SCALE = np.float32(1.0 / 255.0)
 """The scale of a uint8 pixel in the agent's float input (:func:`agent.preprocess.letterbox`)."""
@@ -102,4 +103,36 @@ def to_uint8_input(model: Any) -> bool:
         model.metadata_props.remove(entry)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, METADATA_VALUE
+    return True
+
+
+def to_float_input(model: Any) -> bool:
+    """Undo :func:`to_uint8_input` in place: a float input quantized by a QuantizeLinear of scale
+    float32(1/255), zero point uint8 0, feeding what read the uint8 input. Only for a file with
+    :data:`METADATA_KEY` and a uint8 input; returns whether it did."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    keys = {p.key for p in model.metadata_props}
+    if METADATA_KEY not in keys or len(graph.input) != 1 or graph.input[0].type.tensor_type.elem_type != _UINT8:
+        return False
+    name = graph.input[0].name
+    taken = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+    quantized, scale, zero = (f"{name}_pixels{suffix}" for suffix in ("", "_scale", "_zero_point"))
+    if taken & {quantized, scale, zero}:
+        return False
+    for node in graph.node:
+        for i, tensor in enumerate(node.input):
+            if tensor == name:
+                node.input[i] = quantized
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(INPUT_SCALE, dtype=np.float32), scale),
+            numpy_helper.from_array(np.array(0, dtype=np.uint8), zero),
+        ]
+    )
+    graph.node.insert(0, helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], name=quantized))
+    graph.input[0].type.tensor_type.elem_type = _FLOAT
+    for entry in [p for p in model.metadata_props if p.key == METADATA_KEY]:
+        model.metadata_props.remove(entry)
     return True

@@ -16,7 +16,7 @@ import pytest
 from agent import synth
 from agent.calibration import load_samples
 from agent.preprocess import letterbox, letterbox_uint8
-from agent.quantize_input import INPUT_SCALE, METADATA_KEY, input_overrides, to_uint8_input
+from agent.quantize_input import INPUT_SCALE, METADATA_KEY, input_overrides, to_float_input, to_uint8_input
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("sympy")
@@ -95,6 +95,20 @@ def test_the_rewrite_refuses_what_would_not_be_exact(kwargs: dict[str, Any]) -> 
     assert model.SerializeToString() == before  # untouched
 
 
+def test_to_float_input_undoes_the_rewrite() -> None:
+    values = np.resize(np.arange(256, dtype=np.uint8), (1, 3, 16, 16))
+    as_float = values.astype(np.float32) * INPUT_SCALE
+    model = _qdq_graph()
+    expected = _run(model, as_float)[0]
+    assert not to_float_input(model)  # a float input already: nothing to undo
+    assert to_uint8_input(model) and to_float_input(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert METADATA_KEY not in {p.key for p in model.metadata_props}
+    onnx.checker.check_model(model)
+    assert np.array_equal(_run(model, as_float)[0], expected)
+    assert to_uint8_input(model) and np.array_equal(_run(model, values)[0], expected)  # and back again
+
+
 def test_input_overrides_only_for_uint8_activations() -> None:
     (override,) = input_overrides("images", "uint8")["TensorQuantOverrides"]["images"]
     assert override["scale"].dtype == np.float32 and override["scale"] == INPUT_SCALE
@@ -142,6 +156,17 @@ def test_the_demo_models_outputs_are_bit_identical_with_the_uint8_input(
         assert [p.tolist() for p in da.polygons] == [p.tolist() for p in db.polygons]
         found += len(da)
     assert found > 0  # frames with objects: masks and polygons were compared, not just empty outputs
+    back = onnx.load(str(uint8_in))
+    assert to_float_input(back)
+    c = OnnxModel(_saved(back, uint8_in.with_name("back.onnx")), threads=1)
+    tensor, _ = letterbox(frames[0], c.input_hw)
+    assert c.input_dtype is np.float32
+    assert all(np.array_equal(x, y) for x, y in zip(a.run(tensor), c.run(tensor), strict=True))
+
+
+def _saved(model: Any, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
 
 
 def test_seg_agent_quantize_writes_the_uint8_input_where_it_is_exact(tmp_path: Path) -> None:
