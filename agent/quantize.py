@@ -173,7 +173,7 @@ def quantize_model(
             calibrate_method=methods[method],
             extra_options={
                 **_chunk_options(calibration_chunk(graph.graph), len(samples)),
-                **input_overrides(input_name, act),
+                **input_overrides(input_name, act, unit_range=model.preprocessing.mean is None),
             },
         )
         result = onnx.load(str(Path(tmp) / "int8.onnx"))

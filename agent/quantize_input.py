@@ -7,12 +7,13 @@ uint8 tensor (no float conversion, a quarter of the memory traffic) and the grap
 DequantizeLinear that followed the QuantizeLinear. The outputs are bit-identical to the float-input int8
 model's (``tests/test_quantize_input.py``).
 
-:func:`input_overrides` makes the calibration give the input that scale and zero point (the input is in 0..1
-by construction, so its full range is exactly 0..1; percentile calibration would otherwise clip a little of
-it); :func:`to_uint8_input` rewrites a quantized ``ModelProto`` and records it in its metadata
-(:data:`METADATA_KEY`); :func:`to_float_input` undoes it (the same outputs for a float input: an A/B of the
-two, or a tool that feeds float). Only for uint8 activations (x86's default): with int8 activations (ARM) the zero
-point of 0..1 is -128 and the bytes would need an offset, so those files keep their float input.
+:func:`input_overrides` makes the calibration give the input that scale and zero point: the input is in 0..1
+by construction (unless the format normalises it, as RF-DETR's ImageNet input: nothing is forced then), so
+its full range is exactly 0..1, which percentile calibration would otherwise clip a little. :func:`to_uint8_input`
+rewrites a quantized ``ModelProto`` and records it in its metadata (:data:`METADATA_KEY`); :func:`to_float_input`
+undoes it (the same outputs for a float input: an A/B of the two, or a tool that feeds float). Only for uint8
+activations (x86's default): with int8 activations (ARM) the zero point of 0..1 is -128 and the bytes would
+need an offset, so those files keep their float input.
 
 ``onnx`` is needed here only (the quantize extra); this module imports it from the ``ModelProto`` it is given.
 """
@@ -34,10 +35,11 @@ _UINT8 = 2  # onnx.TensorProto.UINT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
-def input_overrides(input_name: str, activations: str) -> dict[str, Any]:
-    """``quantize_static`` extra options that quantize ``input_name`` with scale 1/255 and zero point 0
-    (uint8 activations only; ``{}`` otherwise)."""
-    if activations != "uint8":
+def input_overrides(input_name: str, activations: str, *, unit_range: bool) -> dict[str, Any]:
+    """``quantize_static`` extra options that quantize ``input_name`` with scale 1/255 and zero point 0:
+    for uint8 activations and an input in 0..1 (``unit_range``: no mean/std normalisation, which RF-DETR's
+    ImageNet input has); ``{}`` otherwise, the calibrated range as before."""
+    if activations != "uint8" or not unit_range:
         return {}
     override = {"scale": np.array(INPUT_SCALE, dtype=np.float32), "zero_point": np.array(0, dtype=np.uint8)}
     return {"TensorQuantOverrides": {input_name: [override]}}

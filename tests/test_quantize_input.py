@@ -110,10 +110,11 @@ def test_to_float_input_undoes_the_rewrite() -> None:
 
 
 def test_input_overrides_only_for_uint8_activations() -> None:
-    (override,) = input_overrides("images", "uint8")["TensorQuantOverrides"]["images"]
+    (override,) = input_overrides("images", "uint8", unit_range=True)["TensorQuantOverrides"]["images"]
     assert override["scale"].dtype == np.float32 and override["scale"] == INPUT_SCALE
     assert override["zero_point"].dtype == np.uint8 and override["zero_point"] == 0
-    assert input_overrides("images", "int8") == {}
+    assert input_overrides("images", "int8", unit_range=True) == {}
+    assert input_overrides("images", "uint8", unit_range=False) == {}  # ImageNet-normalised: not in 0..1
 
 
 @pytest.fixture(scope="module")
