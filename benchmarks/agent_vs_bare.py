@@ -261,11 +261,12 @@ def _print_block(block: Block) -> None:
     print("|---|---|---|---|---|---|")
     for name, rs in block.thr.items():
         per_rep = [r["ratio"] for r in rs]
-        lone = _med([r["latency_ms"] for r in block.paced[name]]) if block.paced[name] else float("nan")
+        paced = [r["latency_ms"] for r in block.paced[name]]
+        lone = f"{_med(paced):.1f}" if paced else "-"  # --paced only
         print(
             f"| {name} | {_med([r['fps'] for r in rs]):.2f} | {_med(per_rep):.3f} "
             f"({', '.join(f'{x:.3f}' for x in per_rep)}) | {_med([r['dets'] for r in rs]):.1f} | "
-            f"{_med([r['cpu_ms'] for r in rs]):.1f} | {lone:.1f} |"
+            f"{_med([r['cpu_ms'] for r in rs]):.1f} | {lone} |"
         )
     print()
     for name, rs in block.thr.items():
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = _blocks(args, work)
     slots = sum(1 for b in blocks for _, lo in variants if lo.get("input", "float") in b.files)
     estimate = args.reps * slots * (args.seconds + args.warmup + args.bare_seconds + 4.5) / 60  # ~4.5 s starts
-    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     print(f"{args.reps} x {slots} agent runs, each between bare runs: ~{estimate:.0f} min", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp)) as mq:
         for block in blocks:
