@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.postprocess import letterbox
+from agent.preprocess import letterbox_uint8
 from benchmarks.bench_base import ModelInfo, cpu_s, median, percentile
 
 SPIN_MODES = ("off", "on", "on+stop")  # spinning: never / ONNX Runtime's default / during runs only (the agent's)
@@ -42,7 +43,9 @@ class Floor:
 
     def __init__(self, model: ModelInfo, frame: np.ndarray) -> None:
         self.model = model
-        self.tensor, _ = letterbox(frame, model.input_hw)
+        probe = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+        uint8 = probe.get_inputs()[0].type == "tensor(uint8)"  # an int8 file with the pixels' bytes as input
+        self.tensor, _ = (letterbox_uint8 if uint8 else letterbox)(frame, model.input_hw)
         self.best: tuple[int, str] = (0, "on+stop")
         self.sessions: dict[tuple[int, str], ort.InferenceSession] = {}
         self.walls: dict[tuple[int, str], list[float]] = {}
