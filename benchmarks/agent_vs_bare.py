@@ -63,6 +63,9 @@ if threads > 0:
     o.intra_op_num_threads = threads
     o.inter_op_num_threads = 1
 s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+if "quantization" in s.get_modelmeta().custom_metadata_map:  # opened as the agent opens it (agent.runtime)
+    from agent.runtime import INT8_CPU_DISABLED_OPTIMIZERS
+    s = ort.InferenceSession(path, o, ["CPUExecutionProvider"], disabled_optimizers=list(INT8_CPU_DISABLED_OPTIMIZERS))
 cap = cv2.VideoCapture(video)
 ok, frame = cap.read()
 h, w = s.get_inputs()[0].shape[2:]
