@@ -1,7 +1,8 @@
 """Greedy assignment of rows (tracks) to columns (detections) by lowest cost, for :mod:`agent.tracking`.
 
 Pure NumPy, no side effects. :func:`greedy_pairs` is the tracker's hot path (index arrays only);
-:func:`assign_greedy` also says which rows and columns were left over.
+:func:`assign_greedy` also says which rows and columns were left over; :func:`covered_m` says which columns some
+of the rows could take.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["assign_greedy", "greedy_pairs"]
+__all__ = ["assign_greedy", "covered_m", "greedy_pairs"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -60,3 +61,11 @@ def _greedy_loop(rows: list[int], cols: list[int]) -> list[int]:
             col_used.add(c)
             taken.append(k)
     return taken
+
+
+def covered_m(cost_nm: F64, rows_n: npt.NDArray[np.bool_], max_cost: float) -> npt.NDArray[np.bool_]:
+    """(m,) columns that at least one of the rows ``rows_n`` could take (cost <= ``max_cost``; NaN never)."""
+    cost = np.asarray(cost_nm, dtype=np.float64)
+    chosen = cost[np.asarray(rows_n, dtype=bool)]
+    out: npt.NDArray[np.bool_] = (chosen <= max_cost).any(axis=0) if len(chosen) else np.zeros(cost.shape[1], bool)
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -86,12 +86,14 @@ def split_holdout(samples: Sequence[Sample], holdout: float) -> tuple[list[Sampl
     return [s for i, s in enumerate(samples) if i % k != k - 1], held
 
 
-def model_tensor(model: OnnxModel, image_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """The input tensor ``model.detect`` makes of a frame (same function, same size, same preprocessing)."""
-    from agent.preprocess import Preprocessing, letterbox, prepare
+def model_tensor(model: OnnxModel, image_bgr: NDArray[np.uint8]) -> NDArray[Any]:
+    """The input tensor ``model.detect`` makes of a frame (same function, same size, same preprocessing;
+    uint8 for a uint8-input model)."""
+    from agent.preprocess import Preprocessing, letterbox, letterbox_uint8, prepare
 
     if model.layout.kind == "yolov8" and model.preprocessing == Preprocessing():  # detect's Ultralytics path
-        return letterbox(image_bgr, model.input_hw)[0]
+        box = letterbox_uint8 if model.input_dtype is np.uint8 else letterbox
+        return box(image_bgr, model.input_hw)[0]
     return prepare(image_bgr, model.preprocessing, model.input_hw)[0]
 
 

@@ -127,6 +127,9 @@ class LocalSettings:
     frames_in_flight: int = 0
     # ONNX Runtime's pool threads spin (busy-wait) for work: auto | on | off (agent.runtime.spins, README: Speed)
     spin: Spin = "auto"
+    # While the pool spins: microseconds a waiting thread spins before it sleeps; 0 = ONNX Runtime's default
+    # (session.intra_op.spin_duration_us; README: Speed, thread spinning)
+    spin_us: int = 0
 
     @property
     def local_runs(self) -> int:
@@ -417,6 +420,7 @@ def _local(lo: Reader) -> LocalSettings:
         polygons=_polygons(lo.section("polygons", PolygonSettings)),
         frames_in_flight=lo.int_in("frames_in_flight", 0, 64),
         spin=lo.choice("spin", get_args(Spin)),  # type: ignore[arg-type]
+        spin_us=lo.int_in("spin_us", 0, 1_000_000),
     )
     lo.finish()
     return settings

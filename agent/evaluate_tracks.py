@@ -12,6 +12,12 @@ in the ground truth: a pillar or another object across them) ignored as well. Th
 boxes both pieces of such an object, which a detector boxing one piece cannot match at IoU 0.5; the second
 figure says how much of the loss is that.
 
+And the detector's bound: IDF1 with perfect identities, every published detection given the id of the
+ground-truth object it covers (IoU >= 0.5, greedy by IoU), so only the detector's misses and boxes count,
+with the detections that cover no object kept (``bound_idf1``: the tracker publishes them too unless its
+tracks drop them) and left out (``ceiling_idf1``: what a tracker that also dropped every such detection would
+reach; no tracker beats it).
+
 Our own IoU is given to motmetrics: its ``iou_matrix`` uses ``np.asfarray``, gone in NumPy 2.
 """
 
@@ -58,6 +64,8 @@ class TrackReport:
     per_clip: dict[str, dict[str, float]] = field(default_factory=dict)
     # the same figures with split objects ignored too (idf1, mota, switches_per_100, track_frames): see above
     split_ignored: dict[str, float] = field(default_factory=dict)
+    bound_idf1: float = float("nan")  # perfect identities, every detection (see the module's doc)
+    ceiling_idf1: float = float("nan")  # perfect identities, the detections that cover no object left out
 
 
 def _import_motmetrics() -> Any:
@@ -116,19 +124,46 @@ def _frame_update(
     acc.update([int(o["id"]) for o in expected], hyp_ids, _distances(gt, hyp))
 
 
+def truth_ids(truth: list[dict[str, Any]], min_vis: float, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """(n,) the id of the expected ground-truth object each detection covers at IoU >= 0.5, -1 for none;
+    greedy by IoU, each object once (the detector's bound: identities as a perfect tracker would give)."""
+    out = np.full(len(boxes_xyxy), -1, dtype=np.int64)
+    expected = [o for o in truth if float(o["visibility"]) >= min_vis]
+    if not expected or not len(boxes_xyxy):
+        return out
+    iou = iou_nm_xyxy(np.array([o["box_xyxy"] for o in expected], dtype=np.float64), boxes_xyxy)
+    taken = np.zeros(len(expected), dtype=bool)
+    for flat in np.argsort(-iou, axis=None, kind="stable").tolist():
+        g, d = divmod(flat, len(boxes_xyxy))
+        if iou[g, d] < MATCH_IOU:
+            break
+        if out[d] < 0 and not taken[g]:
+            out[d], taken[g] = int(expected[g]["id"]), True
+    return out
+
+
+def _bound_update(bound: tuple[Any, Any], frame: int, truth: list[dict[str, Any]], min_vis: float, boxes: Any) -> None:
+    """Frame ``frame`` into the bound's two accumulators: every detection with its object's id (an id of
+    its own, used once in the clip, for one that covers none), and only those that cover one."""
+    gt_of = truth_ids(truth, min_vis, boxes)
+    fresh = -1 - 1000 * frame - np.arange(len(gt_of))  # never a ground-truth id, never twice in a clip
+    _frame_update(bound[0], truth, min_vis, np.where(gt_of >= 0, gt_of, fresh).tolist(), boxes)
+    covers = gt_of >= 0
+    _frame_update(bound[1], truth, min_vis, gt_of[covers].tolist(), boxes[covers])
+
+
 def _track_clip(
     detector: Detector, truth_path: Path, settings: TrackingSettings, confidence: float, overlap: float, mm: Any
-) -> tuple[tuple[Any, Any], list[float], list[float]]:
-    """One clip through detect → API object → tracking; the accumulators (the headline's, and split objects
-    ignored) and per-frame times (s)."""
+) -> tuple[tuple[Any, Any, Any, Any], list[float], list[float]]:
+    """One clip through detect → API object → tracking; the accumulators (the headline's, split objects
+    ignored, the bound's two) and per-frame times (s)."""
     doc = _read_truth(truth_path)
     video = truth_path.parent / str(doc["video"])
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
         raise OSError(f"{video}: cannot open the clip")
     tracks = CameraTracks(settings, ["eval"])
-    acc = mm.MOTAccumulator(auto_id=True)
-    acc_split = mm.MOTAccumulator(auto_id=True)
+    acc, acc_split, *bound = (mm.MOTAccumulator(auto_id=True) for _ in range(4))
     min_vis = float(doc.get("min_visibility", 0.0))
     detect_s: list[float] = []
     track_s: list[float] = []
@@ -150,12 +185,19 @@ def _track_clip(
             hyp_ids, hyp = [p["tracker_id"] for p in confirmed], predictions_xyxy(confirmed)
             _frame_update(acc, truth, min_vis, hyp_ids, hyp)
             _frame_update(acc_split, truth, min_vis, hyp_ids, hyp, split=True)
+            _bound_update((bound[0], bound[1]), i, truth, min_vis, predictions_xyxy(tracked.api["predictions"]))
     finally:
         cap.release()
-    return (acc, acc_split), detect_s, track_s
+    return (acc, acc_split, bound[0], bound[1]), detect_s, track_s
 
 
 _METRICS = ["idf1", "mota", "num_switches", "num_objects", "num_false_positives", "num_misses", "num_frames"]
+
+
+def _overall(mm: Any, accs: list[Any], names: list[str]) -> dict[str, Any]:
+    summary = mm.metrics.create().compute_many(accs, metrics=_METRICS, names=names, generate_overall=True)
+    out: dict[str, Any] = summary.loc["OVERALL"].to_dict()
+    return out
 
 
 def evaluate_tracks(
@@ -180,23 +222,23 @@ def evaluate_tracks(
         detector, name = model, str(getattr(model, "path", type(model).__name__))
     if not truth_paths:
         raise ValueError("no tracks file given")
-    accs, split_accs, names, detect_s, track_s = [], [], [], [], []
+    kinds: tuple[list[Any], ...] = ([], [], [], [])  # headline, split ignored, bound, ceiling
+    names, detect_s, track_s = [], [], []
     for path in truth_paths:
-        (acc, acc_split), d, t = _track_clip(detector, Path(path), settings, confidence, overlap, mm)
-        accs.append(acc)
-        split_accs.append(acc_split)
+        accs_4, d, t = _track_clip(detector, Path(path), settings, confidence, overlap, mm)
+        for kind, acc in zip(kinds, accs_4, strict=True):
+            kind.append(acc)
         names.append(Path(path).name)
         detect_s += d
         track_s += t
-    summary = mm.metrics.create().compute_many(accs, metrics=_METRICS, names=names, generate_overall=True)
+    summary = mm.metrics.create().compute_many(kinds[0], metrics=_METRICS, names=names, generate_overall=True)
     overall = summary.loc["OVERALL"].to_dict()
     objects = int(overall["num_objects"])
-    split = mm.metrics.create().compute_many(split_accs, metrics=_METRICS, names=names, generate_overall=True)
-    split_overall = split.loc["OVERALL"].to_dict()
+    split_overall, bound, ceiling = (_overall(mm, k, names) for k in kinds[1:])
     split_objects = int(split_overall["num_objects"])
     return TrackReport(
         model=name,
-        clips=len(accs),
+        clips=len(names),
         frames=int(overall["num_frames"]),
         track_frames=objects,
         idf1=float(overall["idf1"]),
@@ -215,6 +257,8 @@ def evaluate_tracks(
             "switches_per_100": 100.0 * float(split_overall["num_switches"]) / max(split_objects, 1),
             "track_frames": float(split_objects),
         },
+        bound_idf1=float(bound["idf1"]),
+        ceiling_idf1=float(ceiling["idf1"]),
     )
 
 
@@ -223,7 +267,8 @@ def format_track_report(report: TrackReport) -> str:
     lines = [
         f"model        {report.model}",
         f"clips        {report.clips}   frames {report.frames}   track-frames {report.track_frames}",
-        f"IDF1         {report.idf1:.3f}",
+        f"IDF1         {report.idf1:.3f}   (with perfect identities, the detector's bound: {report.bound_idf1:.3f};"
+        f" without the detections that cover no object {report.ceiling_idf1:.3f})",
         f"MOTA         {report.mota:.3f}   (false positives {report.false_positives}, misses {report.misses})",
         f"id switches  {report.id_switches}   ({report.switches_per_100:.2f} per 100 track-frames)",
         f"speed        detect {report.ms_detect:.1f} ms/frame   tracking {report.ms_track:.3f} ms/frame (medians)",

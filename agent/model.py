@@ -35,7 +35,7 @@ from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, re
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
 from agent.placement import letterbox_content_hw
 from agent.polygons import EXACT, PolygonOptions
-from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, prepare
+from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, letterbox_uint8, prepare
 from agent.runtime import (
     DEFAULT_PROVIDERS,
     PROVIDER_NAMES,
@@ -66,13 +66,14 @@ DEFAULT_IMGSZ = 640
 CLASS_NAME_FILES = ("classes.txt", "class_names.txt")
 """Files beside the model, one class name a line, read when the metadata has no ``names``."""
 
-Runner = Callable[[NDArray[np.float32]], tuple[NDArray[np.float32], ...]]
+Runner = Callable[[NDArray[Any]], tuple[NDArray[np.float32], ...]]
 """Runs a session on a prepared ``(1, 3, H, W)`` tensor (:meth:`OnnxModel.run`)."""
 
-_NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {
+_NUMPY_DTYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,  # an int8 file of seg-agent quantize: the pixels' bytes (agent.quantize_input)
 }
 
 
@@ -165,10 +166,11 @@ class OnnxModel:
         trt_cache_dir: str | os.PathLike[str] | None = None,
         polygons: PolygonOptions = EXACT,
         spin: bool = True,
+        spin_us: int = 0,
     ) -> None:
         self.path = Path(path)
         self.polygons = polygons  # what detect() writes of each mask: tolerance, every part and hole
-        options = session_options(threads, spin=spin)  # spin: runtime.spins()
+        options = session_options(threads, spin=spin, spin_us=spin_us)  # spin: runtime.spins()
         self.package = None
         if self.path.is_dir():
             try:
@@ -311,13 +313,27 @@ class OnnxModel:
     # ------------------------------------------------------------------------------------------------
     # Inference
 
-    def run(self, tensor_nchw: NDArray[np.float32]) -> tuple[NDArray[np.float32], ...]:
+    def run(self, tensor_nchw: NDArray[Any]) -> tuple[NDArray[np.float32], ...]:
         """The bare session for a prepared ``(1, 3, H, W)`` tensor: the outputs in the layout's order,
-        ``(output0, protos)`` for a YOLO, ``(dets, labels, masks)`` for RF-DETR."""
-        feed = {self._input_name: tensor_nchw.astype(self._input_dtype, copy=False)}
+        ``(output0, protos)`` for a YOLO, ``(dets, labels, masks)`` for RF-DETR. A uint8-input model takes
+        a float 0..1 tensor too (:meth:`input_tensor`)."""
+        feed = {self._input_name: self.input_tensor(tensor_nchw)}
         with self._lock:
             outputs = self._session.run(self._output_names, feed)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
+
+    def input_tensor(self, tensor_nchw: NDArray[Any]) -> NDArray[Any]:
+        """A prepared tensor as this model's input type; a float 0..1 tensor for a uint8 input becomes
+        ``round(x * 255)``, the bytes :func:`~agent.preprocess.letterbox_uint8` writes (benchmarks convert once)."""
+        if self._input_dtype is np.uint8 and tensor_nchw.dtype != np.uint8:
+            return np.rint(np.clip(tensor_nchw * np.float32(255), 0, 255)).astype(np.uint8)
+        return tensor_nchw.astype(self._input_dtype, copy=False)
+
+    @property
+    def input_dtype(self) -> type[np.generic]:
+        """The input tensor's NumPy type: float32 for most files, uint8 for an int8 file whose input is the
+        pixels' bytes (:mod:`agent.quantize_input`)."""
+        return self._input_dtype
 
     def needed_hw(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """The smallest image size of a ``frame_hw`` frame that this model loses nothing from.
@@ -370,7 +386,8 @@ class OnnxModel:
             frame_hw = image_hw
         limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
-            tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
+            box = letterbox_uint8 if self._input_dtype is np.uint8 else letterbox
+            tensor, params = box(image_bgr, self.input_hw, frame_hw=frame_hw)
             output0, protos = run(tensor)
             return decode_yolov8_seg(
                 output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits

@@ -79,6 +79,7 @@ def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
                     trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
                     polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
                     spin=spins(local.spin, sessions=local.sessions, frames_in_flight=local.local_runs),
+                    spin_us=local.spin_us,
                 )
             )
     except ModelError as exc:

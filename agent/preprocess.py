@@ -18,7 +18,8 @@ uploads carry none), so it never changes a frame and is only recorded.
 
 The returned :class:`~agent.placement.Placement` maps model-input pixels back to frame pixels, per axis:
 ``input = (frame - offset) * scale + pad``. :func:`letterbox` is the Ultralytics path's own step: the same
-letterbox as :func:`prepare` with the default :class:`Preprocessing`, written straight into the tensor.
+letterbox as :func:`prepare` with the default :class:`Preprocessing`, written straight into the tensor;
+:func:`letterbox_uint8` is the same for a model with a uint8 input (the frame's bytes, no float conversion).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "crop_bounds",
     "fit",
     "letterbox",
+    "letterbox_uint8",
     "letterbox_ultralytics",
     "parse_roboflow_preprocessing",
     "prepare",
@@ -260,18 +262,10 @@ def fit(image_bgr: NDArray[np.uint8], dst_hw: tuple[int, int], fill: int) -> tup
     return canvas, Placement(new_w / src_w, new_h / src_h, left, top, 0, 0, src_w, src_h, new_w, new_h)
 
 
-def letterbox(
-    image_bgr: NDArray[Any], dst_hw: tuple[int, int], *, frame_hw: tuple[int, int] | None = None
-) -> tuple[NDArray[np.float32], LetterboxParams]:
-    """The model input for a BGR frame: ``(1, 3, H, W)`` float32 RGB in 0..1, letterboxed with grey 114.
-
-    One ``cv2.resize`` (linear), skipped when the frame already has the right size. Anything but an HxWx3
-    uint8 array raises ``ValueError``.
-
-    ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode of it (a JPEG decoded at 1/2,
-    1/4 or 1/8). The params are then the true frame's, so everything mapped back lands in its pixels, and
-    the image is resized into the same content rectangle.
-    """
+def _letterbox_resized(
+    image_bgr: NDArray[Any], dst_hw: tuple[int, int], frame_hw: tuple[int, int] | None
+) -> tuple[NDArray[np.uint8], LetterboxParams, tuple[int, int]]:
+    """The letterbox's resized frame, its params and the model input's size (see :func:`letterbox`)."""
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
     image_hw = (int(image_bgr.shape[0]), int(image_bgr.shape[1]))
@@ -284,19 +278,57 @@ def letterbox(
         resized = image_bgr
     else:
         resized = np.asarray(cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
+    return resized, params, dst_hw
+
+
+def _fill_padding(planes: NDArray[Any], params: LetterboxParams, content_hw: tuple[int, int], fill: Any) -> None:
+    top, left = params.pad_y, params.pad_x
+    bottom, right = top + content_hw[0], left + content_hw[1]
+    planes[:, :top] = fill
+    planes[:, bottom:] = fill
+    planes[:, top:bottom, :left] = fill
+    planes[:, top:bottom, right:] = fill
+
+
+def letterbox(
+    image_bgr: NDArray[Any], dst_hw: tuple[int, int], *, frame_hw: tuple[int, int] | None = None
+) -> tuple[NDArray[np.float32], LetterboxParams]:
+    """The model input for a BGR frame: ``(1, 3, H, W)`` float32 RGB in 0..1, letterboxed with grey 114.
+
+    One ``cv2.resize`` (linear), skipped when the frame already has the right size. Anything but an HxWx3
+    uint8 array raises ``ValueError``.
+
+    ``frame_hw``: the frame's true size when ``image_bgr`` is a reduced decode of it (a JPEG decoded at 1/2,
+    1/4 or 1/8). The params are then the true frame's, so everything mapped back lands in its pixels, and
+    the image is resized into the same content rectangle.
+    """
+    resized, params, dst_hw = _letterbox_resized(image_bgr, dst_hw, frame_hw)
     # Written straight into the tensor: the padding as its constant, then each colour plane (split from BGR
     # by OpenCV, RGB order) converted and scaled in one pass: no uint8 canvas, no strided HWC -> CHW copy.
     scale = np.float32(1.0 / 255.0)
     tensor = np.empty((1, 3, dst_hw[0], dst_hw[1]), dtype=np.float32)
     planes = tensor[0]
-    top, left, bottom, right = params.pad_y, params.pad_x, params.pad_y + new_h, params.pad_x + new_w
-    fill = np.float32(LETTERBOX_FILL) * scale  # the value a uint8 114 becomes, to the bit
-    planes[:, :top] = fill
-    planes[:, bottom:] = fill
-    planes[:, top:bottom, :left] = fill
-    planes[:, top:bottom, right:] = fill
+    new_h, new_w = resized.shape[:2]
+    _fill_padding(planes, params, (new_h, new_w), np.float32(LETTERBOX_FILL) * scale)  # a uint8 114, to the bit
+    top, left = params.pad_y, params.pad_x
     for channel, plane in enumerate(reversed(cv2.split(resized))):
-        np.multiply(plane, scale, out=planes[channel, top:bottom, left:right])
+        np.multiply(plane, scale, out=planes[channel, top : top + new_h, left : left + new_w])
+    return tensor, params
+
+
+def letterbox_uint8(
+    image_bgr: NDArray[Any], dst_hw: tuple[int, int], *, frame_hw: tuple[int, int] | None = None
+) -> tuple[NDArray[np.uint8], LetterboxParams]:
+    """:func:`letterbox` for a uint8-input model (:mod:`agent.quantize_input`): ``(1, 3, H, W)`` uint8 RGB
+    0..255, equal to ``round(letterbox(...)[0] * 255)`` to the bit: the resized frame's bytes, grey 114."""
+    resized, params, dst_hw = _letterbox_resized(image_bgr, dst_hw, frame_hw)
+    tensor = np.empty((1, 3, dst_hw[0], dst_hw[1]), dtype=np.uint8)
+    planes = tensor[0]
+    new_h, new_w = resized.shape[:2]
+    _fill_padding(planes, params, (new_h, new_w), LETTERBOX_FILL)
+    top, left = params.pad_y, params.pad_x
+    for channel, plane in enumerate(reversed(cv2.split(resized))):
+        planes[channel, top : top + new_h, left : left + new_w] = plane
     return tensor, params
 
 

@@ -51,6 +51,7 @@ import numpy as np
 from agent.calibration import CalibrationReader, Sample, load_samples, model_tensor, split_holdout
 from agent.quantize_check import EvalSet, gate, reference_set, speed_line, subset_annotations
 from agent.quantize_graph import cpu_flags, float_head_nodes, pick_activations
+from agent.quantize_input import input_overrides, to_uint8_input
 
 if TYPE_CHECKING:
     from agent.evaluate import EvalReport
@@ -131,9 +132,11 @@ def quantize_model(
     op_types: Sequence[str] = QUANTIZED_OPS,
     method: str = "percentile",
     head_convs: str = HEAD_CONVS,
+    uint8_input: bool = True,
 ) -> QuantizePlan:
     """Write the QDQ int8 model of ``model_path`` (loaded as ``model``) to ``out_path``, calibrated on
-    ``samples``. The original's metadata (class names, input size) is carried over."""
+    ``samples``. The original's metadata (class names, input size) is carried over. ``uint8_input``: a uint8
+    image input where exact (uint8 activations; :mod:`agent.quantize_input`)."""
     onnx = _import_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -168,11 +171,16 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(keep_float),
             calibrate_method=methods[method],
-            extra_options=_chunk_options(calibration_chunk(graph.graph), len(samples)),
+            extra_options={
+                **_chunk_options(calibration_chunk(graph.graph), len(samples)),
+                **input_overrides(input_name, act, unit_range=model.preprocessing.mean is None),
+            },
         )
         result = onnx.load(str(Path(tmp) / "int8.onnx"))
         original = onnx.load(str(model_path), load_external_data=False)
         _carry_metadata(result, original, f"int8 QDQ, {act} activations, per-channel int8 weights")
+        if uint8_input:
+            to_uint8_input(result)  # the frame's bytes as the input where that is exact
         out_path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(result, str(out_path))
     return QuantizePlan(act, reduce_range, head_convs, ops or ("all",), tuple(sorted(keep_float)), len(quantized))

@@ -95,11 +95,15 @@ def spins(spin: str, *, sessions: int, frames_in_flight: int) -> bool:
     return sessions <= 1 and frames_in_flight <= max(1, sessions)
 
 
-def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, *, spin: bool = True, spin_us: int = 0) -> ort.SessionOptions:
     """Options for one session: ``threads`` intra-op threads (0 = ONNX Runtime's choice, one per physical core)
-    and whether that pool's threads spin (``inference.local.spin``, resolved by :func:`spins`)."""
+    and whether that pool's threads spin (``inference.local.spin``, resolved by :func:`spins`); ``spin_us``
+    (``inference.local.spin_us``, spinning only): how long a waiting thread spins before it sleeps, 0 = ONNX
+    Runtime's default."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = let ONNX Runtime choose), got {threads}")
+    if spin_us < 0:
+        raise ValueError(f"spin_us must be >= 0 (0 = ONNX Runtime's default), got {spin_us}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -108,6 +112,8 @@ def session_options(threads: int, *, spin: bool = True) -> ort.SessionOptions:
         # slower on an idle machine) but stop as soon as it returns: by default they go on spinning ~60 ms after
         # every run, a core's worth of CPU that at a few frames per second rivals the model (benchmarks/NOTES.md).
         options.add_session_config_entry("session.force_spinning_stop", "1")
+        if spin_us > 0:  # a short spin: kernels within a run still find the threads awake, the agent's work less so
+            options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     else:
         # Waiting threads sleep instead: when other work shares the cores (the agent's own decode, masks and
         # JSON beside a run, other sessions, other processes) a spinning thread takes the core that work needs.

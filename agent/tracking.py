@@ -29,9 +29,11 @@ Association is ByteTrack's, greedy by cost in six stages: (1) detections at or a
 confirmed tracks, live or lost, by IoU with each track's predicted box (constant velocity with fixed gains,
 coasting from its last match for 1 s at most); (2) the lower-scored ones to the confirmed tracks left (an
 occluded object scores lower, not nothing); (3) high ones left to lost tracks by centre distance in track
-sizes, the reach growing with the time lost (a box that changed too much behind an occluder for IoU), then low
-ones left to lost tracks the same way within half the distance (a partly hidden object scores lower and often
-flips class: without this stage it started a new track); (4, 5) what is left to the tentative tracks. High
+sizes, the reach growing with the time lost (by 2 sizes a second, for 1 s at most: a box that changed too much
+behind an occluder for IoU), then low ones left to lost tracks the same way within half the distance (a partly
+hidden object scores lower and often flips class: without this stage it started a new track), but not a
+detection a live confirmed track still unmatched covers at IoU >= 0.6 whatever the classes (that track's object
+with its class flipped: given to a lost track, it swapped ids); (4, 5) what is left to the tentative tracks. High
 detections still unmatched start tentative tracks; a tentative track unmatched once is dropped. Fragments are
 healed: a tentative track reaching ``min_frames`` within 3 track sizes of a lost confirmed track (its
 predicted box, the reach growing with the time lost, whatever the classes unless ``class_cost`` >= 1; not one
@@ -63,7 +65,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.appearance import COLOUR_EVERY, ColoursOf, blend_colour_n3, colour_far_nm, colours_of_image, lazy_colours_m3
-from agent.assignment import assign_greedy, greedy_pairs
+from agent.assignment import assign_greedy, covered_m, greedy_pairs
 from agent.track_boxes import (
     cxcywh_to_xyxy,
     iou_nm_xyxy,
@@ -151,10 +153,11 @@ _ALPHA = 0.7  # how far a matched centre moves from the prediction towards the d
 _BETA = 0.3  # how far the velocity moves towards the one the detection implies
 _ALPHA_SIZE = 0.25  # sizes follow slowly: a box shrinking behind an occluder is not the object shrinking
 _MAX_COAST_S = 1.0  # a lost track's predicted box moves on for this long at most
-_REFIND_GROWTH = 1.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
+_REFIND_GROWTH = 2.0  # ... plus this many track sizes per second lost (up to _MAX_COAST_S)
 _REFIND_DISTANCE = 1.5  # stage 3's bound: centre distance in units of the track's size (see refind_cost_nm)
 _HEAL_DISTANCE = 3.0  # a track confirmed this near a lost one (in its sizes, see refind_cost_nm) continues it
 _HEAL_APART = 1.5  # ... unless that one was seen after it began and this far from where it began
+_CLAIM_IOU = 0.6  # a detection a live unmatched track covers this well is not given to a lost one by distance
 _REFIND_LOW = 0.75  # ... for low-scored detections (stage 3b): nearer, they may be clutter
 
 
@@ -291,9 +294,12 @@ class Tracker:
             (~confirmed, high, by_iou, 1.0 - s.match_iou),  # 4: tentative tracks
             (~confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 5: ... kept by low detections too
         ]
-        for track_ok, det_ok, cost, bound in stages:
+        open_det = np.ones(len(boxes), dtype=bool)
+        for k, (track_ok, det_ok, cost, bound) in enumerate(stages):
+            if k == 2:  # not re-found by distance: a detection a live track left free covers (its class flipped)
+                open_det &= ~covered_m(by_iou - other_class, confirmed & ~lost & free_tracks, 1.0 - _CLAIM_IOU)
             rows = np.nonzero(track_ok & free_tracks)[0]
-            cols = np.nonzero(det_ok & (det_track < 0))[0]
+            cols = np.nonzero(det_ok & open_det)[0]
             if not len(rows) or not len(cols):
                 continue
             pairs = (rows[:, None], cols[None, :])  # np.ix_'s indices, without its checks
@@ -306,6 +312,7 @@ class Tracker:
             r, c = greedy_pairs(cost_rc, bound)
             det_track[cols[c]] = rows[r]
             free_tracks[rows[r]] = False
+            open_det[cols[c]] = False
         return det_track
 
     def _correct(self, t: float, predicted: F64, boxes: F64, det_track: I64, cls: I64, score: F64) -> None:

@@ -10,6 +10,8 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.postprocess import letterbox
+from agent.preprocess import letterbox_uint8
+from agent.runtime import INT8_CPU_DISABLED_OPTIMIZERS
 from benchmarks.bench_base import ModelInfo, cpu_s, median, percentile
 
 SPIN_MODES = ("off", "on", "on+stop")  # spinning: never / ONNX Runtime's default / during runs only (the agent's)
@@ -25,7 +27,11 @@ def _session(path: Path, threads: int, spin: str) -> ort.InferenceSession:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "off" else "1")
     if spin == "on+stop":
         options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if "quantization" in session.get_modelmeta().custom_metadata_map:  # as the agent opens it (agent.runtime)
+        disabled = list(INT8_CPU_DISABLED_OPTIMIZERS)
+        session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return session
 
 
 class Floor:
@@ -42,7 +48,9 @@ class Floor:
 
     def __init__(self, model: ModelInfo, frame: np.ndarray) -> None:
         self.model = model
-        self.tensor, _ = letterbox(frame, model.input_hw)
+        probe = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+        uint8 = probe.get_inputs()[0].type == "tensor(uint8)"  # an int8 file with the pixels' bytes as input
+        self.tensor, _ = (letterbox_uint8 if uint8 else letterbox)(frame, model.input_hw)
         self.best: tuple[int, str] = (0, "on+stop")
         self.sessions: dict[tuple[int, str], ort.InferenceSession] = {}
         self.walls: dict[tuple[int, str], list[float]] = {}

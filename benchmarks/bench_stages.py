@@ -12,6 +12,7 @@ import numpy as np
 from agent.jpeg import decode_jpeg, reduction_factor
 from agent.model import OnnxModel
 from agent.postprocess import decode_yolov8_seg, letterbox, letterbox_params
+from agent.preprocess import letterbox_uint8
 from agent.results import detections_to_api, encode, to_message
 from benchmarks.bench_base import CONFIDENCE, DENSE_INSTANCES, OVERLAP, ModelInfo, Plan, median
 from benchmarks.synthetic import dense_outputs
@@ -59,9 +60,8 @@ def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size
         lambda: decode_jpeg(np.frombuffer(packets[next(i) % len(packets)], np.uint8), factor),
         plan.stage_runs,
     )
-    out["letterbox_ms"], (tensor, params) = timed(
-        lambda: letterbox(frame, model.input_hw, frame_hw=(h, w)), plan.stage_runs
-    )
+    box = letterbox_uint8 if onnx.input_dtype is np.uint8 else letterbox  # a uint8-input int8 file: its bytes
+    out["letterbox_ms"], (tensor, params) = timed(lambda: box(frame, model.input_hw, frame_hw=(h, w)), plan.stage_runs)
     out["run_ms"], outputs = timed(lambda: onnx.run(tensor), plan.stage_runs)
     kw = {"params": params, "input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE}
     out["post_sparse_ms"], sparse = timed(

@@ -77,13 +77,14 @@ def profile_models(models: list[Path], threads: int, runs: int) -> list[dict[str
         options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"ortprof-{m.stem}")
         s = open_session(m, options, "cpu", None)  # the agent's way: an int8 file without the NCHWc pass
         sessions.append((s, s.get_inputs()[0].name))
-    for s, name in sessions:  # warm-up, then interleaved
-        s.run(None, {name: tensor})
+    feeds = [OnnxModel(m).input_tensor(tensor) for m in models]  # a uint8-input int8 file: its bytes
+    for (s, name), feed in zip(sessions, feeds, strict=True):  # warm-up, then interleaved
+        s.run(None, {name: feed})
     for rep in range(runs):
         for i in range(len(models)) if rep % 2 == 0 else reversed(range(len(models))):
             s, name = sessions[i]
             t0 = time.perf_counter()
-            s.run(None, {name: tensor})
+            s.run(None, {name: feeds[i]})
             walls[i].append(1000 * (time.perf_counter() - t0))
     out = []
     with tempfile.TemporaryDirectory() as tmp:

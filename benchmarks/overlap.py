@@ -65,7 +65,7 @@ def _real_outputs(session: Any) -> list[Any]:
     """The model's outputs on the clip's first frame, letterboxed as the agent does."""
     import cv2
 
-    from agent.preprocess import letterbox
+    from agent.preprocess import letterbox, letterbox_uint8
 
     capture = cv2.VideoCapture(str(VIDEO))
     ok, frame = capture.read()
@@ -73,7 +73,8 @@ def _real_outputs(session: Any) -> list[Any]:
     if not ok:
         raise SystemExit(f"cannot read {VIDEO}")
     shape = session.get_inputs()[0].shape
-    tensor, _ = letterbox(frame, (int(shape[2]), int(shape[3])))
+    box = letterbox_uint8 if session.get_inputs()[0].type == "tensor(uint8)" else letterbox  # quantize_input
+    tensor, _ = box(frame, (int(shape[2]), int(shape[3])))
     return list(session.run(None, {session.get_inputs()[0].name: tensor}))
 
 

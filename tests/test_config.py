@@ -331,6 +331,30 @@ def test_local_spin(tmp_path: Path, value: object, expected: str | None, error: 
     assert _parse(tmp_path, doc).inference.local.spin == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected", "reason"),
+    [
+        (_DELETE, 0, None),  # left out: ONNX Runtime's default duration
+        (0, 0, None),
+        (50, 50, None),
+        (1_000_000, 1_000_000, None),
+        (-1, None, "out of range"),
+        (1_000_001, None, "out of range"),
+        ("short", None, "an integer"),
+    ],
+)
+def test_local_spin_us(tmp_path: Path, value: object, expected: int | None, reason: str | None) -> None:
+    doc = _base(tmp_path)
+    if value is not _DELETE:
+        doc["inference"]["local"]["spin_us"] = value
+    if reason is not None:
+        with pytest.raises(ConfigError) as info:
+            _parse(tmp_path, doc)
+        assert info.value.path == "inference.local.spin_us" and reason in info.value.reason
+        return
+    assert _parse(tmp_path, doc).inference.local.spin_us == expected
+
+
 def test_local_spin_bare_yaml_words(tmp_path: Path) -> None:
     """The file as a user writes it: unquoted on/off reach the parser as booleans and still mean on/off."""
     for word, expected in (("on", "on"), ("off", "off"), ("'off'", "off"), ("auto", "auto")):

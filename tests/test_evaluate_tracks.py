@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.evaluate_tracks import _frame_update, _inside_share, evaluate_tracks, format_track_report
+from agent.evaluate_tracks import _frame_update, _inside_share, evaluate_tracks, format_track_report, truth_ids
 from agent.synth_tracks import render_track_clip
 from agent.tracking import TrackingSettings
 
@@ -50,6 +50,25 @@ def test_frame_update(truth: list[dict[str, Any]], hyps: list[list[float]], fp: 
     assert (int(summary["num_false_positives"].iloc[0]), int(summary["num_misses"].iloc[0])) == (fp, misses)
 
 
+@pytest.mark.parametrize(
+    ("truth", "boxes", "expected"),
+    [
+        ([], [], []),
+        ([_obj(1, [0, 0, 10, 10], 1.0)], [], []),
+        ([], [[0, 0, 10, 10]], [-1]),
+        ([_obj(1, [0, 0, 10, 10], 1.0)], [[0, 0, 10, 10]], [1]),
+        ([_obj(1, [0, 0, 10, 10], 0.2)], [[0, 0, 10, 10]], [-1]),  # not expected: no id (an ignored object)
+        ([_obj(1, [0, 0, 10, 10], 1.0)], [[0, 0, 10, 4]], [-1]),  # IoU 0.4: covers none
+        ([_obj(1, [0, 0, 10, 10], 1.0)], [[0, 0, 10, 9], [0, 0, 10, 10]], [-1, 1]),  # each object once, best IoU
+        ([_obj(1, [0, 0, 10, 10], 1.0), _obj(2, [0, 0, 10, 9], 1.0)], [[0, 0, 10, 9.5]], [1]),  # the higher IoU
+        ([_obj(7, [0, 0, 10, 10], 1.0), _obj(3, [20, 0, 30, 10], 1.0)], [[20, 0, 30, 10], [0, 0, 10, 10]], [3, 7]),
+    ],
+)
+def test_truth_ids(truth: list[dict[str, Any]], boxes: list[list[float]], expected: list[int]) -> None:
+    got = truth_ids(truth, 0.5, np.array(boxes, float).reshape(-1, 4))
+    assert got.tolist() == expected
+
+
 def test_eval_tracks_on_a_short_clip(tmp_path: Path) -> None:
     truth = render_track_clip(tmp_path / "clip.avi", seconds=4.0, seed=101, n_objects=3)
     report = evaluate_tracks(str(MODEL), [truth], settings=TrackingSettings(enabled=True))
@@ -61,6 +80,8 @@ def test_eval_tracks_on_a_short_clip(tmp_path: Path) -> None:
     assert report.split_ignored["track_frames"] <= report.track_frames and "split objects" in format_track_report(
         report
     )
+    # the detector's bound: perfect identities on every detection; without those covering nothing, higher
+    assert 0.5 < report.bound_idf1 <= report.ceiling_idf1 <= 1.0 and "perfect identities" in format_track_report(report)
 
 
 def test_eval_tracks_errors(tmp_path: Path) -> None:

@@ -340,9 +340,9 @@ def test_a_track_found_again_across_the_line_counts_from_where_it_was_lost() -> 
 
     tracks = CameraTracks(TrackingSettings(enabled=True, min_frames=3), ["cam0"])
     ev = CameraEvents("cam0", device_id="dev", lines=[GATE])  # (0, 100)-(200, 100), downward = in
-    # standing at bottom 70 (above), hidden 2 frames, then at 150 (below): 2 box sizes off, too far to be
-    # found again at once (a tentative track starts)
-    path = [70.0] * 8 + [None, None] + [150.0, 151.0, 152.0, 153.0, 154.0]
+    # standing at bottom 70 (above), hidden 2 frames, then at 200 (below): 3.25 box sizes off, too far to be
+    # found again at once (a tentative track starts, healed when it is confirmed)
+    path = [70.0] * 8 + [None, None] + [200.0, 201.0, 202.0, 203.0, 204.0]
     ids = []
     for f, bottom in enumerate(path):
         preds = [] if bottom is None else [{"x": 100.0, "y": bottom - 20.0, "width": 40.0, "height": 40.0}]
@@ -353,5 +353,5 @@ def test_a_track_found_again_across_the_line_counts_from_where_it_was_lost() -> 
             T0 + f * 0.1, f, WH, tracked.ids, tracked.boxes_xyxy, tracked.classes, tracked.scores, [], tracked.born
         )
         ids += tracked.ids.tolist()
-    assert ids[8] == -1 and set(ids[9:]) == {1}  # (the hidden frames have no detections)
+    assert ids[8] == ids[9] == -1 and set(ids[10:]) == {1}  # (the hidden frames have no detections)
     assert ev.counts()["gate/in/all"] == 1 and ev.counts()["gate/out/all"] == 0

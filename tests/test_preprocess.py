@@ -22,6 +22,7 @@ from agent.preprocess import (
     StaticCrop,
     apply_contrast,
     crop_bounds,
+    letterbox_uint8,
     parse_roboflow_preprocessing,
     prepare,
     to_grayscale,
@@ -181,6 +182,42 @@ def test_ultralytics_letterbox_is_postprocess_letterbox() -> None:
     expected, params = letterbox(frame, (256, 256))
     np.testing.assert_array_equal(tensor, expected)
     assert (placement.scale_x, placement.pad_x, placement.pad_y) == (params.scale, params.pad_x, params.pad_y)
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "dst_hw", "decoded_hw"),
+    [
+        ((480, 640), (640, 640), None),  # 640x480 into 640: padded top and bottom
+        ((720, 1280), (640, 640), None),
+        ((1080, 1920), (640, 640), None),
+        ((1080, 1920), (416, 416), (540, 960)),  # a JPEG decoded at 1/2: the true frame's params
+        ((640, 640), (640, 640), None),  # already the input's size: no resize, no padding
+        ((1920, 1080), (640, 640), None),  # portrait: padded left and right
+        ((1, 1), (32, 32), None),  # a single pixel
+        ((3, 1000), (64, 96), None),  # a strip: content 1 row high
+        ((240, 320), (640, 640), None),  # smaller than the input: scaled up
+    ],
+)
+def test_letterbox_uint8_is_the_float_letterbox_times_255_to_the_bit(
+    frame_hw: tuple[int, int], dst_hw: tuple[int, int], decoded_hw: tuple[int, int] | None
+) -> None:
+    rng = np.random.default_rng(sum(frame_hw) + sum(dst_hw))
+    image = rng.integers(0, 256, (*(decoded_hw or frame_hw), 3), dtype=np.uint8)  # every level, both ends
+    tensor, params = letterbox(image, dst_hw, frame_hw=frame_hw if decoded_hw else None)
+    tensor8, params8 = letterbox_uint8(image, dst_hw, frame_hw=frame_hw if decoded_hw else None)
+    assert tensor8.dtype == np.uint8 and tensor8.shape == tensor.shape == (1, 3, *dst_hw)
+    assert params8 == params
+    np.testing.assert_array_equal(tensor8, np.rint(tensor * np.float32(255)).astype(np.uint8))
+    np.testing.assert_array_equal(tensor8.astype(np.float32) * np.float32(1 / 255), tensor)  # and back, exactly
+    if params.pad_y or params.pad_x:
+        assert tensor8[0, :, 0, 0].tolist() == [114, 114, 114]  # the grey padding
+
+
+def test_letterbox_uint8_refuses_what_is_not_a_bgr_frame() -> None:
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        letterbox_uint8(np.zeros((8, 8), np.uint8), (16, 16))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        letterbox_uint8(np.zeros((8, 8, 3), np.float32), (16, 16))
 
 
 def test_static_crop_then_contrast_then_grayscale_then_resize_then_normalise() -> None:

@@ -118,3 +118,33 @@ def test_load_local_model_wires_the_spin_and_the_session_threads(
     finally:
         if isinstance(model, SessionPool):
             model.close()
+
+
+_SPIN_US = "session.intra_op.spin_duration_us"
+
+
+@pytest.mark.parametrize(
+    ("spin", "spin_us", "expected"),
+    [
+        (True, 0, None),  # 0: ONNX Runtime's own spin duration, as before
+        (True, 50, "50"),
+        (True, 1_000_000, "1000000"),
+        (False, 50, None),  # nothing spins: no duration to set
+    ],
+)
+def test_session_options_carry_the_spin_duration(spin: bool, spin_us: int, expected: str | None) -> None:
+    options = session_options(2, spin=spin, spin_us=spin_us)
+    assert _entry(options, _SPIN_US) == expected
+    assert _entry(options, _STOP) == ("1" if spin else None)  # still stopped after each run
+
+
+def test_session_options_refuse_a_negative_spin_duration() -> None:
+    with pytest.raises(ValueError, match="spin_us"):
+        session_options(2, spin_us=-1)
+
+
+@pytest.mark.parametrize(("local", "expected"), [({}, None), ({"spin_us": 50}, "50"), ({"spin_us": 0}, None)])
+def test_load_local_model_wires_the_spin_duration(tmp_path: Path, local: dict[str, Any], expected: str | None) -> None:
+    model = load_local_model(_settings(tmp_path, {"threads": 2, **local}))
+    assert isinstance(model, OnnxModel)
+    assert _entry(model._session.get_session_options(), _SPIN_US) == expected
