@@ -41,8 +41,11 @@ def greedy_pairs(cost: F64, max_cost: float) -> tuple[I64, I64]:
         rows, cols = rows[order], cols[order]
         # a candidate alone in its row and its column is a match whatever the order; only the others (few:
         # objects that overlap) are taken one by one
-        shared = (np.bincount(rows)[rows] > 1) | (np.bincount(cols)[cols] > 1)
-        if shared.any():
+        per_row = np.bincount(rows)
+        per_col = None if per_row.max() > 1 else np.bincount(cols)
+        if per_col is None or per_col.max() > 1:  # the usual frame has none: every candidate is a match
+            per_col = np.bincount(cols) if per_col is None else per_col
+            shared = (per_row[rows] > 1) | (per_col[cols] > 1)
             keep = ~shared
             at = np.nonzero(shared)[0]
             keep[at[_greedy_loop(rows[at].tolist(), cols[at].tolist())]] = True

@@ -37,19 +37,22 @@ def xyxy_to_cxcywh(boxes_xyxy: F64) -> F64:
     """(n, 4) corners to (n, 4) centre and size."""
     b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     out = np.empty_like(b)
-    np.add(b[:, :2], b[:, 2:], out=out[:, :2])  # both coordinates at once: the same arithmetic, fewer calls
-    out[:, :2] /= 2
-    np.subtract(b[:, 2:], b[:, :2], out=out[:, 2:])
+    out[:, 0] = (b[:, 0] + b[:, 2]) / 2
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2
+    out[:, 2] = b[:, 2] - b[:, 0]
+    out[:, 3] = b[:, 3] - b[:, 1]
     return out
 
 
 def cxcywh_to_xyxy(boxes_cxcywh: F64) -> F64:
     """(n, 4) centre and size to (n, 4) corners."""
     b = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, 4)
-    half = b[:, 2:] / 2
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
     out = np.empty_like(b)
-    np.subtract(b[:, :2], half, out=out[:, :2])
-    np.add(b[:, :2], half, out=out[:, 2:])
+    out[:, 0] = b[:, 0] - half_w
+    out[:, 1] = b[:, 1] - half_h
+    out[:, 2] = b[:, 0] + half_w
+    out[:, 3] = b[:, 1] + half_h
     return out
 
 
