@@ -2,7 +2,7 @@
 optionally against another checkout (the baseline), interleaved.
 
     PYTHONPATH=$PWD python benchmarks/objects.py [--baseline /path/to/other/checkout] [--rounds 5] \
-        [--model PATH.onnx ...]
+        [--image] [--model PATH.onnx ...]
 
 What a frame costs the Sink with tracking and events on: ``CameraTracks.apply`` (the predictions read, the
 association, the tagged copy of the API object) then ``EventStage.deliver`` (zones, lines, events, counts, the
