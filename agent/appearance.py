@@ -5,7 +5,8 @@ predictions cross. Their colours rarely agree, so the tracker (:mod:`agent.track
 colours differ by more than ``tracking.appearance_gate`` (BGR euclidean distance, 0-441).
 
 - :func:`mean_bgr_n3`: (n, 3) mean B, G, R inside each polygon, computed on the box's crop taken with a
-  stride (at most :data:`_MAX_SIDE` samples a side), so its cost does not grow with the object's size;
+  stride (at most :data:`_MAX_SIDE` samples a side), so its cost does not grow with the object's size; the
+  samples of every box gathered and summed at once (only the polygons are drawn one by one);
   ``NaN`` where nothing of the box is in the image (no gating for that detection).
 - :func:`colour_far_nm`: (n, m) whether a track's colour and a detection's differ by more than the gate
   (``False`` where either is unknown: an unknown colour never refuses a match).
@@ -67,41 +68,79 @@ def mean_bgr_n3(image_hwc: U8, polygons: Sequence[F64], boxes_xyxy: F64, scale: 
     boxes ``boxes_xyxy`` (n, 4); both in frame pixels, times ``scale`` on the image (``scale`` < 1: an image
     decoded at a reduced size). A polygon of fewer than
     3 points, or one too thin to cover a sample, falls back to the middle half of its box; a box outside the
-    image gives ``NaN``."""
+    image gives ``NaN``.
+
+    Each box is read as a grid of at most :data:`_MAX_SIDE` samples a side (its crop taken with a stride):
+    its polygon drawn into its own tile of one (k, 16, 16) mask (``cv2.fillPoly`` on a view of the tile: the
+    same samples as on a crop-sized mask), then the samples inside every mask gathered from the image in one
+    indexing pass and the means taken as ``cv2.mean`` does (the exact integer sums times ``1 / count``): the
+    same colours, bit for bit, as a crop, a mask and ``cv2.mean`` per detection."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4) * scale
     n = len(boxes)
     if len(polygons) != n:
         raise ValueError("one polygon per box")
     out = np.full((n, 3), np.nan)
     h, w = image_hwc.shape[:2]
-    corners = np.empty((n, 4), dtype=np.int64)
-    corners[:, :2] = np.floor(np.clip(boxes[:, :2], 0, (w, h)))
-    corners[:, 2:] = np.ceil(np.clip(boxes[:, 2:], 0, (w, h)))
-    steps = np.maximum(1, -(-(corners[:, 2:] - corners[:, :2]).max(axis=1, initial=0) // _MAX_SIDE))
-    # every polygon into its crop's sample units in one pass, to 1/16 of a sample (fillPoly's shift 4)
-    sizes = np.array([len(p) if len(p) >= 3 else 0 for p in polygons], dtype=np.int64)
-    pts_all = np.zeros((0, 2), dtype=np.int32)
-    if sizes.any():
-        xy = np.concatenate(
-            [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p, k in zip(polygons, sizes, strict=True) if k]
-        )
-        owner = np.repeat(np.arange(n), sizes)
-        centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
-        pts_all = np.rint((centres - corners[owner, :2]) * (16 / steps[owner])[:, None]).astype(np.int32)
-    ends = np.cumsum(sizes).tolist()
+    clipped = np.minimum(np.maximum(boxes, 0.0), (w, h, w, h))  # np.clip's values, without its overhead
+    corners = np.concatenate([np.floor(clipped[:, :2]), np.ceil(clipped[:, 2:])], axis=1).astype(np.int64)
+    # per box, in plain integers (a few boxes: cheaper than arrays): its strided crop's step and size
+    kept: list[int] = []
+    grids = []  # (samples across, samples down)
+    frames = []  # (x0, y0, step, 16 / step): where its samples are
     for i, (x0, y0, x1, y1) in enumerate(corners.tolist()):
-        if x1 <= x0 or y1 <= y0:
-            continue
-        step = int(steps[i])
-        crop = np.ascontiguousarray(image_hwc[y0:y1:step, x0:x1:step])
-        mask = np.zeros(crop.shape[:2], dtype=np.uint8)
-        if sizes[i]:
-            cv2.fillPoly(mask, [pts_all[ends[i] - sizes[i] : ends[i]]], 1, cv2.LINE_8, 4)
-        if not sizes[i] or not mask.any():  # degenerate polygon: the middle half of the box
-            ch, cw = int(crop.shape[0]), int(crop.shape[1])
-            mask[ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
-        out[i] = cv2.mean(crop, mask)[:3]
+        if x1 > x0 and y1 > y0:
+            step = max(1, -(-max(x1 - x0, y1 - y0) // _MAX_SIDE))
+            kept.append(i)
+            grids.append((-(-(x1 - x0) // step), -(-(y1 - y0) // step)))
+            frames.append((x0, y0, step, 16 / step))
+    if not kept:
+        return out
+    per_box = np.array(frames, dtype=np.float64)
+    masks = _polygon_masks_k([polygons[i] for i in kept], per_box, grids, scale)
+    # the samples inside the masks, gathered from the image at once: sample (r, c) of box j is the pixel
+    # (y0 + step r, x0 + step c); their sums per box are exact integers, divided as cv2.mean does
+    flat = np.flatnonzero(masks)
+    counts = np.bincount(flat >> 8, minlength=len(kept))  # _MAX_SIDE == 16: 256 samples a box, 16 a row
+    if not counts.all():  # rare: no polygon, or one too thin to cover a sample: the middle half of the box
+        for j in np.flatnonzero(counts == 0).tolist():
+            cw, ch = grids[j]
+            masks[j, ch // 4 : max(ch // 4 + 1, (3 * ch + 3) // 4), cw // 4 : max(cw // 4 + 1, (3 * cw + 3) // 4)] = 1
+        flat = np.flatnonzero(masks)
+        counts = np.bincount(flat >> 8, minlength=len(kept))
+    box = flat >> 8
+    origin = (per_box[:, 1] * w + per_box[:, 0]).astype(np.int64)
+    at = origin[box] + per_box[:, 2].astype(np.int64)[box] * (((flat >> 4) & 15) * w + (flat & 15))
+    if image_hwc.flags.c_contiguous:  # a view of the pixels as rows: one gather of whole pixels
+        pixels = image_hwc.reshape(h * w, -1).take(at, axis=0)
+    else:
+        pixels = image_hwc[at // w, at % w]
+    sums = np.add.reduceat(pixels[:, :3], np.cumsum(counts) - counts, axis=0, dtype=np.int64)
+    out[kept] = sums * (1.0 / counts)[:, None]
     return out
+
+
+def _polygon_masks_k(
+    polygons: Sequence[F64], per_box: F64, grids: Sequence[tuple[int, int]], scale: float
+) -> npt.NDArray[np.uint8]:
+    """(k, 16, 16) each box's polygon drawn on its sample grid (its top-left tile of ``grids``' size, samples
+    across and down), to 1/16 of a sample (``fillPoly``'s shift 4); ``per_box``: (k, 4) each box's crop
+    corner x0, y0, step and 16 / step. A polygon of fewer than 3 points leaves its tile empty."""
+    tiles = np.zeros((len(polygons), _MAX_SIDE, _MAX_SIDE), dtype=np.uint8)
+    sizes = [len(p) if len(p) >= 3 else 0 for p in polygons]
+    if not any(sizes):
+        return tiles
+    xy = np.concatenate([p for p, k in zip(polygons, sizes, strict=True) if k], dtype=np.float64)
+    centres = (xy + 0.5) * scale - 0.5  # pixel centres onto the image
+    frame = np.repeat(per_box, sizes, axis=0)  # each point's box
+    centres -= frame[:, :2]  # from its box's corner ...
+    centres *= frame[:, 3:]  # ... in 1/16 of its box's samples
+    pts = np.rint(centres).astype(np.int32)
+    end = 0
+    for j, (k, (cw, ch)) in enumerate(zip(sizes, grids, strict=True)):
+        if k:  # a view of the tile: fillPoly draws into it clipped to the crop's size
+            end += k
+            cv2.fillPoly(tiles[j, :ch, :cw], [pts[end - k : end]], 1, cv2.LINE_8, 4)
+    return tiles
 
 
 def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.bool_]:
@@ -112,8 +151,15 @@ def colour_far_nm(tracks_n3: F64, dets_m3: F64, gate: float) -> npt.NDArray[np.b
     far = np.zeros((len(a), len(b)), dtype=bool)
     known = np.nonzero(~np.isnan(b).any(axis=1))[0]  # lazily measured: most detections' colours unknown
     if gate > 0.0 and len(known):
-        dist = np.sqrt(((a[:, None, :] - b[None, known, :]) ** 2).sum(axis=2))
-        far[:, known] = dist > gate  # NaN compares False: unknown never refuses
+        # the squares summed channel by channel, in the order a sum over the (n, k, 3) differences takes
+        # them (the same distances, without the 3-wide arrays)
+        bk = b[known].T
+        d = a[:, 0:1] - bk[0]
+        square = d * d
+        for c in (1, 2):
+            d = np.subtract(a[:, c : c + 1], bk[c], out=d)
+            square += d * d
+        far[:, known] = np.sqrt(square, out=square) > gate  # NaN compares False: unknown never refuses
     return far
 
 

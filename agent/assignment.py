@@ -39,24 +39,31 @@ def greedy_pairs(cost: F64, max_cost: float) -> tuple[I64, I64]:
     if len(rows) > 1:
         order = np.argsort(cost[rows, cols], kind="stable")
         rows, cols = rows[order], cols[order]
-        # each row and each column a candidate once: every candidate is a match, in that order (no loop)
-        if np.bincount(rows).max() > 1 or np.bincount(cols).max() > 1:
-            rows, cols = _greedy_loop(rows.tolist(), cols.tolist())
-    return rows.astype(np.int64), cols.astype(np.int64)
+        # a candidate alone in its row and its column is a match whatever the order; only the others (few:
+        # objects that overlap) are taken one by one
+        per_row = np.bincount(rows)
+        per_col = None if per_row.max() > 1 else np.bincount(cols)
+        if per_col is None or per_col.max() > 1:  # the usual frame has none: every candidate is a match
+            per_col = np.bincount(cols) if per_col is None else per_col
+            shared = (per_row[rows] > 1) | (per_col[cols] > 1)
+            keep = ~shared
+            at = np.nonzero(shared)[0]
+            keep[at[_greedy_loop(rows[at].tolist(), cols[at].tolist())]] = True
+            rows, cols = rows[keep], cols[keep]
+    return rows.astype(np.int64, copy=False), cols.astype(np.int64, copy=False)
 
 
-def _greedy_loop(rows: list[int], cols: list[int]) -> tuple[I64, I64]:
+def _greedy_loop(rows: list[int], cols: list[int]) -> list[int]:
+    """The positions of the candidates taken, in order, each row and column at most once."""
     row_used: set[int] = set()
     col_used: set[int] = set()
-    out_r: list[int] = []
-    out_c: list[int] = []
-    for r, c in zip(rows, cols, strict=True):
+    taken: list[int] = []
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         if r not in row_used and c not in col_used:
             row_used.add(r)
             col_used.add(c)
-            out_r.append(r)
-            out_c.append(c)
-    return np.array(out_r, dtype=np.int64), np.array(out_c, dtype=np.int64)
+            taken.append(k)
+    return taken
 
 
 def covered_m(cost_nm: F64, rows_n: npt.NDArray[np.bool_], max_cost: float) -> npt.NDArray[np.bool_]:

@@ -23,6 +23,7 @@ __all__ = [
     "predictions_xyxy",
     "read_predictions",
     "refind_cost_nm",
+    "refind_near_nm",
     "tag_predictions",
     "xyxy_to_cxcywh",
 ]
@@ -83,12 +84,21 @@ def refind_cost_nm(tracks_cxcywh: F64, dets_cxcywh: F64) -> F64:
     geometric mean of its width and height); ``inf`` where their sizes differ by more than 2x either way."""
     a = np.asarray(tracks_cxcywh, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(dets_cxcywh, dtype=np.float64).reshape(-1, 4)
-    scale = np.sqrt(np.clip(a[:, 2] * a[:, 3], _EPS, None))
-    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1]) / scale[:, None]
-    area_a = np.clip(a[:, 2] * a[:, 3], _EPS, None)
-    area_b = np.clip(b[:, 2] * b[:, 3], _EPS, None)
+    area_a = np.maximum(a[:, 2] * a[:, 3], _EPS)  # np.clip's values (NaN too), without its overhead
+    area_b = np.maximum(b[:, 2] * b[:, 3], _EPS)
+    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+    dist /= np.sqrt(area_a)[:, None]
     ratio = area_b[None, :] / area_a[:, None]
-    return np.where((ratio >= 0.25) & (ratio <= 4.0), dist, np.inf)
+    dist[~((ratio >= 0.25) & (ratio <= 4.0))] = np.inf
+    return dist
+
+
+def refind_near_nm(tracks_xyxy: F64, dets_xyxy: F64, reach_n: F64, extra_nm: F64) -> F64:
+    """(n, m) the tracker's re-finding cost: :func:`refind_cost_nm` of the boxes' centres and sizes over each
+    track's reach (n,), plus ``extra_nm`` (its class cost). Element by element, so the cost of some pairs is
+    the same as those pairs' entries of every pair's."""
+    dist = refind_cost_nm(xyxy_to_cxcywh(tracks_xyxy), xyxy_to_cxcywh(dets_xyxy))
+    return dist / np.asarray(reach_n, dtype=np.float64).reshape(-1, 1) + extra_nm
 
 
 def predictions_xyxy(predictions: Sequence[dict[str, Any]]) -> F64:

@@ -72,6 +72,7 @@ from agent.track_boxes import (
     predictions_xyxy,
     read_predictions,
     refind_cost_nm,
+    refind_near_nm,
     tag_predictions,
     xyxy_to_cxcywh,
 )
@@ -280,23 +281,16 @@ class Tracker:
         low = (score >= s.low_score) & ~high
         confirmed = self._ids >= 0
         lost = confirmed & (self._missed > 0)
-        lost_rows = np.nonzero(lost)[0]
-        near = np.full(by_iou.shape, np.inf)  # stage 3's cost, needed for the lost rows only
-        if len(lost_rows):
-            # the longer a track has been lost, the farther from its predicted box it may be found
-            unseen = (self._t or 0.0) - self._last_t[lost_rows]
-            reach = 1.0 + _REFIND_GROWTH * np.clip(unseen, 0.0, _MAX_COAST_S)
-            dist = refind_cost_nm(xyxy_to_cxcywh(predicted[lost_rows]), xyxy_to_cxcywh(boxes))
-            near[lost_rows] = dist / reach[:, None] + other_class[lost_rows]
-            if far is not None:
-                near[far] = np.inf
+        # stage 3's cost (None below), only for the pairs it looks at; the longer a track has been lost, the
+        # farther from its predicted box it may be found
+        reach = 1.0 + _REFIND_GROWTH * np.minimum(np.maximum((self._t or 0.0) - self._last_t, 0.0), _MAX_COAST_S)
         gated_iou = by_iou if far is None else np.where(far, np.inf, by_iou)
         free_tracks = np.ones(len(self._ids), dtype=bool)
         stages = [
             (confirmed, high, gated_iou, 1.0 - s.match_iou),  # 1: high detections, live and lost tracks
             (confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 2: low detections, what is left of those
-            (lost, high, near, _REFIND_DISTANCE),  # 3: lost tracks by distance
-            (lost, low, near, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
+            (lost, high, None, _REFIND_DISTANCE),  # 3: lost tracks by distance
+            (lost, low, None, _REFIND_LOW),  # 3b: ... also by low detections (a partly hidden object), nearer
             (~confirmed, high, by_iou, 1.0 - s.match_iou),  # 4: tentative tracks
             (~confirmed, low, by_iou, 1.0 - s.low_match_iou),  # 5: ... kept by low detections too
         ]
@@ -308,7 +302,14 @@ class Tracker:
             cols = np.nonzero(det_ok & open_det)[0]
             if not len(rows) or not len(cols):
                 continue
-            r, c = greedy_pairs(cost[rows][:, cols], bound)
+            pairs = (rows[:, None], cols[None, :])  # np.ix_'s indices, without its checks
+            if cost is None:  # stage 3: centre distances, for these pairs only
+                cost_rc = refind_near_nm(predicted[rows], boxes[cols], reach[rows], other_class[pairs])
+                if far is not None:
+                    cost_rc[far[pairs]] = np.inf
+            else:
+                cost_rc = cost[pairs]
+            r, c = greedy_pairs(cost_rc, bound)
             det_track[cols[c]] = rows[r]
             free_tracks[rows[r]] = False
             open_det[cols[c]] = False

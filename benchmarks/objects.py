@@ -2,7 +2,7 @@
 optionally against another checkout (the baseline), interleaved.
 
     PYTHONPATH=$PWD python benchmarks/objects.py [--baseline /path/to/other/checkout] [--rounds 5] \
-        [--model PATH.onnx ...]
+        [--image] [--model PATH.onnx ...]
 
 What a frame costs the Sink with tracking and events on: ``CameraTracks.apply`` (the predictions read, the
 association, the tagged copy of the API object) then ``EventStage.deliver`` (zones, lines, events, counts, the
@@ -13,13 +13,15 @@ runs one child process per checkout (this file, with that checkout's ``agent`` o
 busy machine slows both alike; a child reports medians over ``--frames`` frames (after 20 of warm-up) and the
 median of the demo model's bare ``OnnxModel.run`` (ONNX Runtime's ``session.run`` on a 640x640 tensor) and
 of its whole ``detect`` on a 640x480 frame, measured in the same process before and after. The figures are
-medians over the rounds.
+medians over the rounds; the CPU time of both stages (``time.thread_time``) is shown too, the figure other
+processes' load stretches least, and against it the CPU time of a 1-thread ``session.run`` of each model
+(the ratio to trust on a busy machine; the agent runs the model on 2 threads, whose wall time idle is less).
 
-``--image`` measures this checkout a second time with each frame's pixels passed to ``CameraTracks.apply``
+``--image`` measures each checkout a second time with each frame's pixels passed to ``CameraTracks.apply``
 (the appearance gate's colours, as the Sink does for frames it has decoded): a 1280x720 frame rendered per
 frame outside the timed part, each box filled with its object's own colour, each prediction's ``points`` a
-32-vertex ellipse in its box as the local model gives. That run's ids may differ (the gate refuses matches),
-so its digest is shown apart and not compared.
+32-vertex ellipse in its box as the local model gives. Those runs' ids may differ from the runs without
+pixels (the gate refuses matches), so their digests are compared among themselves.
 
 ``--model`` (repeatable) adds other ONNX models' ``session.run`` (and ``detect``) as further references, for
 instance a 640 YOLOv8n-seg export; each percentage is tracking + events over that model's median time.
@@ -77,6 +79,22 @@ def _settings(tmp: Path) -> Any:
 
 
 DEMO = ROOT / "models" / "demo-seg.onnx"
+
+
+def _model_cpu_ms(path: Path, runs: int = 7) -> float:
+    """Median CPU time of a 1-thread session.run (``time.thread_time``: the load of other processes does not
+    stretch it, as it stretches the wall time of a multi-threaded run)."""
+    from agent.model import OnnxModel
+
+    model = OnnxModel(path, threads=1)
+    tensor = np.random.default_rng(0).random((1, 3, *model.input_hw), dtype=np.float32)
+    cpu = []
+    for i in range(runs + 2):
+        t0 = time.thread_time()
+        model.run(tensor)
+        if i >= 2:
+            cpu.append(time.thread_time() - t0)
+    return 1000 * statistics.median(cpu)
 
 
 def _model_ms(path: Path = DEMO, runs: int = 15) -> tuple[float, float]:
@@ -174,18 +192,19 @@ def child(objects: int, frames: int, models: list[Path], image: bool = False) ->
             connection=lambda: 1,
             **extra,
         )
-        track_s, event_s = [], []
+        track_s, event_s, cpu_s = [], [], []  # cpu_s: both stages' CPU time (other processes' load aside)
         for i, api in enumerate(apis):
             t = 1_800_000_000.0 + i / 10.0
             pixels = None if render is None else render(api)
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             tracked = tracks.apply("cam", t, api) if pixels is None else tracks.apply("cam", t, api, pixels)
             t1 = time.perf_counter()
             stage.deliver("cam", t, i, tracked)
-            t2 = time.perf_counter()
+            c2, t2 = time.thread_time(), time.perf_counter()
             if i >= 20:
                 track_s.append(t1 - t0)
                 event_s.append(t2 - t1)
+                cpu_s.append(c2 - c0)
             produced.append((tracked.ids.tolist(), encode(tracked.api), list(events), list(retained)))
             events.clear()
             retained.clear()
@@ -194,17 +213,20 @@ def child(objects: int, frames: int, models: list[Path], image: bool = False) ->
         counts_file = Path(d) / "line_counts.json"
         counts = counts_file.read_bytes() if counts_file.exists() else b""
     after = [_model_ms(m) for m in refs]
+    cpu = [_model_cpu_ms(m) for m in refs]
     both = [a + b for a, b in zip(track_s, event_s, strict=True)]
     out = {
         "tracking_ms": 1000 * statistics.median(track_s),
         "events_ms": 1000 * statistics.median(event_s),
         "both_ms": 1000 * statistics.median(both),
+        "both_cpu_ms": 1000 * statistics.median(cpu_s),
         "agent": str(Path(agent.__file__).parent.parent),
         "digest": _digest(produced, counts),
     }
     for k, ((run0, det0), (run1, det1)) in enumerate(zip(before, after, strict=True)):
         out[f"run_ms_{k}"] = (run0 + run1) / 2
         out[f"detect_ms_{k}"] = (det0 + det1) / 2
+        out[f"run_cpu_ms_{k}"] = cpu[k]
     return out
 
 
@@ -227,35 +249,38 @@ def main() -> int:
     if args.baseline:
         repos = {"baseline": args.baseline, **repos}
     if args.image:
-        repos["this+image"] = this
+        repos = {**repos, **{f"{name}+image": repo for name, repo in repos.items()}}
     got: dict[str, list[dict[str, Any]]] = {name: [] for name in repos}
     for _ in range(args.rounds):
         for name, repo in repos.items():
             cmd = [sys.executable, __file__, "--child", "--objects", str(args.objects), "--frames", str(args.frames)]
-            cmd += [a for m in models for a in ("--model", str(m))] + (["--image"] if name == "this+image" else [])
+            cmd += [a for m in models for a in ("--model", str(m))] + (["--image"] if name.endswith("+image") else [])
             env = {**os.environ, "PYTHONPATH": str(repo)}
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=repo)
             got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.objects} objects, 3 zones, 2 lines, {args.frames} frames, medians of {args.rounds} rounds")
-    digests = {r["digest"] for name, rows in got.items() for r in rows if name != "this+image"}
+    digests = {r["digest"] for name, rows in got.items() for r in rows if not name.endswith("+image")}
+    with_pixels = {r["digest"] for name, rows in got.items() for r in rows if name.endswith("+image")}
     for name, rows in got.items():
         assert all(r["agent"] == str(repos[name].resolve()) for r in rows), [r["agent"] for r in rows]
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k not in ("agent", "digest")}
         print(
-            f"{name:9s} {repos[name]}: tracking {med['tracking_ms']:.3f} ms + events {med['events_ms']:.3f} ms"
-            f" = {med['both_ms']:.3f} ms/frame"
+            f"{name:14s} {repos[name]}: tracking {med['tracking_ms']:.3f} ms + events {med['events_ms']:.3f} ms"
+            f" = {med['both_ms']:.3f} ms/frame (CPU time {med['both_cpu_ms']:.3f} ms)"
         )
         for k, ref in enumerate([DEMO, *models]):
             ratio = statistics.median(100 * r["both_ms"] / r[f"run_ms_{k}"] for r in rows)
+            cpu_ratio = statistics.median(100 * r["both_cpu_ms"] / r[f"run_cpu_ms_{k}"] for r in rows)
             print(
-                f"{'':9s} vs {ref.name}: session.run {med[f'run_ms_{k}']:.1f} ms ({ratio:.2f} %),"
-                f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %)"
+                f"{'':14s} vs {ref.name}: session.run {med[f'run_ms_{k}']:.1f} ms ({ratio:.2f} %),"
+                f" detect {med[f'detect_ms_{k}']:.1f} ms ({100 * med['both_ms'] / med[f'detect_ms_{k}']:.2f} %);"
+                f" CPU time of a 1-thread session.run {med[f'run_cpu_ms_{k}']:.1f} ms ({cpu_ratio:.2f} %)"
             )
-    if args.image:
-        print(f"this+image (appearance gate on; ids may differ): {got['this+image'][0]['digest'][:16]}")
-    if len(digests) != 1:
-        print(f"OUTPUTS DIFFER between checkouts or rounds: {sorted(digests)}")
+    if len(digests) != 1 or len(with_pixels) > 1:
+        print(f"OUTPUTS DIFFER between checkouts or rounds: {sorted(digests)} {sorted(with_pixels)}")
         return 1
+    if with_pixels:
+        print(f"with pixels (appearance gate on), identical across checkouts and rounds: {with_pixels.pop()[:16]}")
     print(f"outputs identical across checkouts and rounds (ids, API objects, events, counts): {digests.pop()[:16]}")
     return 0
 

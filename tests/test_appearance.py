@@ -13,6 +13,7 @@ from agent.appearance import (
     polygons_of,
 )
 from agent.results import Points
+from tests.appearance_reference import reference_mean_bgr_n3
 
 NAN3 = [np.nan, np.nan, np.nan]
 
@@ -67,6 +68,52 @@ def test_mean_bgr_n3_big_box_is_sampled_not_read_whole() -> None:
     np.testing.assert_allclose(out, [[150, 150, 150]], atol=10.0)
 
 
+def _random_case(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, float]:
+    """A random frame, boxes (some off the frame, thin, zero-area or huge) and polygons (0-32 points, some
+    beyond their boxes), at a random scale."""
+    h, w = (int(v) for v in rng.integers(1, 300, 2))
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    n = int(rng.integers(0, 6))
+    centre = rng.uniform(-50, [w + 50, h + 50], (n, 2))
+    size = rng.choice([0, 0.3, 1, 5, 40, 400], (n, 2)) * rng.random((n, 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    polygons = []
+    for i in range(n):
+        angle = np.sort(rng.uniform(0, 2 * np.pi, int(rng.choice([0, 1, 2, 3, 5, 32]))))
+        radius = rng.uniform(0.1, 1.3) * size[i] / 2
+        polygons.append(centre[i] + np.stack([np.cos(angle), np.sin(angle)], axis=1) * radius)
+    return img, polygons, boxes, float(rng.choice([1.0, 0.5, 0.37]))
+
+
+@pytest.mark.parametrize(
+    ("boxes", "polygons"),
+    [
+        (np.zeros((0, 4)), []),  # empty
+        ([[0, 0, 100, 100]], [SQUARE]),  # the whole frame
+        ([[-20, -20, 15, 15]], [np.array([[-20, -20], [14, 0], [0, 14]], float)]),  # over the top-left corner
+        ([[90, 95, 130, 140]], [np.array([[90, 95], [129, 100], [99, 139]], float)]),  # over the bottom-right
+        ([[40, 40, 40, 40]], [SQUARE]),  # zero-area
+        ([[40, 40, 40.5, 41]], [SQUARE]),  # under a pixel
+        ([[40, 40, 41, 90]], [np.array([[40, 40], [40, 89], [40, 60]], float)]),  # one column, a flat polygon
+        ([[10, 10, 50, 50], [100, 100, 120, 120], [60, 60, 100, 100]], [SQUARE, SQUARE, BLUE_HALF]),  # one off
+    ],
+)
+def test_mean_bgr_n3_is_the_per_detection_reference(boxes: object, polygons: list[np.ndarray]) -> None:
+    b = np.asarray(boxes, float)
+    for image in (_image(), np.asfortranarray(_image())):  # a frame that is no contiguous array too
+        np.testing.assert_array_equal(mean_bgr_n3(image, polygons, b), reference_mean_bgr_n3(image, polygons, b))
+
+
+def test_mean_bgr_n3_is_the_per_detection_reference_on_random_cases() -> None:
+    rng = np.random.default_rng(15)
+    for _ in range(400):
+        img, polygons, boxes, scale = _random_case(rng)
+        # bit for bit: the same samples, the same integer sums, the same division
+        np.testing.assert_array_equal(
+            mean_bgr_n3(img, polygons, boxes, scale), reference_mean_bgr_n3(img, polygons, boxes, scale)
+        )
+
+
 def test_mean_bgr_n3_needs_one_polygon_per_box() -> None:
     with pytest.raises(ValueError):
         mean_bgr_n3(_image(), [SQUARE], np.zeros((2, 4)))
@@ -85,6 +132,20 @@ def test_mean_bgr_n3_needs_one_polygon_per_box() -> None:
 def test_colour_far_nm(tracks: object, dets: object, gate: float, expected: object) -> None:
     out = colour_far_nm(np.asarray(tracks, float), np.asarray(dets, float), gate)
     np.testing.assert_array_equal(out, np.asarray(expected, bool))
+
+
+def test_colour_far_nm_is_the_3_wide_distance() -> None:
+    """Channel by channel, the same distances as the (n, k, 3) sum of squares it replaced, bit for bit."""
+    rng = np.random.default_rng(15)
+    for _ in range(200):
+        n, m = (int(v) for v in rng.integers(0, 20, size=2))
+        tracks, dets = rng.uniform(0, 255, (n, 3)), np.round(rng.uniform(0, 255, (m, 3)))
+        tracks[rng.random(n) < 0.2] = np.nan
+        dets[rng.random(m) < 0.5] = np.nan
+        gate = float(rng.choice([0.0, 60.0, 30.5]))
+        dist = np.sqrt(((tracks[:, None, :] - dets[None, :, :]) ** 2).sum(axis=2))
+        want = (dist > gate) if gate > 0 else np.zeros((n, m), bool)
+        np.testing.assert_array_equal(colour_far_nm(tracks, dets, gate), want)
 
 
 def test_blend_colour_n3() -> None:
