@@ -11,7 +11,8 @@ Pure NumPy and plain Python state; no I/O. A track is placed by its box's **bott
   ``[0, 300]`` to ``[640, 300]`` counts downward movement as ``in``. A crossing is counted once, when the
   anchor's side has changed for ``inertia`` consecutive observations and the anchor's path from its last
   place on the old side to its first place on the new one passes through the segment (a track walking
-  round the line's end changes side without crossing it). An anchor exactly on the line is on neither side.
+  round the line's end changes side without crossing it). An anchor within the line's ``band`` (a dead band,
+  :mod:`agent.line_band`) is on neither side: a track keeps its side there (one first seen there has none).
   A track seen for the first time may come with an **origin** (``origins``: where the tracker first saw
   the object, before its track was confirmed and had an id): its lines start from the origin's sides, so
   a line crossed while the track was tentative is counted when the track is first seen (zones are not).
@@ -28,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+from agent.line_band import band_tolerance, side_of_line
 
 __all__ = [
     "Areas",
@@ -62,6 +65,7 @@ class LineDef:
     end: tuple[float, float]
     units: Units = "pixels"
     inertia: int = 1  # consecutive observations on the new side before a crossing counts
+    band: float | None = None  # the dead band, in ``units`` (None: agent.line_band's default; 0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +177,15 @@ class _Edges:
     hi_y: FloatArray
     tol: FloatArray
     starts: NDArray[np.intp]  # the first edge of each polygon
-    line_tol: FloatArray  # (1, L): :func:`side_of_line`'s tolerance of each line
+    line_tol: FloatArray  # (1, L): each line's band (:func:`agent.line_band.band_tolerance`)
 
     @classmethod
-    def of(cls, polys: Sequence[FloatArray], lines: Sequence[tuple[FloatArray, FloatArray]] = ()) -> _Edges:
+    def of(
+        cls,
+        polys: Sequence[FloatArray],
+        lines: Sequence[tuple[FloatArray, FloatArray]] = (),
+        tols: Sequence[float] = (),
+    ) -> _Edges:
         a = np.concatenate([p for p in polys]) if polys else np.zeros((0, 2))
         b = np.concatenate([np.roll(p, -1, axis=0) for p in polys]) if polys else np.zeros((0, 2))
         starts = np.cumsum([0] + [len(p) for p in polys[:-1]]).astype(np.intp) if polys else np.zeros(0, np.intp)
@@ -204,7 +213,7 @@ class _Edges:
             row(np.maximum(a[:, 1], b[:, 1]) + _EPS),
             row(1e-7 * np.maximum(np.hypot(d[:, 0], d[:, 1]), 1.0)),
             starts,
-            row(1e-9 * np.maximum(np.hypot(ld[:, 0], ld[:, 1]), 1.0)),
+            row(np.asarray(tols, dtype=np.float64).reshape(len(ls))),  # agent.line_band.band_tolerance's
         )
 
     def inside(self, anchors_xy: FloatArray) -> NDArray[np.bool_]:
@@ -237,18 +246,6 @@ class _Edges:
             lc = cross[:, edges:]
             out[:, zones:] = (lc > self.line_tol).view(np.int8) - (lc < -self.line_tol).view(np.int8)
         return out
-
-
-def side_of_line(anchors_xy: NDArray[Any], start: NDArray[Any], end: NDArray[Any]) -> NDArray[np.int8]:
-    """(n, 2) points -> (n,) +1 right of start->end on the image (the ``in`` side), -1 left, 0 on the line."""
-    p = np.asarray(anchors_xy, dtype=np.float64).reshape(-1, 2)
-    s = np.asarray(start, dtype=np.float64)
-    e = np.asarray(end, dtype=np.float64)
-    d = e - s
-    cross = d[0] * (p[:, 1] - s[1]) - d[1] * (p[:, 0] - s[0])
-    tol = 1e-9 * max(float(np.hypot(*d)), 1.0)
-    out: NDArray[np.int8] = np.where(cross > tol, 1, np.where(cross < -tol, -1, 0)).astype(np.int8)
-    return out
 
 
 def segments_cross(p0_n2: NDArray[Any], p1_n2: NDArray[Any], a: NDArray[Any], b: NDArray[Any]) -> NDArray[np.bool_]:
@@ -347,17 +344,19 @@ class Areas:
         self._polys: list[FloatArray] = []
         self._edges = _Edges.of([])
         self._segs: list[tuple[FloatArray, FloatArray]] = []
+        self._tols: list[float] = []  # each line's band_tolerance at this frame size
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
         if self._wh == frame_wh:
             return
         self._wh = frame_wh
         self._polys = [_to_pixels(z.points, z.units, frame_wh) for z in self.zones]
-        self._segs = []
+        self._segs, self._tols = [], []
         for ln in self.lines:
             s, e = _to_pixels((ln.start, ln.end), ln.units, frame_wh)
             self._segs.append((s, e))
-        self._edges = _Edges.of(self._polys, self._segs)
+            self._tols.append(band_tolerance(s, e, ln.band, ln.units, frame_wh))
+        self._edges = _Edges.of(self._polys, self._segs, self._tols)
 
     def update(
         self,
@@ -412,10 +411,10 @@ class Areas:
         return places, crossings
 
     def _start_lines(self, track: _Track, origin: tuple[float, float]) -> None:
-        """A new track's line sides from its origin (a line it is on starts with no side, as usual)."""
+        """A new track's line sides from its origin (within a line's band: no side, as usual)."""
         xy = np.array([origin], dtype=np.float64)
         for k, (s, e) in enumerate(self._segs):
-            side = int(side_of_line(xy, s, e)[0])
+            side = int(side_of_line(xy, s, e, self._tols[k])[0])
             if side != 0:
                 track.lines[k] = _Side(side, (float(origin[0]), float(origin[1])))
 

@@ -96,7 +96,7 @@ def _zones(camera: Reader, taken: set[str]) -> tuple[ZoneDef, ...]:
 
 
 def _lines(camera: Reader, taken: set[str]) -> tuple[LineDef, ...]:
-    """``cameras[i].lines``: each ``name``, ``start``, ``end``, ``units``, ``inertia``."""
+    """``cameras[i].lines``: each ``name``, ``start``, ``end``, ``units``, ``inertia``, ``band``."""
     lines = []
     for ln in camera.list_of_mappings("lines", LineDef):
         name = _name(ln, taken)
@@ -107,9 +107,15 @@ def _lines(camera: Reader, taken: set[str]) -> tuple[LineDef, ...]:
         units: Units = ln.choice("units", _UNITS)  # type: ignore[assignment]
         _check_point(start, units, ln.key("start"))
         _check_point(end, units, ln.key("end"))
-        lines.append(LineDef(name, start, end, units, ln.int_in("inertia", 1, 1000)))
+        lines.append(LineDef(name, start, end, units, ln.int_in("inertia", 1, 1000), _band(ln, units)))
         ln.finish()
     return tuple(lines)
+
+
+def _band(ln: Reader, units: Units) -> float | None:
+    """A line's ``band`` (:mod:`agent.line_band`) in its units; None (left out): the default."""
+    band = ln.number_in("band", 0.0, 0.25 if units == "fraction" else 10000.0, default=math.nan)
+    return None if math.isnan(band) else band  # NaN only as the default: a given one is out of range
 
 
 def read_areas(camera: Reader) -> tuple[tuple[ZoneDef, ...], tuple[LineDef, ...]]:

@@ -241,11 +241,12 @@ def test_the_scalar_crossing_test_agrees_with_segments_cross() -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_areas_match_the_per_track_reference_on_random_walks(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "band"), [(s, b) for s in range(6) for b in (None, 0.0, 4.0)])
+def test_areas_match_the_per_track_reference_on_random_walks(seed: int, band: float | None) -> None:
     """The fast Areas against the straightforward per-track one it replaced (tests/zones_reference.py):
     the same places and crossings, frame by frame, on integer walks that often land on lines and edges,
-    with tracks forgotten and reused, an id twice in a frame, ids below 0 and a frame size change."""
+    with tracks forgotten and reused, an id twice in a frame, ids below 0 and a frame size change; lines
+    with the default band, none, and 4 px (0.04 of the frame for the fraction line)."""
     rng = np.random.default_rng(seed)
     zones = [
         ZoneDef("box", tuple(SQUARE), inertia=int(rng.integers(1, 4))),
@@ -253,9 +254,9 @@ def test_areas_match_the_per_track_reference_on_random_walks(seed: int) -> None:
         ZoneDef("wedge", ((30, 5), (60, 20), (35, 26), (45, 15)), inertia=2),
     ]
     lines = [
-        LineDef("gate", (0.0, 50.0), (100.0, 50.0), inertia=int(rng.integers(1, 4))),
-        LineDef("door", (0.5, 0.1), (0.5, 0.6), units="fraction"),
-        LineDef("slant", (10.0, 90.0), (70.0, 30.0), inertia=2),
+        LineDef("gate", (0.0, 50.0), (100.0, 50.0), inertia=int(rng.integers(1, 4)), band=band),
+        LineDef("door", (0.5, 0.1), (0.5, 0.6), units="fraction", band=None if band is None else band / 100),
+        LineDef("slant", (10.0, 90.0), (70.0, 30.0), inertia=2, band=band),
     ]
     fast, slow = Areas(zones, lines), ReferenceAreas(zones, lines)
     pos = rng.integers(0, 100, size=(12, 2)).astype(float)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def test_zones_and_lines_are_read_with_defaults(tmp_path: Path) -> None:
     )
     assert cam.lines == (LineDef("gate", (0.0, 300.0), (640.0, 300.0), "pixels", 1),)
     assert s.events.update_interval_s == 2.0
+    assert cam.lines[0].band is None  # left out: agent.line_band's default
     assert settings_summary(s)["cameras"][0]["zones"][0]["name"] == "drive"
 
 
@@ -94,6 +96,36 @@ def test_zones_and_lines_are_read_with_defaults(tmp_path: Path) -> None:
             "duplicate",
         ),
         ({"lines": [{"name": "l", "start": [3, 3], "end": [3, 3]}]}, ON, "cameras[0].lines[0].end", "two different"),
+        (
+            {"lines": [{"name": "l", "start": [0.5, 0.5], "end": [0.5, 0.5], "units": "fraction", "band": 0.01}]},
+            ON,
+            "cameras[0].lines[0].end",
+            "two different",
+        ),
+        (
+            {"lines": [{"name": "l", "start": [0, 0], "end": [1, 1], "band": -1}]},
+            ON,
+            "cameras[0].lines[0].band",
+            "range",
+        ),
+        (
+            {"lines": [{"name": "l", "start": [0, 0], "end": [1, 1], "band": "wide"}]},
+            ON,
+            "cameras[0].lines[0].band",
+            "a number",
+        ),
+        (
+            {"lines": [{"name": "l", "start": [0, 0], "end": [1, 1], "band": math.nan}]},
+            ON,
+            "cameras[0].lines[0].band",
+            "range",
+        ),
+        (
+            {"lines": [{"name": "l", "start": [0, 0], "end": [1, 1], "units": "fraction", "band": 0.5}]},
+            ON,
+            "cameras[0].lines[0].band",
+            "[0, 0.25]",
+        ),
         ({"lines": [{"name": "l", "start": [0, 0]}]}, ON, "cameras[0].lines[0].end", "required"),
         ({"lines": [{"name": "l", "start": [-1, 0], "end": [1, 1]}]}, ON, "cameras[0].lines[0].start", ">= 0"),
         ({"lines": [{"name": "l", "start": [0, 0], "end": [True, 1]}]}, ON, "cameras[0].lines[0].end", "[x, y]"),
@@ -117,3 +149,18 @@ def test_events_need_tracking(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(doc, base_dir=tmp_path, env={})
     assert info.value.path == "events.enabled" and "tracking.enabled" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("line", "band"),
+    [
+        ({"band": 4}, 4.0),
+        ({"band": 0}, 0.0),  # no band: the exact rule
+        ({"band": None}, None),  # as left out
+        ({"band": 0.01, "units": "fraction", "start": [0, 0.5], "end": [1, 0.5]}, 0.01),
+    ],
+)
+def test_a_lines_band_is_read_in_its_units(tmp_path: Path, line: dict[str, Any], band: float | None) -> None:
+    camera = {"lines": [{"name": "gate", "start": [0, 300], "end": [640, 300], **line}]}
+    s = parse_settings(_doc(tmp_path, camera, ON), base_dir=tmp_path, env={})
+    assert s.cameras[0].lines[0].band == band

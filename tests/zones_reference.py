@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.line_band import band_tolerance
 from agent.zones import Crossing, LineDef, ZoneDef, _crosses, _to_pixels, points_in_polygon, side_of_line
 
 FloatArray = NDArray[np.float64]
@@ -49,6 +50,7 @@ class ReferenceAreas:
         self._wh: tuple[int, int] | None = None
         self._polys: list[FloatArray] = []
         self._segs: list[tuple[FloatArray, FloatArray]] = []
+        self._tols: list[float] = []
 
     def _geometry(self, frame_wh: tuple[int, int]) -> None:
         if self._wh == frame_wh:
@@ -59,6 +61,9 @@ class ReferenceAreas:
         for ln in self.lines:
             s, e = _to_pixels((ln.start, ln.end), ln.units, frame_wh)
             self._segs.append((s, e))
+        self._tols = [
+            band_tolerance(s, e, ln.band, ln.units, frame_wh) for ln, (s, e) in zip(self.lines, self._segs, strict=True)
+        ]
 
     def update(
         self, tracker_ids: NDArray[Any], anchors_xy: NDArray[Any], frame_wh: tuple[int, int]
@@ -74,7 +79,7 @@ class ReferenceAreas:
         self._geometry(frame_wh)
         # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
         inside = [points_in_polygon(xy, poly).tolist() for poly in self._polys]  # one zone at a time
-        sides = [side_of_line(xy, s, e).tolist() for s, e in self._segs]
+        sides = [side_of_line(xy, s, e, tol).tolist() for (s, e), tol in zip(self._segs, self._tols, strict=True)]
         points = [(x, y) for x, y in xy.tolist()]
         places: dict[int, frozenset[str]] = {}
         crossings: list[Crossing] = []
