@@ -30,10 +30,11 @@ from agent.decoders import (
     decode_yolov8_placed,
     decode_yolov8_seg,
 )
+from agent.decoders_split import SplitHead, decode_yolov8_split, split_head_from_metadata, split_layout
 from agent.detections import Detections
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
-from agent.placement import letterbox_content_hw
+from agent.placement import letterbox_content_hw, letterbox_placement
 from agent.polygons import EXACT, PolygonOptions
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, prepare
 from agent.runtime import (
@@ -244,14 +245,18 @@ class OnnxModel:
             or _names_from_file(self.weights)
         )
         try:
-            self.layout = recognise(
-                ports,
-                input_hw=self.input_hw,
-                metadata=metadata,
-                names_count=len(names) if names else None,
-                model_type=package.model_type if package is not None else None,
-            )
-        except FormatError as exc:
+            self._split_head: SplitHead | None = split_head_from_metadata(metadata)  # decode out of the graph
+            if self._split_head is not None:
+                self.layout = split_layout(self._split_head, ports)
+            else:
+                self.layout = recognise(
+                    ports,
+                    input_hw=self.input_hw,
+                    metadata=metadata,
+                    names_count=len(names) if names else None,
+                    model_type=package.model_type if package is not None else None,
+                )
+        except (FormatError, ValueError) as exc:
             raise self._layout_error(str(exc)) from None
         self._output_names: list[str] = list(self.layout.outputs)
         kind = self.layout.kind
@@ -371,6 +376,18 @@ class OnnxModel:
         limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
+            if self._split_head is not None:
+                placed = letterbox_placement(params, frame_hw, self.input_hw)
+                return decode_yolov8_split(
+                    *run(tensor),
+                    head=self._split_head,
+                    placement=placed,
+                    input_hw=self.input_hw,
+                    frame_hw=frame_hw,
+                    overlap=overlap,
+                    fast_letterbox=True,
+                    **limits,
+                )
             output0, protos = run(tensor)
             return decode_yolov8_seg(
                 output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits
@@ -388,6 +405,8 @@ class OnnxModel:
         """The outputs of a frame prepared by :func:`~agent.preprocess.prepare`, decoded by the layout's decoder;
         ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
+        if self._split_head is not None:
+            return decode_yolov8_split(*outputs, head=self._split_head, overlap=overlap, **common)
         if kind == "yolov8":
             return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":
