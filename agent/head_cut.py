@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from numpy.typing import NDArray
 from agent.decoders_split import HEAD_KEY, SplitHead, boxes_xywh
 from agent.masks import sigmoid
 
-__all__ = ["HeadCut", "HeadCutError", "cut_head", "find_head"]
+__all__ = ["HeadCut", "HeadCutError", "cut_file", "cut_head", "describe", "find_head"]
 
 OUTPUT_NAMES = ("boxes", "scores", "coeffs")
 BOX_TOLERANCE_PX = 1e-2
@@ -222,6 +223,8 @@ def _grids(
 def find_head(model: Any) -> tuple[SplitHead, _Found]:
     """The split head an ONNX ``ModelProto`` would get, and what was matched; :class:`HeadCutError` if none."""
     graph = model.graph
+    if any(p.key == HEAD_KEY for p in model.metadata_props):
+        raise HeadCutError("the decode is already out of this graph (metadata seg_agent_head)")
     if len(graph.input) != 1 or len(graph.output) != 2:
         raise HeadCutError(f"{len(graph.input)} inputs and {len(graph.output)} outputs; a YOLO-seg has 1 and 2")
     dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
@@ -230,8 +233,6 @@ def find_head(model: Any) -> tuple[SplitHead, _Found]:
     ranks = {len(o.type.tensor_type.shape.dim): o.name for o in graph.output}
     if sorted(ranks) != [3, 4]:
         raise HeadCutError("outputs are not one 3-D detection output and one 4-D prototype output")
-    if any(p.key == HEAD_KEY for p in model.metadata_props):
-        raise HeadCutError("the decode is already out of this graph (metadata seg_agent_head)")
     g = _Graph(graph)
     errors = []
     for matcher in (_ultralytics, _demo):
@@ -356,3 +357,25 @@ def cut_head(model: Any) -> tuple[Any, HeadCut]:
     entry.key, entry.value = HEAD_KEY, head.to_json()
     box_err, score_err = _check(model, cut, head, found, det)
     return cut, HeadCut(head, found.architecture, removed, box_err, score_err)
+
+
+def cut_file(source: str | Path, out: str | Path) -> HeadCut:
+    """:func:`cut_head` of the ONNX file ``source``, written to ``out``."""
+    import onnx
+
+    model = onnx.load(str(source))
+    cut, done = cut_head(model)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(cut, str(out))
+    return done
+
+
+def describe(done: HeadCut) -> str:
+    """One line for the commands: what was cut and how exactly the cut graph reproduces the original."""
+    head = done.head
+    box = f"DFL logits [1, {head.box_rows}, {head.anchors}]" if head.box == "dfl" else "distances [1, 4, N]"
+    return (
+        f"{done.architecture}: {done.removed_nodes} decode nodes removed; outputs {', '.join(head.outputs)} "
+        f"(box {box}, class logits); strides {list(head.strides)}; checked on every anchor of 2 inputs: boxes "
+        f"within {done.box_error_px:.1e} px, scores within {done.score_error:.1e}"
+    )

@@ -295,6 +295,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the last convolution before each output (box, class, mask coefficients, prototypes): kept in float, "
         "or in int8 with only its output dequantized (default %(default)s)",
     )
+    p.add_argument(
+        "--keep-head",
+        action="store_true",
+        help="quantize the graph as it is; default: first take the box/class decode out of a YOLOv8/YOLO11-seg "
+        "or demo graph (as seg-agent optimize does), so the int8 file has no float DFL softmax",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
     p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
     return p
@@ -348,13 +354,28 @@ def _report_line(label: str, fp32: float, int8: float) -> str:
     return f"{label:<22}{fp32:8.3f}{int8:8.3f}{100 * (int8 - fp32):+9.2f}"
 
 
+def _cut_head(model: Path, out: Path) -> Path:
+    """``out``, the model without its box/class decode (:mod:`agent.head_cut`), or ``model`` where the head is
+    not a known one (a YOLOv5 or RF-DETR graph, an export with a dynamic input size): said, then quantized as is."""
+    from agent.head_cut import HeadCutError, cut_file, describe
+
+    try:
+        done = cut_file(model, out)
+    except HeadCutError as exc:
+        print(f"head         kept in the graph ({exc})")
+        return model
+    print(f"head cut     {describe(done)}")
+    return out
+
+
 def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Sample], candidate: Path) -> None:
     from agent.runtime import first_line
 
+    source = Path(args.model) if args.keep_head else _cut_head(Path(args.model), candidate.with_name("cut.onnx"))
     print(f"calibrating  on {len(calibration)} frames of {args.images}", flush=True)
     try:
         plan = quantize_model(
-            Path(args.model),
+            source,
             candidate,
             fp32,
             calibration,

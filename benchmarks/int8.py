@@ -73,14 +73,20 @@ def _size_tag(frame_size: tuple[int, int] | None) -> str:
 
 
 def quantize_demo(
-    model: Path, work: Path, *, frame_size: tuple[int, int] | None = None, extra: list[str] | None = None
+    model: Path,
+    work: Path,
+    *,
+    frame_size: tuple[int, int] | None = None,
+    extra: list[str] | None = None,
+    out: Path | None = None,
 ) -> tuple[Path, str]:
     """``seg-agent quantize`` of ``model`` on 160 synth frames (seed 3000; ``frame_size`` (h, w), default
-    synth's varied sizes): the int8 path and its report. ``extra``: more ``seg-agent quantize`` arguments."""
+    synth's varied sizes): the int8 path and its report. ``extra``: more ``seg-agent quantize`` arguments;
+    ``out``: the int8 file (default ``work/<stem>-int8.onnx``)."""
     data = work / f"calibration{_size_tag(frame_size)}"
     if not (data / "annotations.json").exists():
         synth.write_coco_dataset(data, 160, seed=3000, frame_size=frame_size)
-    out = work / f"{model.stem}-int8.onnx"
+    out = out or work / f"{model.stem}-int8.onnx"
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         ann = str(data / "annotations.json")
@@ -141,12 +147,19 @@ def _detect_runs(fp32: Path, int8: Path, frames: list[np.ndarray], reps: int) ->
     }
 
 
+def _accuracy_one(path: Path, heldout: Path) -> dict[str, Any]:
+    """Mask and box AP of one model on a held-out synth set, with the set's size."""
+    r = evaluate(OnnxModel(path), heldout / "images", heldout / "annotations.json", progress=False)
+    aps = {"mask_ap": r.mask_ap, "mask_ap50": r.mask_ap50, "box_ap": r.box_ap, "box_ap50": r.box_ap50}
+    return {**aps, "images": r.images, "instances": r.instances}
+
+
 def _accuracy(fp32: Path, int8: Path, heldout: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, path in (("fp32", fp32), ("int8", int8)):
-        r = evaluate(OnnxModel(path), heldout / "images", heldout / "annotations.json", progress=False)
-        out[key] = {"mask_ap": r.mask_ap, "mask_ap50": r.mask_ap50, "box_ap": r.box_ap, "box_ap50": r.box_ap50}
-        out["images"], out["instances"] = r.images, r.instances
+        a = _accuracy_one(path, heldout)
+        out["images"], out["instances"] = a.pop("images"), a.pop("instances")
+        out[key] = a
     return out
 
 
