@@ -4,8 +4,9 @@
 wants (:mod:`agent.preprocess`), runs the session and decodes the outputs (:mod:`agent.decoders`, whose
 ``decode_yolov8_seg`` is the Ultralytics letterbox path). ``path`` is a ``.onnx`` file or a Roboflow
 package directory (:mod:`agent.package`); the format is recognised from the files and the graph
-(:mod:`agent.formats`); the session is opened by :mod:`agent.runtime`. Loading fails with
-:class:`ModelError`, whose message names the file and what was found in it.
+(:mod:`agent.formats`), or, for a model whose box decode ``seg-agent optimize`` / ``quantize`` took out of
+the graph, from its metadata (:mod:`agent.decoders_split`); the session is opened by :mod:`agent.runtime`.
+Loading fails with :class:`ModelError`, whose message names the file and what was found in it.
 """
 
 from __future__ import annotations

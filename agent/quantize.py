@@ -8,12 +8,18 @@ ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantiz
   next; ``--ops Conv,MatMul,Gemm`` quantizes only the arithmetic (a DequantizeLinear/QuantizeLinear pair
   then sits around every activation). Never the decode head: Ultralytics' full-graph int8 (head included,
   one scale for box pixels and class scores in one tensor) gave mAP 0 (ultralytics #25045).
-* The decode head stays in float: every node reachable backwards from a graph output without passing a
-  ``Conv``/``MatMul``/``Gemm`` (the final Concat/Sigmoid/Mul of boxes and classes, the mask coefficients'
-  Concat), everything under ``/dfl/``, and the last ``Conv``/``MatMul``/``Gemm`` before each output (the
-  layers whose outputs *are* the box offsets, class logits, mask coefficients and prototypes: a coarse
-  grid there moves every box and every mask edge). ``--head-convs int8`` quantizes those last layers too
-  (only their outputs are dequantized): measured, not the default (benchmarks/NOTES.md).
+* First the box/class decode is taken out of the graph (:mod:`agent.head_cut`, as ``seg-agent optimize``
+  does; ``--keep-head`` skips it): an Ultralytics YOLOv8/YOLO11-seg export's ``/dfl/`` softmax and
+  dist2bbox over every anchor, or the demo architecture's box arithmetic, cost the same in fp32 and int8
+  (float either way), so they are done in NumPy on the candidates only (:mod:`agent.decoders_split`). A
+  head it does not know exactly (YOLOv5, RF-DETR, a dynamic input size) is said and quantized as it is.
+* What is left of the decode head stays in float: every node reachable backwards from a graph output
+  without passing a ``Conv``/``MatMul``/``Gemm`` (in an uncut graph the final Concat/Sigmoid/Mul of boxes
+  and classes, the mask coefficients' Concat), everything under ``/dfl/``, and the last
+  ``Conv``/``MatMul``/``Gemm`` before each output (the layers whose outputs *are* the box offsets, class
+  logits, mask coefficients and prototypes: a coarse grid there moves every box and every mask edge).
+  ``--head-convs int8`` quantizes those last layers too (only their outputs are dequantized): measured,
+  not the default (benchmarks/NOTES.md).
 * Calibration takes the frames a chunk at a time (:data:`CALIBRATION_MEMORY_BYTES` of activations), so a
   640 model calibrates in under a gigabyte. The agent runs a file with this module's ``quantization``
   metadata without ONNX Runtime's NCHWc pass (:data:`agent.runtime.INT8_CPU_DISABLED_OPTIMIZERS`).
