@@ -157,6 +157,7 @@ class OnnxModel:
     layout: Layout
     preprocessing: Preprocessing
     package: RoboflowPackage | None
+    split_head: SplitHead | None  # the box decode is out of the graph (seg-agent optimize / quantize)
 
     def __init__(
         self,
@@ -246,9 +247,9 @@ class OnnxModel:
             or _names_from_file(self.weights)
         )
         try:
-            self._split_head: SplitHead | None = split_head_from_metadata(metadata)  # decode out of the graph
-            if self._split_head is not None:
-                self.layout = split_layout(self._split_head, ports)
+            self.split_head = split_head_from_metadata(metadata)  # decode out of the graph
+            if self.split_head is not None:
+                self.layout = split_layout(self.split_head, ports)
             else:
                 self.layout = recognise(
                     ports,
@@ -377,11 +378,11 @@ class OnnxModel:
         limits: dict[str, Any] = {"confidence": confidence, "max_detections": max_detections, "polygons": self.polygons}
         if self._ultralytics_path:
             tensor, params = letterbox(image_bgr, self.input_hw, frame_hw=frame_hw)
-            if self._split_head is not None:
+            if self.split_head is not None:
                 placed = letterbox_placement(params, frame_hw, self.input_hw)
                 return decode_yolov8_split(
                     *run(tensor),
-                    head=self._split_head,
+                    head=self.split_head,
                     placement=placed,
                     input_hw=self.input_hw,
                     frame_hw=frame_hw,
@@ -406,8 +407,8 @@ class OnnxModel:
         """The outputs of a frame prepared by :func:`~agent.preprocess.prepare`, decoded by the layout's decoder;
         ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
-        if self._split_head is not None:
-            return decode_yolov8_split(*outputs, head=self._split_head, overlap=overlap, **common)
+        if self.split_head is not None:
+            return decode_yolov8_split(*outputs, head=self.split_head, overlap=overlap, **common)
         if kind == "yolov8":
             return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":
