@@ -55,6 +55,11 @@ CONFIDENCE, OVERLAP = 0.40, 0.30  # the agent's defaults (config.yaml)
 FRAME_HW = (480, 640)
 TARGET_SPEEDUP = 1.5
 TARGET_DROP_POINTS = 1.0
+HEADS = {
+    "float": "decode head in float",
+    "cut": "box/class decode out of the graph (decoded on the candidates in NumPy), the head's last convolutions "
+    "in float",
+}
 
 
 def _median(values: list[float]) -> float:
@@ -187,6 +192,7 @@ def compare(
         "input_hw": list(probe.input_hw),
         "flags": shown_flags(),
         "activations": act + (" (reduce_range)" if reduce_range else ""),
+        "int8_head": "float" if OnnxModel(int8).split_head is None else "cut",
         "load_start": os.getloadavg()[0],
         "session": [_session_runs(fp32, int8, t, tensor, runs) for t in (1, 2, 0)]
         + [_session_runs(fp32, int8, 1, tensor, runs, clock="cpu")],
@@ -214,10 +220,11 @@ def render(r: dict[str, Any]) -> str:
         f"### fp32 vs int8 — {Path(r['fp32']).name} and {Path(r['int8']).name} "
         f"(input {r['input_hw'][1]}x{r['input_hw'][0]})",
         "",
-        f"`seg-agent quantize` (static QDQ, {r['activations']} activations, per-channel int8 weights, decode head "
-        f"in float). CPU flags: {' '.join(r['flags']) or 'none of the int8 ones'}. Both models interleaved run by "
-        f"run in one process; load average {r['load_start']:.2f} at the start, {r['load_end']:.2f} at the end "
-        "(a shared machine: 7 other engineers' jobs; medians, and ratios of samples taken side by side).",
+        f"`seg-agent quantize` (static QDQ, {r['activations']} activations, per-channel int8 weights, "
+        f"{HEADS[r.get('int8_head', 'float')]}). CPU flags: {' '.join(r['flags']) or 'none of the int8 ones'}. "
+        f"Both models interleaved run by run in one process; load average {r['load_start']:.2f} at the start, "
+        f"{r['load_end']:.2f} at the end (a shared machine: 7 other engineers' jobs; medians, and ratios of samples "
+        "taken side by side).",
         "",
         "| `session.run`, 640x480 frame letterboxed | fp32 ms | int8 ms | fp32 frames/s | int8 frames/s | int8 ÷ fp32 "
         "frames/s |",
