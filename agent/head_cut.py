@@ -220,6 +220,10 @@ def _grids(
     return tuple(strides), tuple(grids)
 
 
+def _input_dims(graph: Any) -> list[int]:
+    return [int(d.dim_value) for d in graph.input[0].type.tensor_type.shape.dim]
+
+
 def find_head(model: Any) -> tuple[SplitHead, _Found]:
     """The split head an ONNX ``ModelProto`` would get, and what was matched; :class:`HeadCutError` if none."""
     graph = model.graph
@@ -227,9 +231,11 @@ def find_head(model: Any) -> tuple[SplitHead, _Found]:
         raise HeadCutError("the decode is already out of this graph (metadata seg_agent_head)")
     if len(graph.input) != 1 or len(graph.output) != 2:
         raise HeadCutError(f"{len(graph.input)} inputs and {len(graph.output)} outputs; a YOLO-seg has 1 and 2")
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    dims = _input_dims(graph)
     if len(dims) != 4 or any(d <= 0 for d in dims):
         raise HeadCutError(f"input shape {dims}: the cut needs a fixed input size (export with a fixed imgsz)")
+    if graph.input[0].type.tensor_type.elem_type != 1:  # TensorProto.FLOAT
+        raise HeadCutError("the input is not float32 (a half-precision export): not cut")
     ranks = {len(o.type.tensor_type.shape.dim): o.name for o in graph.output}
     if sorted(ranks) != [3, 4]:
         raise HeadCutError("outputs are not one 3-D detection output and one 4-D prototype output")
@@ -303,7 +309,7 @@ def _run(model: Any, feeds: list[NDArray[np.float32]], names: list[str]) -> list
 def _check(original: Any, cut: Any, head: SplitHead, found: _Found, det: str) -> tuple[float, float]:
     """The largest box (px) and score difference between the original's ``output0`` and the cut graph's
     outputs decoded here, over every anchor of two inputs (grey, and uniform noise)."""
-    dims = [d.dim_value for d in original.graph.input[0].type.tensor_type.shape.dim]
+    dims = _input_dims(original.graph)
     feeds = [np.full(dims, 0.5, np.float32), np.random.default_rng(0).random(dims, dtype=np.float32)]
     before = _run(original, feeds, [det])
     after = _run(cut, feeds, list(head.outputs[:3]))
@@ -343,14 +349,7 @@ def cut_head(model: Any) -> tuple[Any, HeadCut]:
     graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in OUTPUT_NAMES])
     graph.output.append(kept_protos)
     removed = _prune(graph)
-    shapes = [
-        o.shape
-        for o in _run(
-            cut,
-            [np.zeros([d.dim_value for d in graph.input[0].type.tensor_type.shape.dim], np.float32)],
-            list(OUTPUT_NAMES),
-        )[0]
-    ]
+    shapes = [o.shape for o in _run(cut, [np.zeros(_input_dims(graph), np.float32)], list(OUTPUT_NAMES))[0]]
     for i, shape in enumerate(shapes):
         graph.output[i].CopyFrom(helper.make_tensor_value_info(OUTPUT_NAMES[i], TensorProto.FLOAT, list(shape)))
     entry = cut.metadata_props.add()

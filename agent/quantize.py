@@ -364,11 +364,15 @@ def _cut_head(model: Path, out: Path) -> Path:
     """``out``, the model without its box/class decode (:mod:`agent.head_cut`), or ``model`` where the head is
     not a known one (a YOLOv5 or RF-DETR graph, an export with a dynamic input size): said, then quantized as is."""
     from agent.head_cut import HeadCutError, cut_file, describe
+    from agent.runtime import first_line
 
     try:
         done = cut_file(model, out)
     except HeadCutError as exc:
         print(f"head         kept in the graph ({exc})")
+        return model
+    except Exception as exc:  # onnx or ONNX Runtime failing on the graph: quantize it as it is, and say why
+        print(f"head         kept in the graph (the cut failed: {first_line(exc)})")
         return model
     print(f"head cut     {describe(done)}")
     return out

@@ -101,6 +101,10 @@ def _dynamic_input(graph: Any) -> None:
     graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
 
 
+def _half_input(graph: Any) -> None:
+    graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+
+
 def _anchors_shifted(graph: Any) -> None:  # the demo's anchor constants are Constant nodes
     for node in graph.node:
         if node.op_type == "Constant" and node.output[0] == "/Constant_17_output_0":
@@ -115,6 +119,7 @@ def _anchors_shifted(graph: Any) -> None:  # the demo's anchor constants are Con
         (YOLO, _initializer("/model.22/Constant_15_output_0", 1.001), "does not reproduce output0"),
         (YOLO, _initializer("/model.22/Constant_18_output_0", 2.0), "stride"),
         (YOLO, _dynamic_input, "fixed input size"),
+        (DEMO, _half_input, "not float32"),
         (DEMO, _anchors_shifted, "does not reproduce output0"),
     ],
 )
