@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("synth_args", nargs=argparse.REMAINDER)
     sub.add_parser("quantize", add_help=False, help="an int8 copy of a model, checked for mask AP (--help: options)")
+    sub.add_parser("optimize", add_help=False, help="a copy of a model with its box decode moved out of the graph")
     return parser
 
 
@@ -134,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.quantize import main_quantize
 
         return main_quantize(argv[1:])
+    if argv[:1] == ["optimize"]:  # its own parser (agent.optimize)
+        from agent.optimize import main_optimize
+
+        return main_optimize(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":

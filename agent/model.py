@@ -4,8 +4,9 @@
 wants (:mod:`agent.preprocess`), runs the session and decodes the outputs (:mod:`agent.decoders`, whose
 ``decode_yolov8_seg`` is the Ultralytics letterbox path). ``path`` is a ``.onnx`` file or a Roboflow
 package directory (:mod:`agent.package`); the format is recognised from the files and the graph
-(:mod:`agent.formats`); the session is opened by :mod:`agent.runtime`. Loading fails with
-:class:`ModelError`, whose message names the file and what was found in it.
+(:mod:`agent.formats`), or, for a model whose box decode ``seg-agent optimize`` / ``quantize`` took out of
+the graph, from its metadata (:mod:`agent.decoders_split`); the session is opened by :mod:`agent.runtime`.
+Loading fails with :class:`ModelError`, whose message names the file and what was found in it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from agent.decoders import (
     decode_yolov8_placed,
     decode_yolov8_seg,
 )
+from agent.decoders_split import SplitHead, decode_yolov8_split, split_head_from_metadata, split_layout
 from agent.detections import Detections
 from agent.formats import FORMAT_NAMES, SUPPORTED, FormatError, Layout, Port, recognise
 from agent.package import ROBOFLOW_BACKGROUND_CLASS, PackageError, RoboflowPackage, read_names_file, read_package
-from agent.placement import letterbox_content_hw
+from agent.placement import letterbox_content_hw, letterbox_placement
 from agent.polygons import EXACT, PolygonOptions
 from agent.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, letterbox, letterbox_uint8, prepare
 from agent.runtime import (
@@ -156,6 +158,7 @@ class OnnxModel:
     layout: Layout
     preprocessing: Preprocessing
     package: RoboflowPackage | None
+    split_head: SplitHead | None  # the box decode is out of the graph (seg-agent optimize / quantize)
 
     def __init__(
         self,
@@ -246,14 +249,18 @@ class OnnxModel:
             or _names_from_file(self.weights)
         )
         try:
-            self.layout = recognise(
-                ports,
-                input_hw=self.input_hw,
-                metadata=metadata,
-                names_count=len(names) if names else None,
-                model_type=package.model_type if package is not None else None,
-            )
-        except FormatError as exc:
+            self.split_head = split_head_from_metadata(metadata)  # decode out of the graph
+            if self.split_head is not None:
+                self.layout = split_layout(self.split_head, ports)
+            else:
+                self.layout = recognise(
+                    ports,
+                    input_hw=self.input_hw,
+                    metadata=metadata,
+                    names_count=len(names) if names else None,
+                    model_type=package.model_type if package is not None else None,
+                )
+        except (FormatError, ValueError) as exc:
             raise self._layout_error(str(exc)) from None
         self._output_names: list[str] = list(self.layout.outputs)
         kind = self.layout.kind
@@ -388,6 +395,18 @@ class OnnxModel:
         if self._ultralytics_path:
             box = letterbox_uint8 if self._input_dtype is np.uint8 else letterbox
             tensor, params = box(image_bgr, self.input_hw, frame_hw=frame_hw)
+            if self.split_head is not None:
+                placed = letterbox_placement(params, frame_hw, self.input_hw)
+                return decode_yolov8_split(
+                    *run(tensor),
+                    head=self.split_head,
+                    placement=placed,
+                    input_hw=self.input_hw,
+                    frame_hw=frame_hw,
+                    overlap=overlap,
+                    fast_letterbox=True,
+                    **limits,
+                )
             output0, protos = run(tensor)
             return decode_yolov8_seg(
                 output0, protos, params=params, input_hw=self.input_hw, frame_hw=frame_hw, overlap=overlap, **limits
@@ -405,6 +424,8 @@ class OnnxModel:
         """The outputs of a frame prepared by :func:`~agent.preprocess.prepare`, decoded by the layout's decoder;
         ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
+        if self.split_head is not None:
+            return decode_yolov8_split(*outputs, head=self.split_head, overlap=overlap, **common)
         if kind == "yolov8":
             return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":

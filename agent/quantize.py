@@ -8,12 +8,18 @@ ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantiz
   next; ``--ops Conv,MatMul,Gemm`` quantizes only the arithmetic (a DequantizeLinear/QuantizeLinear pair
   then sits around every activation). Never the decode head: Ultralytics' full-graph int8 (head included,
   one scale for box pixels and class scores in one tensor) gave mAP 0 (ultralytics #25045).
-* The decode head stays in float: every node reachable backwards from a graph output without passing a
-  ``Conv``/``MatMul``/``Gemm`` (the final Concat/Sigmoid/Mul of boxes and classes, the mask coefficients'
-  Concat), everything under ``/dfl/``, and the last ``Conv``/``MatMul``/``Gemm`` before each output (the
-  layers whose outputs *are* the box offsets, class logits, mask coefficients and prototypes: a coarse
-  grid there moves every box and every mask edge). ``--head-convs int8`` quantizes those last layers too
-  (only their outputs are dequantized): measured, not the default (benchmarks/NOTES.md).
+* First the box/class decode is taken out of the graph (:mod:`agent.head_cut`, as ``seg-agent optimize``
+  does; ``--keep-head`` skips it): an Ultralytics YOLOv8/YOLO11-seg export's ``/dfl/`` softmax and
+  dist2bbox over every anchor, or the demo architecture's box arithmetic, cost the same in fp32 and int8
+  (float either way), so they are done in NumPy on the candidates only (:mod:`agent.decoders_split`). A
+  head it does not know exactly (YOLOv5, RF-DETR, a dynamic input size) is said and quantized as it is.
+* What is left of the decode head stays in float: every node reachable backwards from a graph output
+  without passing a ``Conv``/``MatMul``/``Gemm`` (in an uncut graph the final Concat/Sigmoid/Mul of boxes
+  and classes, the mask coefficients' Concat), everything under ``/dfl/``, and the last
+  ``Conv``/``MatMul``/``Gemm`` before each output (the layers whose outputs *are* the box offsets, class
+  logits, mask coefficients and prototypes: a coarse grid there moves every box and every mask edge).
+  ``--head-convs int8`` quantizes those last layers too (only their outputs are dequantized): measured,
+  not the default (benchmarks/NOTES.md).
 * Calibration takes the frames a chunk at a time (:data:`CALIBRATION_MEMORY_BYTES` of activations), so a
   640 model calibrates in under a gigabyte. The agent runs a file with this module's ``quantization``
   metadata without ONNX Runtime's NCHWc pass (:data:`agent.runtime.INT8_CPU_DISABLED_OPTIMIZERS`).
@@ -303,6 +309,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the last convolution before each output (box, class, mask coefficients, prototypes): kept in float, "
         "or in int8 with only its output dequantized (default %(default)s)",
     )
+    p.add_argument(
+        "--keep-head",
+        action="store_true",
+        help="quantize the graph as it is; default: first take the box/class decode out of a YOLOv8/YOLO11-seg "
+        "or demo graph (as seg-agent optimize does), so the int8 file has no float DFL softmax",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
     p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
     return p
@@ -356,13 +368,32 @@ def _report_line(label: str, fp32: float, int8: float) -> str:
     return f"{label:<22}{fp32:8.3f}{int8:8.3f}{100 * (int8 - fp32):+9.2f}"
 
 
+def _cut_head(model: Path, out: Path) -> Path:
+    """``out``, the model without its box/class decode (:mod:`agent.head_cut`), or ``model`` where the head is
+    not a known one (a YOLOv5 or RF-DETR graph, an export with a dynamic input size): said, then quantized as is."""
+    from agent.head_cut import HeadCutError, cut_file, describe
+    from agent.runtime import first_line
+
+    try:
+        done = cut_file(model, out)
+    except HeadCutError as exc:
+        print(f"head         kept in the graph ({exc})")
+        return model
+    except Exception as exc:  # onnx or ONNX Runtime failing on the graph: quantize it as it is, and say why
+        print(f"head         kept in the graph (the cut failed: {first_line(exc)})")
+        return model
+    print(f"head cut     {describe(done)}")
+    return out
+
+
 def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Sample], candidate: Path) -> None:
     from agent.runtime import first_line
 
+    source = Path(args.model) if args.keep_head else _cut_head(Path(args.model), candidate.with_name("cut.onnx"))
     print(f"calibrating  on {len(calibration)} frames of {args.images}", flush=True)
     try:
         plan = quantize_model(
-            Path(args.model),
+            source,
             candidate,
             fp32,
             calibration,

@@ -65,6 +65,7 @@ class ModelInfo:
     floor: dict[str, Any] = field(default_factory=dict)
     trained: bool = True  # False: random weights, the model's cost only (it finds nothing)
     int8_of: str | None = None  # the fp32 model's key when this is its `seg-agent quantize` twin
+    split_head: bool = False  # box decode out of the graph (`seg-agent optimize` / `quantize`): not Ultralytics'
 
 
 def throughput_target(input_hw: tuple[int, int] | list[int], trained: bool) -> float:

@@ -55,6 +55,11 @@ CONFIDENCE, OVERLAP = 0.40, 0.30  # the agent's defaults (config.yaml)
 FRAME_HW = (480, 640)
 TARGET_SPEEDUP = 1.5
 TARGET_DROP_POINTS = 1.0
+HEADS = {
+    "float": "decode head in float",
+    "cut": "box/class decode out of the graph (decoded on the candidates in NumPy), the head's last convolutions "
+    "in float",
+}
 
 
 def _median(values: list[float]) -> float:
@@ -73,14 +78,20 @@ def _size_tag(frame_size: tuple[int, int] | None) -> str:
 
 
 def quantize_demo(
-    model: Path, work: Path, *, frame_size: tuple[int, int] | None = None, extra: list[str] | None = None
+    model: Path,
+    work: Path,
+    *,
+    frame_size: tuple[int, int] | None = None,
+    extra: list[str] | None = None,
+    out: Path | None = None,
 ) -> tuple[Path, str]:
     """``seg-agent quantize`` of ``model`` on 160 synth frames (seed 3000; ``frame_size`` (h, w), default
-    synth's varied sizes): the int8 path and its report. ``extra``: more ``seg-agent quantize`` arguments."""
+    synth's varied sizes): the int8 path and its report. ``extra``: more ``seg-agent quantize`` arguments;
+    ``out``: the int8 file (default ``work/<stem>-int8.onnx``)."""
     data = work / f"calibration{_size_tag(frame_size)}"
     if not (data / "annotations.json").exists():
         synth.write_coco_dataset(data, 160, seed=3000, frame_size=frame_size)
-    out = work / f"{model.stem}-int8.onnx"
+    out = out or work / f"{model.stem}-int8.onnx"
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         ann = str(data / "annotations.json")
@@ -142,12 +153,19 @@ def _detect_runs(fp32: Path, int8: Path, frames: list[np.ndarray], reps: int) ->
     }
 
 
+def _accuracy_one(path: Path, heldout: Path) -> dict[str, Any]:
+    """Mask and box AP of one model on a held-out synth set, with the set's size."""
+    r = evaluate(OnnxModel(path), heldout / "images", heldout / "annotations.json", progress=False)
+    aps = {"mask_ap": r.mask_ap, "mask_ap50": r.mask_ap50, "box_ap": r.box_ap, "box_ap50": r.box_ap50}
+    return {**aps, "images": r.images, "instances": r.instances}
+
+
 def _accuracy(fp32: Path, int8: Path, heldout: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, path in (("fp32", fp32), ("int8", int8)):
-        r = evaluate(OnnxModel(path), heldout / "images", heldout / "annotations.json", progress=False)
-        out[key] = {"mask_ap": r.mask_ap, "mask_ap50": r.mask_ap50, "box_ap": r.box_ap, "box_ap50": r.box_ap50}
-        out["images"], out["instances"] = r.images, r.instances
+        a = _accuracy_one(path, heldout)
+        out["images"], out["instances"] = a.pop("images"), a.pop("instances")
+        out[key] = a
     return out
 
 
@@ -175,6 +193,7 @@ def compare(
         "input_hw": list(probe.input_hw),
         "flags": shown_flags(),
         "activations": act + (" (reduce_range)" if reduce_range else ""),
+        "int8_head": "float" if OnnxModel(int8).split_head is None else "cut",
         "load_start": os.getloadavg()[0],
         "session": [_session_runs(fp32, int8, t, tensor, runs) for t in (1, 2, 0)]
         + [_session_runs(fp32, int8, 1, tensor, runs, clock="cpu")],
@@ -202,10 +221,11 @@ def render(r: dict[str, Any]) -> str:
         f"### fp32 vs int8 — {Path(r['fp32']).name} and {Path(r['int8']).name} "
         f"(input {r['input_hw'][1]}x{r['input_hw'][0]})",
         "",
-        f"`seg-agent quantize` (static QDQ, {r['activations']} activations, per-channel int8 weights, decode head "
-        f"in float). CPU flags: {' '.join(r['flags']) or 'none of the int8 ones'}. Both models interleaved run by "
-        f"run in one process; load average {r['load_start']:.2f} at the start, {r['load_end']:.2f} at the end "
-        "(a shared machine: 7 other engineers' jobs; medians, and ratios of samples taken side by side).",
+        f"`seg-agent quantize` (static QDQ, {r['activations']} activations, per-channel int8 weights, "
+        f"{HEADS[r.get('int8_head', 'float')]}). CPU flags: {' '.join(r['flags']) or 'none of the int8 ones'}. "
+        f"Both models interleaved run by run in one process; load average {r['load_start']:.2f} at the start, "
+        f"{r['load_end']:.2f} at the end (a shared machine: 7 other engineers' jobs; medians, and ratios of samples "
+        "taken side by side).",
         "",
         "| `session.run`, 640x480 frame letterboxed | fp32 ms | int8 ms | fp32 frames/s | int8 frames/s | int8 ÷ fp32 "
         "frames/s |",

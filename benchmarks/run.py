@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     with broker(work) as mq:
         for m in models:
             entry = _measure_model(m, floors[m.key], mq, work, videos, packets, plan)
-            if python is not None and not args.no_ultralytics:
+            if python is not None and not args.no_ultralytics and not m.split_head:  # Ultralytics cannot decode it
                 _ultralytics(results, entry, python, work, m, {s: packets[s] for s in sizes}, plan)
             entry["floor"] = m.floor  # the median over every floor sample of the run
             results["models"].append(entry)

@@ -21,8 +21,10 @@ import pytest
 
 from agent import synth
 from agent.calibration import Sample, load_samples, split_holdout
+from agent.decoders_split import HEAD_KEY
 from agent.quantize import (
     QuantizeError,
+    _cut_head,
     _import_onnx,
     activation_bytes,
     calibration_chunk,
@@ -36,6 +38,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("sympy")
 pytest.importorskip("pycocotools")
 from onnx import TensorProto, helper  # noqa: E402
+
+from tests.onnx_models import build_yolov8_seg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "demo-seg.onnx"
@@ -105,10 +109,41 @@ def test_quantize_writes_an_int8_model_that_loads_and_detects(
     assert inter / (sum(area) - inter) > 0.85
 
 
-def test_the_decode_head_stays_in_float(quantized: tuple[int, str, Path]) -> None:
+def test_the_box_decode_is_cut_before_calibration(quantized: tuple[int, str, Path]) -> None:
     rc, text, out = quantized
     assert rc == 0, text
-    graph = onnx.load(str(out)).graph
+    assert "head cut     seg-agent-demo" in text
+    model = onnx.load(str(out))
+    assert HEAD_KEY in {p.key for p in model.metadata_props}  # the agent decodes it as agent.decoders_split says
+    assert [o.name for o in model.graph.output][:3] == ["boxes", "scores", "coeffs"]
+    head = float_head_nodes(model.graph, ("Conv", "MatMul", "Gemm"))
+    assert not {n.op_type for n in model.graph.node if n.name in head} & {
+        "Sigmoid",
+        "Transpose",
+    }  # the demo keeps its Softplus
+
+
+def test_keep_head_quantizes_the_graph_as_it_is(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
+    images, ann = synth_set
+    out = tmp_path / "kept.onnx"
+    rc, text, err = _quantize("--images", str(images), "--annotations", str(ann), "--out", str(out), "--keep-head")
+    assert rc == 0, text + err
+    assert "head cut" not in text
+    model = onnx.load(str(out))
+    assert HEAD_KEY not in {p.key for p in model.metadata_props} and len(model.graph.output) == 2
+    _assert_decode_head_in_float(model.graph)
+
+
+def test_a_head_that_cannot_be_cut_is_kept_and_said(tmp_path: Path) -> None:
+    model = build_yolov8_seg(tmp_path / "other.onnx", imgsz=(64, 64))
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        source = _cut_head(model, tmp_path / "cut.onnx")
+    assert source == model and not (tmp_path / "cut.onnx").exists()  # quantized as it is
+    assert "head         kept in the graph (no known decode head" in text.getvalue()
+
+
+def _assert_decode_head_in_float(graph: Any) -> None:
     head = float_head_nodes(graph, ("Conv", "MatMul", "Gemm"))  # walked back from the outputs of the int8 file
     nodes = [n for n in graph.node if n.name in head]
     ops = {n.op_type for n in nodes}
