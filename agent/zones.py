@@ -1,7 +1,8 @@
 """Zones and lines of one camera: which tracks are in which polygon, and which crossed which line, which way.
 
 Pure NumPy and plain Python state; no I/O. A track is placed by its box's **bottom centre**
-(:func:`bottom_centres`), the point where an object stands on the ground.
+(:func:`bottom_centres`), the point where an object stands on the ground, clamped into the frame (a box's
+rounded edge may lie a fraction of a pixel outside it).
 
 * A **zone** is a polygon (frame pixels, or fractions of the frame's width and height). A point on an edge
   or a vertex is inside. A track's membership changes only after ``inertia`` consecutive observations
@@ -373,7 +374,7 @@ class Areas:
         if len(ids) != len(xy):
             raise ValueError(f"{len(ids)} tracker ids for {len(xy)} anchors")
         keep = ids >= 0
-        ids, xy = ids[keep], xy[keep]
+        ids, xy = ids[keep], np.clip(xy[keep], 0.0, frame_wh)  # anchors inside the frame (docstring)
         self._geometry(frame_wh)
         # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
         # each track's observation as one list (zones 0/1, then line sides), all zones and lines in one pass:
@@ -412,11 +413,11 @@ class Areas:
 
     def _start_lines(self, track: _Track, origin: tuple[float, float]) -> None:
         """A new track's line sides from its origin (within a line's band: no side, as usual)."""
-        xy = np.array([origin], dtype=np.float64)
+        xy = np.clip(np.array([origin], dtype=np.float64), 0.0, self._wh or np.inf)
         for k, (s, e) in enumerate(self._segs):
             side = int(side_of_line(xy, s, e, self._tols[k])[0])
             if side != 0:
-                track.lines[k] = _Side(side, (float(origin[0]), float(origin[1])))
+                track.lines[k] = _Side(side, (float(xy[0, 0]), float(xy[0, 1])))
 
     def _observe_line(
         self, track: _Track, k: int, inertia: int, side: int, xy: tuple[float, float]

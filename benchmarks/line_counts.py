@@ -97,7 +97,7 @@ def truth_counts(doc: dict, lost_frames: int, lines: list[LineDef]) -> dict[str,
                     last.pop((o["id"], ln.name), None)
             seen[o["id"]] = f
             x0, _, x1, y1 = o["box_xyxy"]
-            p = ((x0 + x1) / 2, y1)
+            p = (min(max((x0 + x1) / 2, 0.0), wh[0]), min(max(y1, 0.0), wh[1]))  # anchors inside the frame
             for ln in lines:
                 side = banded_side(p, ln, wh)
                 if side == 0:

@@ -148,3 +148,22 @@ def test_side_of_line_with_a_tolerance_and_the_empty_case() -> None:
     assert side_of_line(pts, s, e).tolist() == [1, 1, 0, -1, -1]  # exact: only the line itself
     assert side_of_line(pts, s, e, 20.0).tolist() == [1, 0, 0, 0, -1]  # 2 px: |d| x 2
     assert side_of_line(np.zeros((0, 2)), s, e, 20.0).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("points", "origin", "expected"),
+    [
+        # an upright line ending at the frame's bottom edge (y 100); anchors 0.05 px past the edge (a rounded
+        # box bottom) are clamped into the frame, so the step crosses the segment at its end, not beside it
+        ([(90.0, 100.05), (110.0, 100.05)], None, [IN]),
+        ([(90.0, 100.0), (110.0, 100.0)], None, [IN]),  # the same inside the frame
+        ([(110.0, 100.05)], (90.0, 100.05), [IN]),  # a new track's origin is clamped too
+        ([(-5.0, 50.0), (-5.0, 50.0)], None, []),  # clamped onto x 0: still one side, no crossing
+    ],
+)
+def test_anchors_past_the_frame_are_clamped_into_it(
+    points: list[tuple[float, float]], origin: tuple[float, float] | None, expected: list[Crossing]
+) -> None:
+    upright = LineDef("gate", (100.0, 0.0), (100.0, 100.0), band=0.0)  # left to right across it = out
+    got = _crossings(upright, points, origin=origin)
+    assert [c.direction for c in got] == ["out" if e == IN else "in" for e in expected]

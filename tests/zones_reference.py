@@ -76,6 +76,8 @@ class ReferenceAreas:
             raise ValueError(f"{len(ids)} tracker ids for {len(xy)} anchors")
         keep = ids >= 0
         ids, xy = ids[keep], xy[keep]
+        xy[:, 0] = [min(max(x, 0.0), frame_wh[0]) for x in xy[:, 0]]  # anchors are clamped into the frame
+        xy[:, 1] = [min(max(y, 0.0), frame_wh[1]) for y in xy[:, 1]]
         self._geometry(frame_wh)
         # plain lists: the per-track loop below is Python, and NumPy scalars are slow to index one by one
         inside = [points_in_polygon(xy, poly).tolist() for poly in self._polys]  # one zone at a time
