@@ -143,6 +143,7 @@ class Agent:
             outbox=p.outbox.stats(),
             mqtt=p.publisher.stats(),
             ages=p.publish_ages,
+            local=p.session_plan,
         )
         if self._remote is not None and (commands := self._remote.stats()) is not None:
             doc["commands"] = commands
