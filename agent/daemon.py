@@ -86,7 +86,9 @@ class Agent:
         log.debug("one thread for OpenCV and for %s", ", ".join(capped) or "no OpenBLAS found")
         pipeline = build(s, stopping=self.stopping, on_mode_change=self._mode_changed, on_frame=self.first_frame.set)
         self._pipeline = pipeline
-        self._remote = attach(s, pipeline)  # commands and discovery: before the cameras open and the first connect
+        # commands and discovery: before the cameras open and the first connect; with the pipeline's settings, in
+        # which sessions: auto is resolved (a mode change sets each camera's frames in flight from it)
+        self._remote = attach(pipeline.settings, pipeline)
         pipeline.start()
         self._metrics = start_metrics(pipeline) if s.metrics.enabled else None
         self._spawn(self._health_loop, "health")

@@ -9,7 +9,7 @@ and keeps one session of the configured threads (the lone frame's latency) other
 session: its run is not made of the cores' threads.
 
 :func:`plan_sessions` and :func:`demand_fps` are pure; :func:`usable_cores` reads the machine and
-:func:`measure_run_ms` runs the model (the pipeline calls them, :mod:`agent.pipeline`).
+:func:`measure_runs_ms` runs the model (the pipeline calls them, :mod:`agent.pipeline`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_SHARE",
+    "LONE_PAUSE_S",
     "MAX_SESSIONS",
     "SessionPlan",
+    "compares_one_thread",
     "demand_fps",
-    "measure_run_ms",
+    "measure_runs_ms",
     "needs_run_time",
     "open_sessions",
     "plan_sessions",
@@ -48,6 +50,10 @@ BUSY_SHARE = 0.9
 """Several sessions when the cameras ask for more than this share of one session's measured runs per second.
 The measured rate is ``session.run``'s alone; a whole frame also has its decode, letterbox, masks and JSON
 (~5-25 % more, README "Speed"), so at 0.9 one session is about full and frames would start to wait or drop."""
+
+LONE_PAUSE_S = 0.05
+"""The pause before each lone run measured at start: long enough for the pool's threads to sleep (they stop
+spinning when a run returns), as they do between frames at a low fps."""
 
 MAX_SESSIONS = 16
 """The most sessions ``auto`` opens (``inference.local.sessions`` accepts 1..16)."""
@@ -66,6 +72,10 @@ class SessionPlan:
     cores: int = 0
     demand_fps: float | None = None  # None: no local demand figure (not auto); math.inf: as fast as possible
     run_ms: float | None = None  # the first session's measured run; None: not measured (not needed)
+    # threads: 0 and few frames: a lone run (after a pause, as at a low fps) of the first session and of a
+    # 1-thread session, measured in turn
+    lone_ms: float | None = None
+    one_thread_ms: float | None = None
 
     def describe(self) -> str:
         """One line for the log: the layout, then why (with the numbers)."""
@@ -89,6 +99,8 @@ class SessionPlan:
             "demand_fps": None if demand is None or math.isinf(demand) else round(demand, 3),
             "unbounded_demand": demand is not None and math.isinf(demand),
             "run_ms": None if self.run_ms is None else round(self.run_ms, 2),
+            "lone_ms": None if self.lone_ms is None else round(self.lone_ms, 2),
+            "one_thread_ms": None if self.one_thread_ms is None else round(self.one_thread_ms, 2),
         }
 
 
@@ -119,22 +131,33 @@ def _on_cpu(providers: Sequence[str]) -> bool:
 
 
 def plan_sessions(
-    *, cores: int, providers: Sequence[str], threads: int, demand: float, run_ms: float | None
+    *,
+    cores: int,
+    providers: Sequence[str],
+    threads: int,
+    demand: float,
+    run_ms: float | None,
+    lone_ms: float | None = None,
+    one_thread_ms: float | None = None,
 ) -> SessionPlan:
     """The layout for ``sessions: auto``.
 
     ``cores``: physical cores this process may use (0: not reported); ``providers``: the first session's, as
     ONNX Runtime opened it; ``threads``: ``inference.local.threads`` (0 = ONNX Runtime's choice); ``demand``:
-    :func:`demand_fps`; ``run_ms``: the first session's measured ``session.run`` (:func:`measure_run_ms`; may
-    be None where :func:`needs_run_time` says it is not needed).
+    :func:`demand_fps`; ``run_ms``: the first session's measured ``session.run`` (:func:`measure_runs_ms`; may
+    be None where :func:`needs_run_time` says it is not needed); ``lone_ms`` and ``one_thread_ms``: a lone run
+    (after a pause) of the first session and of a 1-thread session, in turn (:func:`compares_one_thread`), or None.
 
     Several sessions only on the CPU provider, with 2 or more cores, when the demand exceeds
     :data:`BUSY_SHARE` x one session's runs per second: ``cores // threads`` sessions of ``threads`` (1 when
-    0), at most :data:`MAX_SESSIONS`. Otherwise one session of ``threads``.
+    0), at most :data:`MAX_SESSIONS`. Otherwise one session, for a lone frame's latency: of ``threads``, or of
+    one thread when ``threads`` is 0 and a lone 1-thread run measured no slower (on cores busy with other work
+    the pool's threads, asleep between lone frames, are slow to get a core back: one thread gave a lone frame
+    in 0.5x the time at a load average of 8-10 on 2 cores, README "Sessions: auto"; it also takes less CPU).
     """
 
-    def one(reason: str) -> SessionPlan:
-        return SessionPlan(1, threads, True, reason, cores, demand, run_ms)
+    def one(reason: str, threads: int = threads) -> SessionPlan:
+        return SessionPlan(1, threads, True, reason, cores, demand, run_ms, lone_ms, one_thread_ms)
 
     if not _on_cpu(providers):
         return one(f"{', '.join(p for p in providers if p != _CPU)} runs the model, not the cores")
@@ -152,14 +175,29 @@ def plan_sessions(
             return one(f"cameras ask {asked}, the model's run was not measured")
         rate = 1000.0 / run_ms
         if demand <= BUSY_SHARE * rate:
-            return one(
-                f"cameras ask {asked} <= {BUSY_SHARE:g} x {rate:.1f}/s of one session ({run_ms:.1f} ms a run), "
-                f"{cores} cores: a lone frame's latency first"
-            )
+            why = f"cameras ask {asked} <= {BUSY_SHARE:g} x {rate:.1f}/s of one session ({run_ms:.1f} ms a run)"
+            if lone_ms is not None and one_thread_ms is not None and lone_ms > 0 and one_thread_ms > 0:
+                why += f"; a lone run {lone_ms:.1f} ms, {one_thread_ms:.1f} ms on 1 thread"
+                if threads == 0 and one_thread_ms <= lone_ms:
+                    return one(f"{why}, {cores} cores: a lone frame's latency first", 1)
+            return one(f"{why}, {cores} cores: a lone frame's latency first")
         why = f"cameras ask {asked} > {BUSY_SHARE:g} x {rate:.1f}/s of one session ({run_ms:.1f} ms a run)"
     else:
         why = f"cameras ask {asked}"
-    return SessionPlan(count, per_session, True, f"{why}, {cores} cores: frames/s first", cores, demand, run_ms)
+    return SessionPlan(
+        count, per_session, True, f"{why}, {cores} cores: frames/s first", cores, demand, run_ms, lone_ms, one_thread_ms
+    )
+
+
+def compares_one_thread(*, threads: int, cores: int, providers: Sequence[str], demand: float, run_ms: float) -> bool:
+    """Whether a 1-thread session is measured beside the first: ``threads: 0`` (the count is ONNX Runtime's to
+    choose, so auto may choose it) and a demand one session serves (:func:`plan_sessions`' latency branch)."""
+    return (
+        threads == 0
+        and needs_run_time(cores=cores, providers=providers, demand=demand)
+        and run_ms > 0
+        and demand <= BUSY_SHARE * 1000.0 / run_ms
+    )
 
 
 def usable_cores() -> int:
@@ -181,26 +219,34 @@ def usable_cores() -> int:
     return len(cores)
 
 
-def measure_run_ms(
-    run: Callable[[np.ndarray[Any, Any]], object],
+def measure_runs_ms(
+    runs: Sequence[Callable[[np.ndarray[Any, Any]], object]],
     tensor_nchw: np.ndarray[Any, Any],
     *,
-    runs: int = 3,
+    rounds: int = 3,
     budget_s: float = 2.0,
+    pause_s: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
-) -> float:
-    """Median wall time of ``run(tensor_nchw)`` in ms, after one untimed warm-up run (its allocations): ``runs``
-    timed runs, fewer when they pass ``budget_s`` (a slow model on a small device: the start stays short)."""
-    run(tensor_nchw)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < max(1, runs) and (not times or spent < budget_s):
-        t0 = clock()
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[float]:
+    """Median wall time in ms of each of ``runs`` on ``tensor_nchw``, after one untimed warm-up run each (its
+    allocations): ``rounds`` rounds, each making every run once in turn (so a change of load touches all of
+    them alike), fewer when they pass ``budget_s`` (a slow model on a small device: the start stays short).
+    ``pause_s``: a sleep before each timed run, so the run starts as a lone frame's does, its pool asleep."""
+    for run in runs:
         run(tensor_nchw)
-        elapsed = clock() - t0
-        times.append(elapsed * 1000.0)
-        spent += elapsed
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in runs]
+    spent = 0.0
+    while len(times[0]) < max(1, rounds) and (not times[0] or spent < budget_s):
+        for run, taken in zip(runs, times, strict=True):
+            if pause_s > 0:
+                sleep(pause_s)
+            t0 = clock()
+            run(tensor_nchw)
+            elapsed = clock() - t0
+            taken.append(elapsed * 1000.0)
+            spent += elapsed
+    return [statistics.median(t) for t in times]
 
 
 OpenSession = Callable[[int, int], "OnnxModel"]
@@ -220,19 +266,34 @@ def open_sessions(
     first = open_one(local.threads, 1)
     cores = usable_cores()
     demand = demand_fps(cameras)
-    run_ms = None
-    if needs_run_time(cores=cores, providers=first.providers, demand=demand):
-        run_ms = measure_run_ms(first.run, probe_tensor(first))
-    plan = plan_sessions(cores=cores, providers=first.providers, threads=local.threads, demand=demand, run_ms=run_ms)
+    providers = first.providers
+    run_ms = lone_ms = one_thread_ms = None
+    single: OnnxModel | None = None
+    if needs_run_time(cores=cores, providers=providers, demand=demand):
+        tensor = probe_tensor(first)
+        (run_ms,) = measure_runs_ms([first.run], tensor)
+        if compares_one_thread(threads=local.threads, cores=cores, providers=providers, demand=demand, run_ms=run_ms):
+            single = open_one(1, 1)
+            pair = measure_runs_ms([first.run, single.run], tensor, pause_s=LONE_PAUSE_S)  # in turn: load alike
+            lone_ms, one_thread_ms = pair
+    plan = plan_sessions(
+        cores=cores,
+        providers=providers,
+        threads=local.threads,
+        demand=demand,
+        run_ms=run_ms,
+        lone_ms=lone_ms,
+        one_thread_ms=one_thread_ms,
+    )
     if plan.sessions == 1:
-        return [first], plan
-    del first  # the plan's sessions have other threads and spinning
+        return [single if plan.threads == 1 and single is not None else first], plan
+    del first, single  # the plan's sessions have other threads and spinning
     return [open_one(plan.threads, plan.sessions) for _ in range(plan.sessions)], plan
 
 
 def probe_tensor(model: OnnxModel) -> np.ndarray[Any, Any]:
     """A mid-grey frame of the model's input size, prepared as a frame is (letterboxed for a YOLO), in the
-    model's input type: what :func:`measure_run_ms` runs."""
+    model's input type: what :func:`measure_runs_ms` runs."""
     height, width = model.input_hw
     image = np.full((height, width, 3), 114, dtype=np.uint8)
     tensor, _ = prepare(image, model.preprocessing, model.input_hw)

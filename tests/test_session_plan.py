@@ -19,8 +19,9 @@ from agent.session_plan import (
     BUSY_SHARE,
     MAX_SESSIONS,
     SessionPlan,
+    compares_one_thread,
     demand_fps,
-    measure_run_ms,
+    measure_runs_ms,
     needs_run_time,
     plan_sessions,
     usable_cores,
@@ -112,34 +113,104 @@ def test_needs_run_time(cores: int, providers: list[str], demand: float, expecte
 
 
 class _Clock:
-    """Each run takes ``step`` seconds of this clock."""
+    """Each run takes the next of ``steps`` seconds of this clock."""
 
     def __init__(self, steps: list[float]) -> None:
         self.now = 0.0
         self.steps = iter(steps)
-        self.runs = 0
+        self.calls: list[str] = []
 
     def clock(self) -> float:
         return self.now
 
-    def run(self, _tensor: object) -> None:
-        self.runs += 1
-        self.now += next(self.steps)
+    def runner(self, name: str) -> Any:
+        def run(_tensor: object) -> None:
+            self.calls.append(name)
+            self.now += next(self.steps)
+
+        return run
 
 
-def test_measure_run_ms_is_the_median_after_a_warm_up() -> None:
+def test_measure_runs_ms_is_the_median_after_a_warm_up() -> None:
     fake = _Clock([9.0, 0.010, 0.030, 0.020])  # the warm-up's 9 s (allocations) is not counted
-    assert measure_run_ms(fake.run, None, runs=3, budget_s=2.0, clock=fake.clock) == pytest.approx(20.0)  # type: ignore[arg-type]
-    assert fake.runs == 4
+    assert measure_runs_ms([fake.runner("a")], None, rounds=3, clock=fake.clock) == [pytest.approx(20.0)]  # type: ignore[arg-type]
+    assert len(fake.calls) == 4
 
 
-def test_measure_run_ms_stops_at_its_budget() -> None:
+def test_measure_runs_ms_interleaves_the_runs() -> None:
+    fake = _Clock([1.0, 1.0, 0.010, 0.020, 0.030, 0.060, 0.020, 0.040])
+    a, b = fake.runner("a"), fake.runner("b")
+    assert measure_runs_ms([a, b], None, rounds=3, clock=fake.clock) == [pytest.approx(20.0), pytest.approx(40.0)]  # type: ignore[arg-type]
+    assert fake.calls == ["a", "b"] + ["a", "b"] * 3, "warm-ups first, then each round makes every run in turn"
+
+
+def test_measure_runs_ms_pauses_before_each_timed_run() -> None:
+    fake = _Clock([0.0] * 8)
+    pauses: list[float] = []
+    measure_runs_ms(
+        [fake.runner("a"), fake.runner("b")], None, rounds=3, pause_s=0.05, clock=fake.clock, sleep=pauses.append
+    )  # type: ignore[arg-type]
+    assert pauses == [0.05] * 6, "none before the warm-ups, one before every timed run"
+
+
+def test_measure_runs_ms_stops_at_its_budget() -> None:
     fake = _Clock([1.0] * 10)
-    assert measure_run_ms(fake.run, None, runs=5, budget_s=2.0, clock=fake.clock) == pytest.approx(1000.0)  # type: ignore[arg-type]
-    assert fake.runs == 3, "the warm-up and two timed runs: the budget was spent"
+    assert measure_runs_ms([fake.runner("a")], None, rounds=5, budget_s=2.0, clock=fake.clock) == [1000.0]  # type: ignore[arg-type]
+    assert len(fake.calls) == 3, "the warm-up and two timed runs: the budget was spent"
     slow = _Clock([5.0, 5.0, 5.0])
-    measure_run_ms(slow.run, None, runs=3, budget_s=2.0, clock=slow.clock)  # type: ignore[arg-type]
-    assert slow.runs == 2, "one timed run at least, even past the budget"
+    measure_runs_ms([slow.runner("a")], None, rounds=3, budget_s=2.0, clock=slow.clock)  # type: ignore[arg-type]
+    assert len(slow.calls) == 2, "one timed run at least, even past the budget"
+
+
+@pytest.mark.parametrize(
+    ("threads", "cores", "providers", "demand", "run_ms", "expected"),
+    [
+        (0, 2, CPU, 2.0, 55.0, True),  # few frames, ONNX Runtime's thread count: is one thread sooner here?
+        (2, 2, CPU, 2.0, 55.0, False),  # threads set by hand: kept
+        (1, 2, CPU, 2.0, 55.0, False),
+        (0, 2, CPU, 20.0, 55.0, False),  # frames/s first: several sessions anyway
+        (0, 2, CPU, INF, 55.0, False),
+        (0, 1, CPU, 2.0, 55.0, False),
+        (0, 2, CUDA, 2.0, 5.0, False),
+    ],
+)
+def test_compares_one_thread(
+    threads: int, cores: int, providers: list[str], demand: float, run_ms: float, expected: bool
+) -> None:
+    assert (
+        compares_one_thread(threads=threads, cores=cores, providers=providers, demand=demand, run_ms=run_ms) is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("threads", "lone_ms", "one_thread_ms", "expected"),
+    [
+        (0, 60.0, 90.0, (1, 0)),  # a quiet machine: the cores' threads give a lone frame sooner
+        (0, 320.0, 165.0, (1, 1)),  # busy cores: one thread is sooner (and takes less CPU)
+        (0, 60.0, 60.0, (1, 1)),  # no slower: one thread, for its CPU
+        (1, 60.0, 90.0, (1, 1)),
+        (2, 320.0, 165.0, (1, 2)),  # threads set by hand are kept
+        (0, 60.0, None, (1, 0)),
+        (0, None, 60.0, (1, 0)),
+        (0, 60.0, 0.0, (1, 0)),  # a nonsensical measurement
+    ],
+)
+def test_plan_sessions_with_lone_runs(
+    threads: int, lone_ms: float | None, one_thread_ms: float | None, expected: tuple[int, int]
+) -> None:
+    """2 fps, a 55 ms back-to-back run (18.2/s): one session; which threads it has is the lone runs' to say."""
+    plan = plan_sessions(
+        cores=4, providers=CPU, threads=threads, demand=2.0, run_ms=55.0, lone_ms=lone_ms, one_thread_ms=one_thread_ms
+    )
+    assert (plan.sessions, plan.threads) == expected, plan.reason
+    assert (plan.lone_ms, plan.one_thread_ms) == (lone_ms, one_thread_ms)
+    if lone_ms and one_thread_ms:  # the latency branch says both lone runs
+        assert f"a lone run {lone_ms:.1f} ms, {one_thread_ms:.1f} ms on 1 thread" in plan.reason
+
+
+def test_lone_runs_do_not_hold_back_frames_per_second() -> None:
+    plan = plan_sessions(cores=2, providers=CPU, threads=0, demand=2.0, run_ms=600.0, lone_ms=650.0, one_thread_ms=1.0)
+    assert (plan.sessions, plan.threads) == (2, 1), "2 fps > 0.9 x 1.67/s: several sessions whatever a lone run does"
 
 
 def test_usable_cores_counts_what_this_process_may_use() -> None:
@@ -151,8 +222,9 @@ def test_a_plan_for_the_health_message() -> None:
     unbounded = SessionPlan(2, 1, True, "why", 2, INF, None).as_dict()
     assert unbounded["demand_fps"] is None and unbounded["unbounded_demand"] is True
     assert (unbounded["sessions"], unbounded["threads"], unbounded["run_ms"]) == (2, 1, None)
-    paced = SessionPlan(1, 0, True, "why", 2, 2.0, 9.1234).as_dict()
+    paced = SessionPlan(1, 0, True, "why", 2, 2.0, 9.1234, 10.005, 14.567).as_dict()
     assert paced["demand_fps"] == 2.0 and paced["unbounded_demand"] is False and paced["run_ms"] == 9.12
+    assert (paced["lone_ms"], paced["one_thread_ms"]) == (10.01, 14.57)
     configured = SessionPlan(3, 1, False, "inference.local.sessions").as_dict()
     assert configured["auto"] is False and configured["demand_fps"] is None and not configured["unbounded_demand"]
 
@@ -235,6 +307,23 @@ def test_a_low_frame_rate_keeps_one_session_of_the_configured_threads(tmp_path: 
         assert pipeline.settings.inference.local.sessions == 1
         health = _health_local(pipeline)
         assert (health["sessions"], health["demand_fps"], health["unbounded_demand"]) == (1, 1.0, False)
+    finally:
+        pipeline.close(0.0)
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="one thread is all there is on one core")
+def test_a_low_frame_rate_with_onnx_runtimes_threads_takes_the_sooner_of_two_measured_runs(tmp_path: Path) -> None:
+    """``threads: 0`` at 1 fps: a 1-thread session is measured beside the first; the one session kept is the
+    one whose run was no slower (which one depends on this machine's load: both outcomes are checked)."""
+    pipeline = _built(tmp_path, {"fps": 1, "realtime": True})
+    try:
+        plan = pipeline.session_plan
+        assert plan.sessions == 1 and plan.lone_ms is not None and plan.one_thread_ms is not None
+        assert (plan.threads == 1) is (plan.one_thread_ms <= plan.lone_ms), plan.reason
+        sessions = _sessions(pipeline)
+        assert len(sessions) == 1
+        assert sessions[0]._session.get_session_options().intra_op_num_threads == plan.threads
+        assert _health_local(pipeline)["one_thread_ms"] == round(plan.one_thread_ms, 2)
     finally:
         pipeline.close(0.0)
 
