@@ -178,7 +178,7 @@ def plan_sessions(
             why = f"cameras ask {asked} <= {BUSY_SHARE:g} x {rate:.1f}/s of one session ({run_ms:.1f} ms a run)"
             if lone_ms is not None and one_thread_ms is not None and lone_ms > 0 and one_thread_ms > 0:
                 why += f"; a lone run {lone_ms:.1f} ms, {one_thread_ms:.1f} ms on 1 thread"
-                if threads == 0 and one_thread_ms <= lone_ms:
+                if threads == 0 and one_thread_ms <= lone_ms and demand <= BUSY_SHARE * 1000.0 / one_thread_ms:
                     return one(f"{why}, {cores} cores: a lone frame's latency first", 1)
             return one(f"{why}, {cores} cores: a lone frame's latency first")
         why = f"cameras ask {asked} > {BUSY_SHARE:g} x {rate:.1f}/s of one session ({run_ms:.1f} ms a run)"

@@ -193,6 +193,7 @@ def test_compares_one_thread(
         (0, 60.0, None, (1, 0)),
         (0, None, 60.0, (1, 0)),
         (0, 60.0, 0.0, (1, 0)),  # a nonsensical measurement
+        (0, 600.0, 500.0, (1, 0)),  # one thread sooner but too slow for 2 fps (0.9 x 2/s): not taken
     ],
 )
 def test_plan_sessions_with_lone_runs(
