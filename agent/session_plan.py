@@ -5,8 +5,9 @@ On a small CPU a model makes poor use of intra-op threads: ``cores`` sessions of
 side, give more frames/s than one session of ``cores`` threads (1.05-1.27x on 2 cores, README "Speed"), but a
 lone frame takes ~1.5-1.8x longer on one thread. So several sessions pay only when frames are plentiful:
 :func:`plan_sessions` picks them when the cameras' demand exceeds :data:`BUSY_SHARE` of what one session runs,
-and keeps one session of the configured threads (the lone frame's latency) otherwise. An accelerator keeps one
-session: its run is not made of the cores' threads.
+and keeps one session otherwise, for the lone frame's latency: of the configured threads, or with ``threads: 0``
+of one thread when a lone 1-thread run measures no slower (busy cores). An accelerator keeps one session: its
+run is not made of the cores' threads.
 
 :func:`plan_sessions` and :func:`demand_fps` are pure; :func:`usable_cores` reads the machine and
 :func:`measure_runs_ms` runs the model (the pipeline calls them, :mod:`agent.pipeline`).
