@@ -183,10 +183,10 @@ def _check_config(path: Path) -> int:
 def _check_model(settings: Settings) -> str:
     """Loads the local model as ``run`` would: a file that only looks like a model fails here, not at run."""
     from agent.model import OnnxModel
-    from agent.pipeline import StartupError, load_local_model
+    from agent.pipeline import StartupError, open_local_model
 
     try:
-        loaded = load_local_model(settings)
+        loaded, _, plan = open_local_model(settings)  # sessions: auto decided (and measured) as at start
     except StartupError as exc:
         raise CliError(str(exc)) from None
     model = loaded if isinstance(loaded, OnnxModel) else loaded.models[0]
@@ -194,7 +194,8 @@ def _check_model(settings: Settings) -> str:
     shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
     return (
         f"inference.local.model: {model.path}: {model.layout.kind} model, input {model.input_hw[1]}x"
-        f"{model.input_hw[0]}, {len(names)} classes ({shown}), providers {', '.join(model.providers)}"
+        f"{model.input_hw[0]}, {len(names)} classes ({shown}), providers {', '.join(model.providers)}; "
+        f"{plan.describe()}"
     )
 
 

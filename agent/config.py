@@ -117,7 +117,9 @@ class LocalSettings:
     model: Path | None = None
     classes: Path | None = None  # optional classes.txt (one name per line)
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = one per physical core
-    sessions: int = 1  # sessions running frames side by side (frames in flight per camera)
+    # Sessions running frames side by side (frames in flight per camera); "auto" (the default): decided at
+    # start from the cores, the cameras' fps and the model's measured run (agent.session_plan, README: Speed)
+    sessions: int | Literal["auto"] = "auto"
     providers: tuple[str, ...] = ("cpu",)
     class_map: Mapping[str, str] = field(default_factory=dict)  # local name -> hosted name
     model_id: str = ""  # what local results say in model_id; "" = the model file's name without suffix
@@ -133,8 +135,9 @@ class LocalSettings:
 
     @property
     def local_runs(self) -> int:
-        """Frames the local model may have under way at once: ``frames_in_flight``, at least ``sessions``."""
-        return max(self.sessions, self.frames_in_flight)
+        """Frames the local model may have under way at once: ``frames_in_flight``, at least ``sessions``
+        (``auto`` counts as 1 until the pipeline has resolved it, :func:`agent.pipeline.build`)."""
+        return max(1 if self.sessions == "auto" else self.sessions, self.frames_in_flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +416,7 @@ def _local(lo: Reader) -> LocalSettings:
         model=model,
         classes=classes,
         threads=lo.int_in("threads", 0, 256),
-        sessions=lo.int_in("sessions", 1, 16),
+        sessions=_sessions(lo),
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
         model_id=lo.text("model_id"),
@@ -424,6 +427,16 @@ def _local(lo: Reader) -> LocalSettings:
     )
     lo.finish()
     return settings
+
+
+def _sessions(lo: Reader) -> int | Literal["auto"]:
+    """``inference.local.sessions``: ``auto`` (agent.session_plan) or 1..16."""
+    value = lo.value("sessions")
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise ConfigError(lo.key("sessions"), f"expected auto or an integer, got {value!r}")
+    return lo.int_in("sessions", 1, 16)
 
 
 def _polygons(pg: Reader) -> PolygonSettings:

@@ -86,7 +86,9 @@ class Agent:
         log.debug("one thread for OpenCV and for %s", ", ".join(capped) or "no OpenBLAS found")
         pipeline = build(s, stopping=self.stopping, on_mode_change=self._mode_changed, on_frame=self.first_frame.set)
         self._pipeline = pipeline
-        self._remote = attach(s, pipeline)  # commands and discovery: before the cameras open and the first connect
+        # commands and discovery: before the cameras open and the first connect; with the pipeline's settings, in
+        # which sessions: auto is resolved (a mode change sets each camera's frames in flight from it)
+        self._remote = attach(pipeline.settings, pipeline)
         pipeline.start()
         self._metrics = start_metrics(pipeline) if s.metrics.enabled else None
         self._spawn(self._health_loop, "health")
@@ -143,6 +145,7 @@ class Agent:
             outbox=p.outbox.stats(),
             mqtt=p.publisher.stats(),
             ages=p.publish_ages,
+            local=p.session_plan,
         )
         if self._remote is not None and (commands := self._remote.stats()) is not None:
             doc["commands"] = commands

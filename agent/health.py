@@ -19,6 +19,7 @@ from agent.outbox import OutboxStats
 from agent.publisher import PublisherStats
 from agent.results import iso_utc
 from agent.router import Router
+from agent.session_plan import SessionPlan
 from agent.worker import CameraWorker
 
 __all__ = ["report", "status_line"]
@@ -36,10 +37,13 @@ def report(
     outbox: OutboxStats,
     mqtt: PublisherStats,
     ages: PublishAges | None = None,
+    local: SessionPlan | None = None,
 ) -> dict[str, Any]:
     """The retained health document: ``state`` is the daemon's (``running`` becomes ``degraded`` when
     something is wrong), ``problems`` says what. ``ages``: each camera's age of results at publish
-    (capture to the broker's acknowledgement), shown per camera as ``age_at_publish``."""
+    (capture to the broker's acknowledgement), shown per camera as ``age_at_publish``. ``local``: the local
+    model's sessions and threads and why (``sessions: auto``, :mod:`agent.session_plan`), shown as
+    ``inference.local``."""
     routing = router.stats()
     per_camera = routing["cameras"]
     cameras: dict[str, Any] = {}
@@ -68,6 +72,12 @@ def report(
     p50 = hosted["p50_ms"]
     if p50 is not None and p50 >= _SLOW_SHARE * timeout_s * 1000.0 and mode == "serverless":
         problems.append(f"hosted API slow: answers take {p50 / 1000:.1f} s (p50) of a {timeout_s:g} s timeout")
+    inference: dict[str, Any] = {
+        "latency": {k: v.summary() for k, v in router.latency.items()},
+        "router": routing,
+    }
+    if local is not None:
+        inference["local"] = local.as_dict()
     return {
         "state": str(state) if state != "running" or not problems else "degraded",
         "problems": problems,
@@ -78,10 +88,7 @@ def report(
         "uptime_s": round(uptime_s, 1),
         "timestamp": iso_utc(time.time()),
         "cameras": cameras,
-        "inference": {
-            "latency": {k: v.summary() for k, v in router.latency.items()},
-            "router": routing,
-        },
+        "inference": inference,
         "outbox": asdict(outbox),
         "mqtt": asdict(mqtt),
     }

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.capture import Camera
 from agent.config import CameraSettings, Settings
@@ -33,11 +33,21 @@ from agent.results import encode, iso_utc, to_message
 from agent.router import FrameFailed, Outcome, Router
 from agent.runtime import spins
 from agent.serverless import ServerlessClient
+from agent.session_plan import SessionPlan, open_sessions
 from agent.snapshots import Snapshots
 from agent.tracking import CameraTracks
 from agent.worker import CameraWorker, FrameIds
 
-__all__ = ["Pipeline", "Sink", "StartupError", "Topics", "build", "frames_under_way", "load_local_model"]
+__all__ = [
+    "Pipeline",
+    "Sink",
+    "StartupError",
+    "Topics",
+    "build",
+    "frames_under_way",
+    "load_local_model",
+    "open_local_model",
+]
 
 log = logging.getLogger("agent.daemon")
 
@@ -62,41 +72,52 @@ class Topics:
 
 def load_local_model(settings: Settings) -> OnnxModel | SessionPool:
     """The local model; with ``sessions`` > 1 that many sessions of it in a :class:`SessionPool`."""
+    return open_local_model(settings)[0]
+
+
+def open_local_model(settings: Settings) -> tuple[OnnxModel | SessionPool, Settings, SessionPlan]:
+    """:func:`load_local_model`, and the settings with ``sessions`` and ``threads`` as opened (``auto``
+    resolved, :mod:`agent.session_plan`), and the plan that says how they were chosen (logged once)."""
     local = settings.inference.local
     assert local.model is not None
-    models: list[OnnxModel] = []
     model_log = logging.getLogger("agent.model")
     level = model_log.level
+    opened = 0
+
+    def open_one(threads: int, sessions: int) -> OnnxModel:
+        nonlocal opened
+        if opened:  # the first load said everything worth saying; the others would repeat it
+            model_log.setLevel(logging.ERROR)
+        opened += 1
+        assert local.model is not None
+        return OnnxModel(
+            local.model,
+            threads=threads,
+            providers=onnx_providers(local.providers),
+            trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
+            polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
+            spin=spins(local.spin, sessions=sessions, frames_in_flight=max(sessions, local.frames_in_flight)),
+            spin_us=local.spin_us,
+        )
+
     try:
-        for i in range(local.sessions):
-            if i == 1:  # the first load said everything worth saying; the others would repeat it
-                model_log.setLevel(logging.ERROR)
-            models.append(
-                OnnxModel(
-                    local.model,
-                    threads=local.threads,
-                    providers=onnx_providers(local.providers),
-                    trt_cache_dir=settings.state_dir / "tensorrt",  # used only when TensorRT is
-                    polygons=PolygonOptions(local.polygons.rings, local.polygons.tolerance_px),
-                    spin=spins(local.spin, sessions=local.sessions, frames_in_flight=local.local_runs),
-                    spin_us=local.spin_us,
-                )
-            )
+        models, plan = open_sessions(local, settings.cameras, open_one)
     except ModelError as exc:
         raise StartupError(f"inference.local.model: {exc}") from None
     finally:
         model_log.setLevel(level)
-    own_threads = local.local_runs > local.sessions  # frames wait for a session: runs back to back (session_pool)
+    local = replace(local, sessions=plan.sessions, threads=plan.threads)
+    settings = replace(settings, inference=replace(settings.inference, local=local))
+    own_threads = local.local_runs > plan.sessions  # frames wait for a session: runs back to back (session_pool)
     use_pool = len(models) > 1 or own_threads
     model: OnnxModel | SessionPool = SessionPool(models, own_threads=own_threads) if use_pool else models[0]
-    if len(models) > 1:
-        log.info("%d sessions of the local model run frames side by side", len(models))
+    log.info("%s", plan.describe())
     if local.classes is not None:
         try:
             model.class_names = read_names_file(local.classes)
         except (OSError, UnicodeDecodeError) as exc:
             raise StartupError(f"inference.local.classes: cannot read {local.classes}: {exc}") from None
-    return model  # OnnxModel has logged its format, classes, input size and providers
+    return model, settings, plan  # OnnxModel has logged its format, classes, input size and providers
 
 
 class Sink:
@@ -216,6 +237,7 @@ class Pipeline:
     tally: ResultTally | None = None  # metrics.enabled: the counts no stage keeps
     sink: Sink | None = None
     publish_ages: PublishAges = field(default_factory=PublishAges)  # fed by the outbox's acknowledgements
+    session_plan: SessionPlan | None = None  # the local model's sessions and threads, and why (health)
 
     def start(self) -> None:
         """Start the way out first, so the first result finds it ready."""
@@ -293,7 +315,9 @@ def build(
     """Every stage made from ``settings`` and connected; nothing started."""
     s = settings
     mode = s.inference.mode
-    local = load_local_model(s) if mode in ("auto", "local") else None
+    local, plan = None, None
+    if mode in ("auto", "local"):
+        local, s, plan = open_local_model(s)  # s: with sessions: auto resolved, for every part below
     remote = _hosted_client(s) if mode in ("auto", "serverless") else None
     _make_state_dir(s)
     topics = Topics.of(s)
@@ -307,7 +331,7 @@ def build(
         local_model_id=s.local_model_id,
     )
     publisher = Publisher(s.mqtt, outbox, status_topic=topics.status)
-    pipeline = Pipeline(s, topics, outbox, router, publisher)
+    pipeline = Pipeline(s, topics, outbox, router, publisher, session_plan=plan)
     outbox.on_delivered(pipeline.publish_ages.delivered)
     if s.snapshots.enabled:
         pipeline.snapshots = Snapshots(s.snapshots, publisher.publish_retained, s.topic_base)

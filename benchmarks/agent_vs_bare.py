@@ -10,11 +10,12 @@ given thread count: what issue 17's target compares with) before and after every
 ratio taken against the mean of the two around it, and the real agent (``benchmarks.pipeline``
 ``--mode throughput``: the looping MJPG file, ``fps: 0``, ``realtime: false``) once per variant. A variant is
 a name and the ``inference.local`` keys it sets (``threads``, ``sessions``, ``frames_in_flight``, ``spin``,
-``spin_us``), e.g. ``--variant base: --variant fif2:frames_in_flight=2``; the key ``input=uint8`` runs the
-int8 model's uint8-input file (``agent.quantize_input``; int8 blocks only). Printed: medians over the
-repetitions of frames/s, the ratio to the bare runs of the same repetition, detections per frame, CPU per
-result by thread; ``--paced`` adds each variant's lone-frame latency (capture→PUBACK p50 at 2 fps from the file
-played in real time), which an overlap must not cost.
+``spin_us``; ``sessions`` is 1 unless set, ``sessions=auto`` is the agent's default), e.g. ``--variant base:
+--variant fif2:frames_in_flight=2``; the key ``input=uint8`` runs the int8 model's uint8-input file
+(``agent.quantize_input``; int8 blocks only). Printed: medians over the repetitions of frames/s, the ratio to
+the bare runs of the same repetition, detections per frame, CPU per result by thread; ``--paced`` adds each
+variant's lone-frame latency (capture→PUBACK p50 at 2 fps from the file played in real time), which an
+overlap must not cost.
 
 Without VIDEO, one synth clip per ``--sizes`` entry (``benchmarks/bench_models.make_videos``). ``--int8``
 adds the int8 twin's blocks: ``auto`` makes it as ``benchmarks/run.py --int8 auto`` does
@@ -27,7 +28,8 @@ saves 4)::
 
     python benchmarks/agent_vs_bare.py models/yolov8n-seg-synth.onnx --preset issue17 --int8 auto
 
-defaults; ``spin_us`` 20 / 50 / 100; 2 frames in flight spinning with ``spin_us: 50``; the uint8 input (int8).
+defaults (one session); ``sessions: auto``; ``spin_us`` 20 / 50 / 100; 2 frames in flight spinning with
+``spin_us: 50``; the uint8 input (int8).
 """
 
 from __future__ import annotations
@@ -115,7 +117,12 @@ def _agent(
             "device_id": "bench",
             "log_level": "warning",
             "cameras": [{"name": "cam0", **camera}],
-            "inference": {"mode": "local", "confidence": 40, "overlap": 30, "local": {"model": str(model), **local}},
+            "inference": {
+                "mode": "local",
+                "confidence": 40,
+                "overlap": 30,
+                "local": {"model": str(model), "sessions": 1, **local},
+            },
             "mqtt": {"host": "127.0.0.1", "port": mq.port},
             "state_dir": str(Path(tmp) / "state"),
         }
@@ -147,6 +154,7 @@ def _med(values: list[float]) -> float:
 PRESETS = {
     "issue17": [
         "defaults:",
+        "auto:sessions=auto",
         "spin_us20:spin_us=20",
         "spin_us50:spin_us=50",
         "spin_us100:spin_us=100",
@@ -155,7 +163,9 @@ PRESETS = {
     ]
 }
 """Named variant lists (``--preset``). Defaults spin (``spin: auto`` is on for one session, one frame at a
-time), so ``spin_us`` alone shortens that spin; two frames in flight need ``spin: on`` to spin at all."""
+time), so ``spin_us`` alone shortens that spin; two frames in flight need ``spin: on`` to spin at all. Every
+variant runs one session unless it sets ``sessions`` (the agent's own default is ``auto``, which for this
+``fps: 0`` file opens a session per core: the ``auto`` variant)."""
 
 
 @dataclass

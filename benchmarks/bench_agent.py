@@ -61,7 +61,7 @@ def agent_config(
             "confidence": CONFIDENCE * 100,
             "overlap": OVERLAP * 100,
             "local": (
-                {"model": str(model.path), "threads": int(model.floor["best_threads"])}
+                {"model": str(model.path), "threads": int(model.floor["best_threads"]), "sessions": 1}
                 if sessions == 1
                 else {"model": str(model.path), "threads": max(1, CORES // sessions), "sessions": sessions}
             )

@@ -57,7 +57,7 @@ def config(path: Path, broker_port: int, model: Path, video: Path, threads: int,
         "device_id": "bench",
         "log_level": "warning",
         "cameras": [{"name": "cam0", "source": str(video), "fps": 0, "realtime": False, "loop": True}],
-        "inference": {"mode": "local", "local": {"model": str(model), "threads": threads}},
+        "inference": {"mode": "local", "local": {"model": str(model), "threads": threads, "sessions": 1}},
         "mqtt": {"host": "127.0.0.1", "port": broker_port},
         "state_dir": str(path.parent / "state"),
     }

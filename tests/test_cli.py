@@ -85,6 +85,7 @@ def test_check_config_loads_the_model_and_says_what_it_found(tmp_path: Path, mod
     out = seg_agent("check-config", "--config", str(_config(tmp_path, model_path)))
     assert out.returncode == 0, out.stderr
     assert "yolov8 model, input 256x256, 3 classes (circle, rectangle, triangle)" in out.stderr
+    assert "of the local model" in out.stderr and "(auto: cameras ask" in out.stderr, "what sessions: auto chose"
 
 
 def test_check_config_rejects_a_file_that_only_looks_like_a_model(tmp_path: Path) -> None:

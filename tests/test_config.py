@@ -81,7 +81,9 @@ _DELETE = object()
         ("inference.local.providers", ["gpu9000"], "inference.local.providers[0]", "unknown provider"),
         ("inference.local.sessions", 0, "inference.local.sessions", "out of range"),
         ("inference.local.sessions", 17, "inference.local.sessions", "out of range"),
-        ("inference.local.sessions", "two", "inference.local.sessions", "expected an integer"),
+        ("inference.local.sessions", "two", "inference.local.sessions", "expected auto or an integer"),
+        ("inference.local.sessions", "Auto", "inference.local.sessions", "expected auto or an integer"),
+        ("inference.local.sessions", 1.5, "inference.local.sessions", "expected an integer"),
         ("inference.serverless.model_id", "no-version", "inference.serverless.model_id", "project/version"),
         ("mqtt.port", 70000, "mqtt.port", "out of range"),
         ("mqtt.port", "eighty", "mqtt.port", "expected an integer"),
@@ -195,11 +197,13 @@ def test_yaml_round_trip_of_the_summary_is_loadable(tmp_path: Path) -> None:
     assert "device_id: dev-1" in text
 
 
-def test_local_sessions_default_to_one_and_parse(tmp_path: Path) -> None:
+def test_local_sessions_default_to_auto_and_parse(tmp_path: Path) -> None:
     doc = _base(tmp_path)
-    assert _parse(tmp_path, doc).inference.local.sessions == 1
-    doc["inference"]["local"]["sessions"] = 2
-    assert _parse(tmp_path, doc).inference.local.sessions == 2
+    local = _parse(tmp_path, doc).inference.local
+    assert local.sessions == "auto" and local.local_runs == 1  # auto counts as 1 until the pipeline resolves it
+    for value, expected in ((2, 2), ("3", 3), ("auto", "auto"), (" auto ", "auto")):
+        doc["inference"]["local"]["sessions"] = value
+        assert _parse(tmp_path, doc).inference.local.sessions == expected
 
 
 @pytest.mark.parametrize(
