@@ -416,7 +416,7 @@ def _local(lo: Reader) -> LocalSettings:
         model=model,
         classes=classes,
         threads=lo.int_in("threads", 0, 256),
-        sessions=_sessions(lo),
+        sessions=lo.int_or_word("sessions", "auto", 1, 16),  # type: ignore[arg-type]  # auto: session_plan
         providers=tuple(p.lower() for p in providers),
         class_map=class_map,
         model_id=lo.text("model_id"),
@@ -427,16 +427,6 @@ def _local(lo: Reader) -> LocalSettings:
     )
     lo.finish()
     return settings
-
-
-def _sessions(lo: Reader) -> int | Literal["auto"]:
-    """``inference.local.sessions``: ``auto`` (agent.session_plan) or 1..16."""
-    value = lo.value("sessions")
-    if isinstance(value, str) and value.strip() == "auto":
-        return "auto"
-    if isinstance(value, str) and not value.strip().isdigit():
-        raise ConfigError(lo.key("sessions"), f"expected auto or an integer, got {value!r}")
-    return lo.int_in("sessions", 1, 16)
 
 
 def _polygons(pg: Reader) -> PolygonSettings:

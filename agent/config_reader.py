@@ -255,6 +255,15 @@ class Reader:
             raise ConfigError(self.key(name), f"{value} is out of range [{lo}, {hi}]")
         return value
 
+    def int_or_word(self, name: str, word: str, lo: int, hi: int) -> int | str:
+        """An integer in ``[lo, hi]`` or the one ``word`` (``sessions: auto``)."""
+        value = self.value(name)
+        if isinstance(value, str) and value.strip() == word:
+            return word
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ConfigError(self.key(name), f"expected {word} or an integer, got {value!r}")
+        return self.int_in(name, lo, hi)
+
     def choice(self, name: str, options: tuple[str, ...]) -> str:
         raw = self.value(name)
         if isinstance(raw, bool) and ("on" if raw else "off") in options:  # YAML 1.1 reads a bare on/off as a bool

@@ -27,6 +27,21 @@ __all__ = ["report", "status_line"]
 _SLOW_SHARE = 0.5  # hosted answers slower than this share of the timeout (p50) are named a problem
 
 
+def _camera(w: CameraWorker, counted: dict[str, Any], ages: PublishAges | None) -> dict[str, Any]:
+    """One camera's part of the health document: its capture status and what became of its frames."""
+    cam = asdict(w.camera.status())
+    cam.pop("name", None)
+    cam["detect"] = w.detecting
+    cam["frames_paused"] = w.frames_paused
+    cam["fps_processed"] = w.processed.rate()
+    cam["frames_processed"] = w.processed.total
+    cam["frames_gated"] = counted.get("gated", 0)
+    cam["frames_failed"] = counted.get("frames_failed", 0) + int(w.crashed)
+    if ages is not None:
+        cam["age_at_publish"] = ages.summary(w.name)
+    return cam
+
+
 def report(
     *,
     state: str,
@@ -45,21 +60,7 @@ def report(
     model's sessions and threads and why (``sessions: auto``, :mod:`agent.session_plan`), shown as
     ``inference.local``."""
     routing = router.stats()
-    per_camera = routing["cameras"]
-    cameras: dict[str, Any] = {}
-    for w in workers:
-        cam = asdict(w.camera.status())
-        cam.pop("name", None)
-        counted = per_camera.get(w.name, {})
-        cam["detect"] = w.detecting
-        cam["frames_paused"] = w.frames_paused
-        cam["fps_processed"] = w.processed.rate()
-        cam["frames_processed"] = w.processed.total
-        cam["frames_gated"] = counted.get("gated", 0)
-        cam["frames_failed"] = counted.get("frames_failed", 0) + int(w.crashed)
-        if ages is not None:
-            cam["age_at_publish"] = ages.summary(w.name)
-        cameras[w.name] = cam
+    cameras = {w.name: _camera(w, routing["cameras"].get(w.name, {}), ages) for w in workers}
     problems = [f"camera {n} {c['state']}" for n, c in cameras.items() if c["state"] != "streaming"]
     if outbox.degraded:
         problems.append("outbox in memory only")

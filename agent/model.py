@@ -213,7 +213,8 @@ class OnnxModel:
             f"outputs: {_describe(self._session.get_outputs())}"
         )
 
-    def _read_layout(self, metadata: Mapping[str, str]) -> None:
+    def _read_input(self) -> Any:
+        """The model's one image input ``[1, 3, H, W]``; sets its name and NumPy type."""
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise self._layout_error(f"{len(inputs)} inputs")
@@ -224,6 +225,10 @@ class OnnxModel:
             raise self._layout_error(f"input type {image_input.type}")
         self._input_name: str = image_input.name
         self._input_dtype = _NUMPY_DTYPES[image_input.type]
+        return image_input
+
+    def _read_layout(self, metadata: Mapping[str, str]) -> None:
+        image_input = self._read_input()
         package = self.package
         package_pre = package.preprocessing if package is not None else None
 

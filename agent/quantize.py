@@ -148,11 +148,8 @@ def quantize_model(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     act, reduce_range = pick_activations(activations, cpu_flags())
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    methods["entropy"] = CalibrationMethod.Entropy
     with tempfile.TemporaryDirectory(prefix="seg-agent-quantize-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(model_path), str(prepped), skip_symbolic_shape=False)
