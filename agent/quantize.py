@@ -312,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
         help="quantize the graph as it is; default: first take the box/class decode out of a YOLOv8/YOLO11-seg "
         "or demo graph (as seg-agent optimize does), so the int8 file has no float DFL softmax",
     )
+    p.add_argument(
+        "--float-input",
+        action="store_true",
+        help="keep the float image input; default: where exact (uint8 activations), the file takes the frame's "
+        "bytes as a uint8 input (no input QuantizeLinear, no float letterbox)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the checks, 0 = automatic")
     p.add_argument("--speed-runs", type=int, default=30, help="session runs per model for the speed ratio")
     return p
@@ -398,6 +404,7 @@ def _calibrate(args: argparse.Namespace, fp32: OnnxModel, calibration: list[Samp
             op_types=_op_types(args.ops),
             method=args.method,
             head_convs=args.head_convs,
+            uint8_input=not args.float_input,
         )
     except QuantizeError:
         raise

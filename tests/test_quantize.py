@@ -116,6 +116,8 @@ def test_the_box_decode_is_cut_before_calibration(quantized: tuple[int, str, Pat
     model = onnx.load(str(out))
     assert HEAD_KEY in {p.key for p in model.metadata_props}  # the agent decodes it as agent.decoders_split says
     assert [o.name for o in model.graph.output][:3] == ["boxes", "scores", "coeffs"]
+    if platform.machine() in ("x86_64", "AMD64"):  # uint8 activations: the file takes the frame's bytes
+        assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     head = float_head_nodes(model.graph, ("Conv", "MatMul", "Gemm"))
     assert not {n.op_type for n in model.graph.node if n.name in head} & {
         "Sigmoid",
@@ -123,14 +125,17 @@ def test_the_box_decode_is_cut_before_calibration(quantized: tuple[int, str, Pat
     }  # the demo keeps its Softplus
 
 
-def test_keep_head_quantizes_the_graph_as_it_is(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
+def test_keep_head_and_float_input_quantize_the_graph_as_it_is(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
     images, ann = synth_set
     out = tmp_path / "kept.onnx"
-    rc, text, err = _quantize("--images", str(images), "--annotations", str(ann), "--out", str(out), "--keep-head")
+    args = ("--images", str(images), "--annotations", str(ann), "--out", str(out), "--keep-head", "--float-input")
+    rc, text, err = _quantize(*args)
     assert rc == 0, text + err
     assert "head cut" not in text
     model = onnx.load(str(out))
     assert HEAD_KEY not in {p.key for p in model.metadata_props} and len(model.graph.output) == 2
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # not the frame's bytes
+    assert "quantization_input" not in {p.key for p in model.metadata_props}
     _assert_decode_head_in_float(model.graph)
 
 
