@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.decoders import _Candidates, _proto_detections  # the shared candidate -> Detections path
+from agent.decoders import _Candidates, _proto_detections, _squeeze_batch  # the shared decode path
 from agent.detections import Detections
 from agent.formats import FormatError, Layout, Port
 from agent.masks import sigmoid
@@ -214,14 +214,6 @@ def _split_candidates(
     )
 
 
-def _drop_batch(array: NDArray[Any], ndim: int, what: str) -> NDArray[Any]:
-    out = np.asarray(array)
-    out = out[0] if out.ndim == ndim + 1 else out
-    if out.ndim != ndim:
-        raise ValueError(f"decode_yolov8_split: {what} has shape {np.shape(array)}")
-    return out
-
-
 def decode_yolov8_split(
     boxes: NDArray[np.floating[Any]],
     scores: NDArray[np.floating[Any]],
@@ -241,10 +233,10 @@ def decode_yolov8_split(
     """Detections in frame pixels from a split-head model's four outputs (module doc), batch dimension
     optional: the same result as :func:`~agent.decoders.decode_yolov8_seg` of the uncut model's outputs.
     ``fast_letterbox``: the placement is the Ultralytics letterbox (:mod:`agent.masks`' fast sampling)."""
-    boxes_rn = _drop_batch(boxes, 2, "boxes")
-    logits_cn = _drop_batch(scores, 2, "scores")
-    coeffs_mn = _drop_batch(coeffs, 2, "coeffs")
-    protos_chw = _drop_batch(protos, 3, "protos")
+    boxes_rn = _squeeze_batch(boxes, 2, "decode_yolov8_split: boxes")
+    logits_cn = _squeeze_batch(scores, 2, "decode_yolov8_split: scores")
+    coeffs_mn = _squeeze_batch(coeffs, 2, "decode_yolov8_split: coeffs")
+    protos_chw = _squeeze_batch(protos, 3, "decode_yolov8_split: protos")
     n = head.anchors
     if boxes_rn.shape != (head.box_rows, n) or logits_cn.shape[1] != n or coeffs_mn.shape != (protos_chw.shape[0], n):
         raise ValueError(

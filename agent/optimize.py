@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Write a copy of a YOLOv8/YOLO11-seg (or demo) ONNX model without its box/class decode: the agent "
             "decodes only the anchors above the threshold, with the same detections. Measured on a 640 "
-            "YOLOv8n-seg: 7 % less CPU per frame in fp32 (the DFL softmax over 8400 anchors), 9 % in int8 "
+            "YOLOv8n-seg: 7 % less CPU per frame in fp32 (the DFL softmax over 8400 anchors), 11 % in int8 "
             "(seg-agent quantize cuts the head by default); the 416 demo model: no change. Needs: pip install "
             "'seg-agent[quantize]'."
         ),

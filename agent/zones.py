@@ -391,7 +391,7 @@ class Areas:
                 track = self._tracks[tid] = _Track([_Membership() for _ in zones], [None] * len(lines))
                 origin = origins.get(tid) if origins else None
                 if origin is not None:
-                    self._start_lines(track, origin)
+                    self._start_lines(track, origin, frame_wh)
             obs = observed[i]
             if obs == track.steady:
                 for state in track.lines:
@@ -411,9 +411,9 @@ class Areas:
             track.steady = _steady(track)
         return places, crossings
 
-    def _start_lines(self, track: _Track, origin: tuple[float, float]) -> None:
+    def _start_lines(self, track: _Track, origin: tuple[float, float], frame_wh: tuple[int, int]) -> None:
         """A new track's line sides from its origin (within a line's band: no side, as usual)."""
-        xy = np.clip(np.array([origin], dtype=np.float64), 0.0, self._wh or np.inf)
+        xy = np.clip(np.array([origin], dtype=np.float64), 0.0, frame_wh)  # into the frame, as update's
         for k, (s, e) in enumerate(self._segs):
             side = int(side_of_line(xy, s, e, self._tols[k])[0])
             if side != 0:

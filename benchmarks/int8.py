@@ -280,6 +280,14 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``--size WxH`` as ``(height, width)``; None when not given (varied sizes)."""
+    if not text:
+        return None
+    w, _, h = text.lower().partition("x")
+    return (int(h), int(w))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/int8.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=REPO / "models/demo-seg.onnx")
@@ -292,10 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantize-args", default="", help="more seg-agent quantize arguments, one string")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    frame_size = None
-    if args.size:
-        w, _, h = args.size.lower().partition("x")
-        frame_size = (int(h), int(w))
+    frame_size = parse_size(args.size)
     limit_helper_threads()
     args.work.mkdir(parents=True, exist_ok=True)
     int8 = args.int8

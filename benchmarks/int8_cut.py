@@ -41,7 +41,16 @@ from agent import synth  # noqa: E402
 from agent.calibration import model_tensor  # noqa: E402
 from agent.head_cut import cut_file, describe  # noqa: E402
 from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
-from benchmarks.int8 import CONFIDENCE, OVERLAP, _accuracy_one, _frames, _size_tag, quantize_demo, shown_flags  # noqa: E402
+from benchmarks.int8 import (  # noqa: E402
+    CONFIDENCE,
+    OVERLAP,
+    _accuracy_one,
+    _frames,
+    _size_tag,
+    parse_size,
+    quantize_demo,
+    shown_flags,
+)
 
 __all__ = ["compare_cut", "make_models", "render_cut"]
 
@@ -195,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default=None, help="calibration and held-out frames WxH (default: varied sizes)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    frame_size = None
-    if args.size:
-        w, _, h = args.size.lower().partition("x")
-        frame_size = (int(h), int(w))
+    frame_size = parse_size(args.size)
     limit_helper_threads()
     args.work.mkdir(parents=True, exist_ok=True)
     paths = make_models(args.model, args.work, frame_size)
