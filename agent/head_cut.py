@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.decoders_split import HEAD_KEY, SplitHead, boxes_xywh
+from agent.decoders_split import HEAD_KEY, SplitHead, boxes_xywh, split_outputs
+from agent.head_pack import pack_head
 from agent.masks import sigmoid
 
 __all__ = ["HeadCut", "HeadCutError", "cut_file", "cut_head", "describe", "find_head"]
@@ -312,17 +313,21 @@ def _check(original: Any, cut: Any, head: SplitHead, found: _Found, det: str) ->
     dims = _input_dims(original.graph)
     feeds = [np.full(dims, 0.5, np.float32), np.random.default_rng(0).random(dims, dtype=np.float32)]
     before = _run(original, feeds, [det])
-    after = _run(cut, feeds, list(head.outputs[:3]))
+    after = _run(cut, feeds, list(head.outputs))
     box_err = score_err = 0.0
     rows = np.arange(head.anchors)
-    for (output0,), (boxes, scores, coeffs) in zip(before, after, strict=True):
+    for (output0,), outputs in zip(before, after, strict=True):
         pred = output0[0]
-        nc = scores.shape[1]
-        if pred.shape != (4 + nc + coeffs.shape[1], head.anchors):
+        try:
+            boxes, scores, coeffs, _ = split_outputs(head, outputs)
+        except ValueError as exc:
+            raise HeadCutError(f"the cut outputs do not fit the head: {exc}") from None
+        nc = scores.shape[0]
+        if pred.shape != (4 + nc + coeffs.shape[0], head.anchors):
             raise HeadCutError(f"output0 {pred.shape} does not fit the cut outputs")
-        box_err = max(box_err, float(np.abs(boxes_xywh(head, boxes[0], rows).T - pred[:4]).max()))
-        score_err = max(score_err, float(np.abs(sigmoid(scores[0]) - pred[4 : 4 + nc]).max()))
-        score_err = max(score_err, float(np.abs(coeffs[0] - pred[4 + nc :]).max()))
+        box_err = max(box_err, float(np.abs(boxes_xywh(head, boxes, rows).T - pred[:4]).max()))
+        score_err = max(score_err, float(np.abs(sigmoid(scores) - pred[4 : 4 + nc]).max()))
+        score_err = max(score_err, float(np.abs(coeffs - pred[4 + nc :]).max()))
     if not (box_err <= BOX_TOLERANCE_PX and score_err <= SCORE_TOLERANCE):
         raise HeadCutError(
             f"{found.architecture} head found, but the decode does not reproduce output0 (boxes off by "
@@ -331,8 +336,9 @@ def _check(original: Any, cut: Any, head: SplitHead, found: _Found, det: str) ->
     return box_err, score_err
 
 
-def cut_head(model: Any) -> tuple[Any, HeadCut]:
-    """A copy of the ONNX ``ModelProto`` without its box/class decode (module doc), and what was done.
+def cut_head(model: Any, *, pack: bool = True) -> tuple[Any, HeadCut]:
+    """A copy of the ONNX ``ModelProto`` without its box/class decode (module doc), and what was done;
+    ``pack``: the output convolutions packed where they share their input (:mod:`agent.head_pack`).
     :class:`HeadCutError` when the head is not exactly a known one or the check fails."""
     from onnx import TensorProto, helper
 
@@ -352,6 +358,11 @@ def cut_head(model: Any) -> tuple[Any, HeadCut]:
     shapes = [o.shape for o in _run(cut, [np.zeros(_input_dims(graph), np.float32)], list(OUTPUT_NAMES))[0]]
     for i, shape in enumerate(shapes):
         graph.output[i].CopyFrom(helper.make_tensor_value_info(OUTPUT_NAMES[i], TensorProto.FLOAT, list(shape)))
+    if pack:
+        packed = pack_head(graph, head)
+        if packed is not None:
+            head = packed
+            _prune(graph)  # the replaced convolutions and their shape arithmetic
     entry = cut.metadata_props.add()
     entry.key, entry.value = HEAD_KEY, head.to_json()
     box_err, score_err = _check(model, cut, head, found, det)
@@ -372,9 +383,12 @@ def cut_file(source: str | Path, out: str | Path) -> HeadCut:
 def describe(done: HeadCut) -> str:
     """One line for the commands: what was cut and how exactly the cut graph reproduces the original."""
     head = done.head
-    box = f"DFL logits [1, {head.box_rows}, {head.anchors}]" if head.box == "dfl" else "distances [1, 4, N]"
+    box = {"dfl": f"DFL logits [1, {head.box_rows}, {head.anchors}]", "ltrb": "distances [1, 4, N]"}.get(
+        head.box, "distances before the Softplus"
+    )
+    layout = "packed anchor-major [1, N, box + classes + coefficients], " if head.packed else ""
     return (
         f"{done.architecture}: {done.removed_nodes} decode nodes removed; outputs {', '.join(head.outputs)} "
-        f"(box {box}, class logits); strides {list(head.strides)}; checked on every anchor of 2 inputs: boxes "
+        f"({layout}box {box}, class logits); strides {list(head.strides)}; checked on every anchor of 2 inputs: boxes "
         f"within {done.box_error_px:.1e} px, scores within {done.score_error:.1e}"
     )

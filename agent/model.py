@@ -403,7 +403,7 @@ class OnnxModel:
             if self.split_head is not None:
                 placed = letterbox_placement(params, frame_hw, self.input_hw)
                 return decode_yolov8_split(
-                    *run(tensor),
+                    run(tensor),
                     head=self.split_head,
                     placement=placed,
                     input_hw=self.input_hw,
@@ -430,7 +430,7 @@ class OnnxModel:
         ``common``: the ``placement``, ``input_hw``, ``frame_hw``, ``confidence`` and ``max_detections``."""
         kind = self.layout.kind
         if self.split_head is not None:
-            return decode_yolov8_split(*outputs, head=self.split_head, overlap=overlap, **common)
+            return decode_yolov8_split(outputs, head=self.split_head, overlap=overlap, **common)
         if kind == "yolov8":
             return decode_yolov8_placed(*outputs, overlap=overlap, **common)
         if kind == "yolov5":

@@ -4,14 +4,15 @@ ONNX Runtime static quantization in QDQ form (``onnxruntime.quantization.quantiz
 ``quant_pre_process`` (shape inference and graph clean-up). What is quantized, and why:
 
 * The convolutions (``Conv``, ``MatMul``, ``Gemm``: the arithmetic int8 speeds up) and the ops between
-  them (SiLU's Sigmoid and Mul, Add, Concat, Resize, MaxPool), so a tensor stays int8 from one layer to the
-  next; ``--ops Conv,MatMul,Gemm`` quantizes only the arithmetic (a DequantizeLinear/QuantizeLinear pair
+  them (SiLU's Sigmoid and Mul, ReLU, Add, Concat, Resize, MaxPool), so a tensor stays int8 from one layer
+  to the next; ``--ops Conv,MatMul,Gemm`` quantizes only the arithmetic (a DequantizeLinear/QuantizeLinear pair
   then sits around every activation). Never the decode head: Ultralytics' full-graph int8 (head included,
   one scale for box pixels and class scores in one tensor) gave mAP 0 (ultralytics #25045).
 * First the box/class decode is taken out of the graph (:mod:`agent.head_cut`, as ``seg-agent optimize``
   does; ``--keep-head`` skips it): an Ultralytics YOLOv8/YOLO11-seg export's ``/dfl/`` softmax and
   dist2bbox over every anchor, or the demo architecture's box arithmetic, cost the same in fp32 and int8
-  (float either way), so they are done in NumPy on the candidates only (:mod:`agent.decoders_split`). A
+  (float either way), so they are done in NumPy on the candidates only (:mod:`agent.decoders_split`); the
+  demo's three output convolutions per level become one float matrix product (:mod:`agent.head_pack`). A
   head it does not know exactly (YOLOv5, RF-DETR, a dynamic input size) is said and quantized as it is.
 * What is left of the decode head stays in float: every node reachable backwards from a graph output
   without passing a ``Conv``/``MatMul``/``Gemm`` (in an uncut graph the final Concat/Sigmoid/Mul of boxes
@@ -75,12 +76,29 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 INSTALL_HINT = "pip install 'seg-agent[quantize]' (or: pip install onnx sympy)"
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Resize", "MaxPool", "Split")
+QUANTIZED_OPS = (
+    "Conv",
+    "MatMul",
+    "Gemm",
+    "Sigmoid",
+    "Mul",
+    "Add",
+    "Concat",
+    "Resize",
+    "MaxPool",
+    "Split",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+)
 """Quantized by default: the arithmetic int8 speeds up (Conv, MatMul, Gemm) and the ops between two such
-layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling, the C2f blocks' Split), so that a
-tensor stays int8 from one convolution to the next instead of a DequantizeLinear/QuantizeLinear pair around
-every activation (demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask AP; a 640
-YOLOv8n-seg: 1.54x without Split, whose 9 float islands took 5 % of the int8 run, 1.66x with it)."""
+layers (SiLU is Sigmoid x Mul; residual Add, Concat, upsampling, pooling, the C2f blocks' Split; ReLU and
+ReLU6/Clip, which the quantizer folds into the convolution's output range, and LeakyReLU, one uint8 table),
+so that a tensor stays int8 from one convolution to the next instead of a DequantizeLinear/QuantizeLinear
+pair around every activation (demo model, 1 thread: Conv-only 1.17x fp32, this list 1.52x, the same mask
+AP; a 640 YOLOv8n-seg: 1.54x without Split, whose 9 float islands took 5 % of the int8 run, 1.66x with it;
+the demo network with ReLU: without Relu in the list a DequantizeLinear/QuantizeLinear pair stayed around
+each of its 27 activations, 6.9 against 5.5 ms at 2 threads)."""
 HEAD_CONVS = "float"
 """The last Conv/MatMul/Gemm before each output (``--head-convs``): ``float`` keeps their weights and
 outputs in float; ``int8`` quantizes them too, so only their outputs are dequantized into the float decode."""

@@ -53,7 +53,7 @@ def _decode(onnx: OnnxModel, outputs: tuple[np.ndarray, ...], kw: dict[str, Any]
     rest = {k: v for k, v in kw.items() if k != "params"}
     placement = letterbox_placement(kw["params"], kw["frame_hw"], kw["input_hw"])
     return decode_yolov8_split(
-        *outputs, head=onnx.split_head, placement=placement, overlap=OVERLAP, fast_letterbox=True, **rest
+        outputs, head=onnx.split_head, placement=placement, overlap=OVERLAP, fast_letterbox=True, **rest
     )
 
 

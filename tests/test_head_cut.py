@@ -38,23 +38,49 @@ def cut_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "original, box, reg_max, removed_ops",
-    [(DEMO, "ltrb", 1, {"Sigmoid", "Transpose"}), (YOLO, "dfl", 16, {"Softmax", "Sigmoid"})],
+    "original, box, reg_max, packed, removed_ops",
+    [
+        (DEMO, "softplus", 1, True, {"Sigmoid", "Transpose", "Softplus", "Conv"}),
+        (YOLO, "dfl", 16, False, {"Softmax", "Sigmoid"}),
+    ],
 )
 def test_the_cut_graph_has_the_raw_outputs_and_says_how_to_decode_them(
-    cut_models: dict[str, Path], original: Path, box: str, reg_max: int, removed_ops: set[str]
+    cut_models: dict[str, Path], original: Path, box: str, reg_max: int, packed: bool, removed_ops: set[str]
 ) -> None:
     model = onnx.load(str(cut_models[original.name]))
     meta = {p.key: p.value for p in model.metadata_props}
     head = split_head_from_metadata(meta)
     assert head is not None and (head.box, head.reg_max, head.strides) == (box, reg_max, (8, 16, 32))
+    assert head.packed is packed  # the demo's three 1x1 convolutions per level share their input; YOLOv8's not
     before = {p.key: p.value for p in onnx.load(str(original)).metadata_props}
     assert {k: v for k, v in meta.items() if k != HEAD_KEY} == before  # names, imgsz... carried over
     shapes = [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
-    assert [o.name for o in model.graph.output][:3] == ["boxes", "scores", "coeffs"]
-    assert shapes[:3] == [[1, 4 * reg_max, head.anchors], [1, 3, head.anchors], [1, 32, head.anchors]]
-    tail = {n.op_type for n in model.graph.node[-12:]}
-    assert not removed_ops & tail and "/dfl/" not in str([n.name for n in model.graph.node])
+    if packed:
+        assert [o.name for o in model.graph.output] == ["head", "output1"]
+        assert shapes[0] == [1, head.anchors, 4 + 3 + 32]
+        tail = {n.op_type for n in model.graph.node if n.name.startswith("/seg_agent_pack/")}
+        assert tail == {"Transpose", "MatMul", "Add", "Reshape", "Concat"}
+        assert sum(n.op_type == "MatMul" for n in model.graph.node) == len(head.strides)  # one per level
+        assert not any(n.op_type == "Softplus" for n in model.graph.node)  # on the candidates now
+    else:
+        assert [o.name for o in model.graph.output][:3] == ["boxes", "scores", "coeffs"]
+        assert shapes[:3] == [[1, 4 * reg_max, head.anchors], [1, 3, head.anchors], [1, 32, head.anchors]]
+    last = {n.op_type for n in model.graph.node[-12:] if not n.name.startswith("/seg_agent_pack/")}
+    assert not removed_ops & last and "/dfl/" not in str([n.name for n in model.graph.node])
+
+
+def test_the_demo_cut_without_packing_keeps_the_channel_layout(tmp_path: Path) -> None:
+    cut, done = cut_head(onnx.load(str(DEMO)), pack=False)
+    assert (done.head.box, done.head.packed, done.head.outputs[:3]) == ("ltrb", False, ("boxes", "scores", "coeffs"))
+    onnx.save(cut, str(tmp_path / "unpacked.onnx"))
+    cut_file(DEMO, tmp_path / "packed.onnx")
+    packed, unpacked = (OnnxModel(tmp_path / f"{name}.onnx", threads=1) for name in ("packed", "unpacked"))
+    assert packed.split_head is not None and packed.split_head.packed
+    for frame in _frames(3):
+        a = packed.detect(frame, confidence=0.2, overlap=0.5)
+        b = unpacked.detect(frame, confidence=0.2, overlap=0.5)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(a.boxes_xyxy, b.boxes_xyxy, atol=1e-3)
 
 
 def _frames(n: int) -> list[np.ndarray]:

@@ -115,14 +115,17 @@ def test_the_box_decode_is_cut_before_calibration(quantized: tuple[int, str, Pat
     assert "head cut     seg-agent-demo" in text
     model = onnx.load(str(out))
     assert HEAD_KEY in {p.key for p in model.metadata_props}  # the agent decodes it as agent.decoders_split says
-    assert [o.name for o in model.graph.output][:3] == ["boxes", "scores", "coeffs"]
+    assert [o.name for o in model.graph.output] == ["head", "output1"]  # the demo's output convolutions packed
+    weights = {i.name for i in model.graph.initializer}
+    packed = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and n.name.startswith("/seg_agent_pack/")]
+    assert len(packed) == 3 and all(n.input[1] in weights for n in packed)  # float weights: the head stays float
     if platform.machine() in ("x86_64", "AMD64"):  # uint8 activations: the file takes the frame's bytes
         assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     head = float_head_nodes(model.graph, ("Conv", "MatMul", "Gemm"))
     assert not {n.op_type for n in model.graph.node if n.name in head} & {
         "Sigmoid",
         "Transpose",
-    }  # the demo keeps its Softplus
+    }
 
 
 def test_keep_head_and_float_input_quantize_the_graph_as_it_is(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
@@ -161,8 +164,8 @@ def _assert_decode_head_in_float(graph: Any) -> None:
 
 
 def _head_convs(graph: Any) -> list[Any]:
-    """The last Conv before each output of a (QDQ) graph: walked back from the outputs through float ops and
-    DequantizeLinear nodes."""
+    """The last Conv (or Gemm/MatMul: the demo's packed output convolutions) before each output of a (QDQ)
+    graph: walked back from the outputs through float ops and DequantizeLinear nodes."""
     producer = {out: node for node in graph.node for out in node.output}
     found, stack, seen = [], [o.name for o in graph.output], set()
     while stack:
@@ -170,7 +173,7 @@ def _head_convs(graph: Any) -> list[Any]:
         if node is None or node.name in seen or node.op_type in ("Shape", "Size"):
             continue
         seen.add(node.name)
-        if node.op_type == "Conv" and "/dfl/" not in node.name:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and "/dfl/" not in node.name:
             found.append(node)
         else:
             stack.extend(i for i in node.input if i)
@@ -237,6 +240,44 @@ def test_a_split_between_convolutions_runs_in_uint8(synth_set: tuple[Path, Path]
         producer = {o: n.op_type for n in graph.node for o in n.output}
         split = next(n for n in graph.node if n.op_type == "Split" and n.input[0].startswith("/net/stem"))
         assert (producer.get(split.input[0]) != "DequantizeLinear") is quantized, (ops, name)
+
+
+def _with_relu(path: Path) -> int:
+    """The demo model with every SiLU (x * sigmoid(x)) replaced by a ReLU: a network of Conv + ReLU layers.
+    Returns how many were replaced."""
+    model = onnx.load(str(MODEL))
+    graph = model.graph
+    sigmoid_of = {n.output[0]: n for n in graph.node if n.op_type == "Sigmoid"}
+    nodes, replaced = [], 0
+    for node in graph.node:
+        pair = [i for i in node.input if i in sigmoid_of] if node.op_type == "Mul" else []
+        if pair and sigmoid_of[pair[0]].input[0] in node.input:
+            x = sigmoid_of[pair[0]].input[0]
+            nodes.append(helper.make_node("Relu", [x], [node.output[0]], name=f"{node.name}_relu"))
+            replaced += 1
+        else:
+            nodes.append(node)
+    used = {i for n in nodes for i in n.input}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if not (n.op_type == "Sigmoid" and n.output[0] not in used))
+    onnx.save(model, str(path))
+    return replaced
+
+
+def test_relu_folds_into_the_int8_convolutions(synth_set: tuple[Path, Path], tmp_path: Path) -> None:
+    """ReLU is in the default ops: the quantizer drops it into the convolution's output range, so no float
+    Relu or DequantizeLinear/QuantizeLinear pair is left around it (with only the arithmetic quantized,
+    every Relu stays, wrapped)."""
+    images, ann = synth_set
+    model = tmp_path / "relu.onnx"
+    assert _with_relu(model) == 27
+    out = tmp_path / "relu-int8.onnx"
+    for ops, relus in ((None, 0), ("Conv,MatMul,Gemm,Sigmoid,Mul,Add,Concat,Resize,MaxPool,Split", 27)):
+        argv = [str(model), "--images", str(images), "--annotations", str(ann), "--out", str(out)]
+        argv += ["--speed-runs", "1", "--max-drop", "100", *(["--ops", ops] if ops else [])]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert main_quantize(argv) == 0
+        assert sum(n.op_type == "Relu" for n in onnx.load(str(out)).graph.node) == relus, ops
 
 
 def test_the_gate_refuses_a_badly_calibrated_model(synth_set: tuple[Path, Path], tmp_path: Path) -> None:

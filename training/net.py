@@ -21,12 +21,25 @@ STRIDES = (8, 16, 32)
 N_PROTO = 32
 
 
+ACTIVATIONS = ("silu", "relu")
+"""``silu`` as YOLOv8; ``relu`` folds into the convolution in int8 (ONNX Runtime drops it into QLinearConv's
+output range) and in fp32 (a fused Conv+Relu), where SiLU costs a QLinearSigmoid and a QLinearMul per layer."""
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "silu":
+        return nn.SiLU(inplace=True)
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
 class Conv(nn.Module):
-    def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, k: int = 3, s: int = 1, act: str = "silu") -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, k, s, k // 2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, momentum=0.03, eps=1e-3)
-        self.act = nn.SiLU(inplace=True)
+        self.act = _activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -35,10 +48,10 @@ class Conv(nn.Module):
 class Res(nn.Module):
     """Residual pair of 3x3 convolutions."""
 
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, act: str = "silu") -> None:
         super().__init__()
-        self.a = Conv(c, c)
-        self.b = Conv(c, c)
+        self.a = Conv(c, c, act=act)
+        self.b = Conv(c, c, act=act)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.b(self.a(x))
@@ -47,10 +60,10 @@ class Res(nn.Module):
 class Stage(nn.Module):
     """Downsample by 2, then residual blocks."""
 
-    def __init__(self, c_in: int, c_out: int, n: int) -> None:
+    def __init__(self, c_in: int, c_out: int, n: int, act: str = "silu") -> None:
         super().__init__()
-        self.down = Conv(c_in, c_out, 3, 2)
-        self.blocks = nn.Sequential(*[Res(c_out) for _ in range(n)])
+        self.down = Conv(c_in, c_out, 3, 2, act=act)
+        self.blocks = nn.Sequential(*[Res(c_out, act) for _ in range(n)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.down(x))
@@ -63,34 +76,38 @@ class SegNet(nn.Module):
         width: tuple[int, int, int, int, int] = (16, 32, 64, 96, 128),
         neck: int = 48,
         depth: tuple[int, int, int, int] = (0, 1, 1, 1),
+        act: str = "silu",
     ) -> None:
         super().__init__()
         self.nc = nc
+        self.act = act
         w0, w1, w2, w3, w4 = width
-        self.stem = Conv(3, w0, 3, 2)  # /2
-        self.s2 = Stage(w0, w1, depth[0])  # /4
-        self.s3 = Stage(w1, w2, depth[1])  # /8
-        self.s4 = Stage(w2, w3, depth[2])  # /16
-        self.s5 = Stage(w3, w4, depth[3])  # /32
+        self.stem = Conv(3, w0, 3, 2, act=act)  # /2
+        self.s2 = Stage(w0, w1, depth[0], act=act)  # /4
+        self.s3 = Stage(w1, w2, depth[1], act=act)  # /8
+        self.s4 = Stage(w2, w3, depth[2], act=act)  # /16
+        self.s5 = Stage(w3, w4, depth[3], act=act)  # /32
         # FPN (top-down)
-        self.lat5 = Conv(w4, neck, 1)
-        self.td4 = Conv(w3 + neck, neck)
-        self.td3 = Conv(w2 + neck, neck)
+        self.lat5 = Conv(w4, neck, 1, act=act)
+        self.td4 = Conv(w3 + neck, neck, act=act)
+        self.td3 = Conv(w2 + neck, neck, act=act)
         # PAN (bottom-up)
-        self.down3 = Conv(neck, neck, 3, 2)
-        self.bu4 = Conv(2 * neck, neck)
-        self.down4 = Conv(neck, neck, 3, 2)
-        self.bu5 = Conv(2 * neck, neck)
+        self.down3 = Conv(neck, neck, 3, 2, act=act)
+        self.bu4 = Conv(2 * neck, neck, act=act)
+        self.down4 = Conv(neck, neck, 3, 2, act=act)
+        self.bu5 = Conv(2 * neck, neck, act=act)
         # Head: per level, a two-conv trunk then 1x1 outputs.
         self.no = 4 + nc + N_PROTO
-        self.trunks = nn.ModuleList(nn.Sequential(Conv(neck, neck), Conv(neck, neck)) for _ in STRIDES)
+        self.trunks = nn.ModuleList(
+            nn.Sequential(Conv(neck, neck, act=act), Conv(neck, neck, act=act)) for _ in STRIDES
+        )
         self.box = nn.ModuleList(nn.Conv2d(neck, 4, 1) for _ in STRIDES)
         self.cls = nn.ModuleList(nn.Conv2d(neck, nc, 1) for _ in STRIDES)
         self.coef = nn.ModuleList(nn.Conv2d(neck, N_PROTO, 1) for _ in STRIDES)
         # Prototypes at stride 4.
-        self.p_in = Conv(neck, N_PROTO, 1)
-        self.p_skip = Conv(w1, N_PROTO, 1)
-        self.p_mid = Conv(N_PROTO, N_PROTO)
+        self.p_in = Conv(neck, N_PROTO, 1, act=act)
+        self.p_skip = Conv(w1, N_PROTO, 1, act=act)
+        self.p_mid = Conv(N_PROTO, N_PROTO, act=act)
         self.p_out = nn.Conv2d(N_PROTO, N_PROTO, 1)
         self._init_bias()
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from agent.synth import CLASS_NAMES, render_sample
-from training.net import N_PROTO, STRIDES, ExportWrapper, SegNet, flatten_outputs
+from training.net import ACTIVATIONS, N_PROTO, STRIDES, ExportWrapper, SegNet, flatten_outputs
 
 TRAIN_SEED = 0
 PAD = 114
@@ -362,7 +362,7 @@ def train(args: argparse.Namespace) -> SegNet:
     t0 = time.time()
     data = build_cache(Path(args.cache), args.n_train, args.imgsz, args.workers)
     print(f"data: {len(data)} frames ready in {time.time() - t0:.0f} s", file=sys.stderr)
-    net = SegNet(nc=len(CLASS_NAMES))
+    net = SegNet(nc=len(CLASS_NAMES), act=args.act)
     if args.init:
         net.load_state_dict(torch.load(args.init, map_location="cpu"))
     decay, no_decay = [], []
@@ -428,6 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=416,
         help="input size of the exported model (fully convolutional: more pixels for small shapes)",
     )
+    p.add_argument("--act", choices=ACTIVATIONS, default="silu", help="activation of every conv block")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--wd", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -440,7 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.resume_export:
-        net = SegNet(nc=len(CLASS_NAMES))
+        net = SegNet(nc=len(CLASS_NAMES), act=args.act)
         net.load_state_dict(torch.load(args.ckpt, map_location="cpu"))
     else:
         net = train(args)
