@@ -37,7 +37,9 @@ if str(REPO) not in sys.path:
 
 import agent.decoders as decoders  # noqa: E402
 from agent import synth  # noqa: E402
+from agent.decoders_split import decode_yolov8_split  # noqa: E402
 from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
+from agent.placement import letterbox_placement  # noqa: E402
 from agent.preprocess import letterbox, letterbox_uint8  # noqa: E402
 from benchmarks.bench_stages import json_payload  # noqa: E402
 
@@ -87,13 +89,16 @@ def _frame_stages(model: OnnxModel, frame: np.ndarray, uint8: bool) -> tuple[dic
     t0 = time.thread_time()
     tensor, params = box(frame, model.input_hw)
     t1 = time.thread_time()
-    output0, protos = model.run(tensor)
+    outputs = model.run(tensor)
     t2 = time.thread_time()
     _spent.clear()
     h, w = frame.shape[:2]
-    det = decoders.decode_yolov8_seg(
-        output0, protos, params=params, input_hw=model.input_hw, frame_hw=(h, w), confidence=CONFIDENCE, overlap=OVERLAP
-    )
+    limits = {"input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE, "overlap": OVERLAP}
+    if model.split_head is not None:  # the decode cut out of the graph (seg-agent optimize / quantize)
+        placement = letterbox_placement(params, (h, w), model.input_hw)
+        det = decode_yolov8_split(outputs, head=model.split_head, placement=placement, fast_letterbox=True, **limits)
+    else:
+        det = decoders.decode_yolov8_seg(*outputs, params=params, **limits)
     t3 = time.thread_time()
     json_payload(det, model.class_names, (w, h))
     t4 = time.thread_time()

@@ -14,14 +14,15 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 
-def test_one_step_and_export(tmp_path: Path) -> None:
+@pytest.mark.parametrize("act", ["silu", "relu"])
+def test_one_step_and_export(tmp_path: Path, act: str) -> None:
     from training import train as tr
     from training.net import SegNet
 
     samples = [tr.make_sample(i, 128, seed=99) for i in range(4)]
     batch = tr.collate([tr.augment(s, __import__("random").Random(0)) for s in samples])
     assert batch.images.shape == (4, 3, 128, 128) and batch.masks.shape[-2:] == (32, 32)
-    net = SegNet()
+    net = SegNet(act=act)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss, stats = tr.compute_loss(net(batch.images), batch)
     assert torch.isfinite(loss) and set(stats) == {"box", "cls", "mask", "dice"}
@@ -31,6 +32,10 @@ def test_one_step_and_export(tmp_path: Path) -> None:
 
     out = tmp_path / "m.onnx"
     tr.export_onnx(net.eval(), out, 128)
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ("Relu" in ops) is (act == "relu") and ops.count("Sigmoid") == (1 if act == "relu" else 1 + 27)
 
     from agent.model import OnnxModel
 
