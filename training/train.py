@@ -413,9 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default="runs/cache", help="where rendered training frames are cached")
     p.add_argument("--ckpt", default="runs/demo-seg.pt", help="EMA weights checkpoint ('' for none)")
     p.add_argument("--n-train", type=int, default=6000, help="frames rendered for training")
-    p.add_argument("--iters", type=int, default=2400, help="optimiser steps in all")
-    p.add_argument("--cosine-span", type=int, default=3000, help="length of the cosine LR curve (steps)")
-    p.add_argument("--anneal", type=int, default=700, help="last steps: LR linear to zero")
+    p.add_argument("--iters", type=int, default=3600, help="optimiser steps in all")
+    p.add_argument("--cosine-span", type=int, default=4500, help="length of the cosine LR curve (steps)")
+    p.add_argument("--anneal", type=int, default=1000, help="last steps: LR linear to zero")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--ema-decay-anneal", type=float, default=0.99, help="EMA decay while annealing")
     p.add_argument("--init", default="", help="start from these weights (a --ckpt file)")
@@ -428,7 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=416,
         help="input size of the exported model (fully convolutional: more pixels for small shapes)",
     )
-    p.add_argument("--act", choices=ACTIVATIONS, default="silu", help="activation of every conv block")
+    p.add_argument("--act", choices=ACTIVATIONS, default="relu", help="activation of every conv block")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--wd", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
