@@ -14,7 +14,8 @@ import cv2
 import onnxruntime as ort
 
 from agent import synth
-from agent.decoders_split import split_head_from_metadata
+from agent.decoders_split import split_head_from_metadata, split_layout
+from agent.formats import Port
 from agent.quantize import main_quantize
 from agent.synth import render_video
 from benchmarks import int8 as int8_bench
@@ -135,13 +136,9 @@ def read_shapes(m: ModelInfo) -> None:
     shape = session.get_inputs()[0].shape
     m.input_hw = (int(shape[2]), int(shape[3]))
     head = split_head_from_metadata(session.get_modelmeta().custom_metadata_map)
-    if head is not None:  # boxes, scores [1, nc, N], coeffs, protos [1, nm, h, w]
-        shapes = {o.name: o.shape for o in session.get_outputs()}
-        m.split_head, m.num_classes, m.num_masks = (
-            True,
-            int(shapes[head.outputs[1]][1]),
-            int(shapes[head.outputs[3]][1]),
-        )
+    if head is not None:  # the decode out of the graph: its layout says classes and mask channels
+        layout = split_layout(head, [Port(o.name, tuple(o.shape)) for o in session.get_outputs()])
+        m.split_head, m.num_classes, m.num_masks = True, layout.num_classes, layout.num_masks
         return
     rows = int(session.get_outputs()[0].shape[1])
     m.num_masks = int(session.get_outputs()[1].shape[1])
