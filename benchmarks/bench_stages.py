@@ -86,7 +86,7 @@ def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size
         model.input_hw,
         num_classes=model.num_classes,
         num_masks=model.num_masks,
-        anchors=int(outputs[0].shape[2]),
+        anchors=onnx.split_head.anchors if onnx.split_head is not None else int(outputs[0].shape[2]),
         content_hw=content,
     )
     dense_kw = {**kw, "confidence": 0.25}
