@@ -355,14 +355,14 @@ def cut_head(model: Any, *, pack: bool = True) -> tuple[Any, HeadCut]:
     graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in OUTPUT_NAMES])
     graph.output.append(kept_protos)
     removed = _prune(graph)
-    shapes = [o.shape for o in _run(cut, [np.zeros(_input_dims(graph), np.float32)], list(OUTPUT_NAMES))[0]]
-    for i, shape in enumerate(shapes):
-        graph.output[i].CopyFrom(helper.make_tensor_value_info(OUTPUT_NAMES[i], TensorProto.FLOAT, list(shape)))
-    if pack:
-        packed = pack_head(graph, head)
-        if packed is not None:
-            head = packed
-            _prune(graph)  # the replaced convolutions and their shape arithmetic
+    packed = pack_head(graph, head) if pack else None  # sets its output's shape
+    if packed is not None:
+        head = packed
+        _prune(graph)  # the replaced convolutions and their shape arithmetic
+    else:
+        shapes = [o.shape for o in _run(cut, [np.zeros(_input_dims(graph), np.float32)], list(OUTPUT_NAMES))[0]]
+        for i, shape in enumerate(shapes):
+            graph.output[i].CopyFrom(helper.make_tensor_value_info(OUTPUT_NAMES[i], TensorProto.FLOAT, list(shape)))
     entry = cut.metadata_props.add()
     entry.key, entry.value = HEAD_KEY, head.to_json()
     box_err, score_err = _check(model, cut, head, found, det)

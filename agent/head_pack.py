@@ -74,8 +74,9 @@ def _conv_1x1(node: Any, const: dict[str, NDArray[Any]]) -> tuple[NDArray[np.flo
     return weight[:, :, 0, 0].astype(np.float32), bias.astype(np.float32)
 
 
-def _levels(graph: Any, output: str, levels: int, const: dict[str, NDArray[Any]], box: bool) -> list[_Level] | None:
-    producer = {out: node for node in graph.node for out in node.output}
+def _levels(
+    producer: dict[str, Any], output: str, levels: int, const: dict[str, NDArray[Any]], box: bool
+) -> list[_Level] | None:
     concat = producer.get(output)
     if concat is None or concat.op_type != "Concat" or _attr(concat, "axis", 0) not in (2, -1):
         return None
@@ -102,8 +103,9 @@ def _plan(graph: Any, head: SplitHead) -> list[list[_Level]] | None:
     from onnx import numpy_helper
 
     const = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
     levels = len(head.grids)
-    parts = [_levels(graph, name, levels, const, box=i == 0) for i, name in enumerate(head.outputs[:3])]
+    parts = [_levels(producer, name, levels, const, box=i == 0) for i, name in enumerate(head.outputs[:3])]
     if any(p is None for p in parts):
         return None
     boxes, scores, coeffs = parts

@@ -46,7 +46,7 @@ def json_payload(det: Any, names: list[str], frame_wh: tuple[int, int]) -> bytes
     return encode(message)
 
 
-def _decode(onnx: OnnxModel, outputs: tuple[np.ndarray, ...], kw: dict[str, Any]) -> Any:
+def decode_outputs(onnx: OnnxModel, outputs: tuple[np.ndarray, ...], kw: dict[str, Any]) -> Any:
     """The model's own decoder of its outputs: the split-head one for a model whose decode is out of the graph."""
     if onnx.split_head is None:
         return decode_yolov8_seg(*outputs, overlap=OVERLAP, **kw)
@@ -77,7 +77,7 @@ def measure_stages(model: ModelInfo, onnx: OnnxModel, packets: list[bytes], size
     out["letterbox_ms"], (tensor, params) = timed(lambda: box(frame, model.input_hw, frame_hw=(h, w)), plan.stage_runs)
     out["run_ms"], outputs = timed(lambda: onnx.run(tensor), plan.stage_runs)
     kw = {"params": params, "input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE}
-    out["post_sparse_ms"], sparse = timed(lambda: _decode(onnx, outputs, kw), plan.stage_runs)
+    out["post_sparse_ms"], sparse = timed(lambda: decode_outputs(onnx, outputs, kw), plan.stage_runs)
     out["sparse_instances"] = len(sparse)
     lb = letterbox_params((h, w), model.input_hw)
     content = (round(h * lb.scale), round(w * lb.scale))

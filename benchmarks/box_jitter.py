@@ -15,7 +15,6 @@ percentiles and the largest of |residual - object's mean|: what a line's dead ba
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,55 +23,34 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent.model import OnnxModel  # noqa: E402
-from agent.results import detections_to_api  # noqa: E402
+from agent.nms import box_iou_xyxy  # noqa: E402
 from agent.synth_tracks import render_track_clip  # noqa: E402
 from agent.tracking import predictions_xyxy  # noqa: E402
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, 4), (m, 4) -> (n, m)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+from benchmarks.clips import api_frames, read_truth  # noqa: E402
 
 
 def residuals(model: OnnxModel, truth_path: Path) -> list[tuple[int, int, float, float]]:
     """(frame, object id, dx, dy) of each paired detection's anchor."""
-    doc = json.loads(truth_path.read_text())
+    doc = read_truth(truth_path)
     min_vis = float(doc.get("min_visibility", 0.5))
-    cap = cv2.VideoCapture(str(truth_path.parent / doc["video"]))
     out: list[tuple[int, int, float, float]] = []
-    try:
-        for f, objs in enumerate(doc["frames"]):
-            ok, frame = cap.read()
-            if not ok:
-                break
-            h, w = frame.shape[:2]
-            det = model.detect(frame, confidence=0.4, overlap=0.3)
-            api = detections_to_api(det, model.class_names, image_wh=(w, h), time_s=0.0)
-            boxes = predictions_xyxy(api["predictions"])
-            keep = [o for o in objs if o["visibility"] >= min_vis and not o.get("split")]
-            if not keep or len(boxes) == 0:
+    for f, _frame, api in api_frames(model, truth_path, doc):
+        objs = doc["frames"][f]
+        boxes = predictions_xyxy(api["predictions"])
+        keep = [o for o in objs if o["visibility"] >= min_vis and not o.get("split")]
+        if not keep or len(boxes) == 0:
+            continue
+        truth = np.array([o["box_xyxy"] for o in keep], dtype=np.float64)
+        iou = box_iou_xyxy(boxes, truth)
+        for d in range(len(boxes)):
+            t = int(np.argmax(iou[d]))
+            if iou[d, t] < 0.5 or np.argmax(iou[:, t]) != d:  # each truth box its best detection only
                 continue
-            truth = np.array([o["box_xyxy"] for o in keep], dtype=np.float64)
-            iou = _iou(np.asarray(boxes, dtype=np.float64), truth)
-            for d in range(len(boxes)):
-                t = int(np.argmax(iou[d]))
-                if iou[d, t] < 0.5 or np.argmax(iou[:, t]) != d:  # each truth box its best detection only
-                    continue
-                dx = (boxes[d, 0] + boxes[d, 2]) / 2 - (truth[t, 0] + truth[t, 2]) / 2
-                out.append((f, int(keep[t]["id"]), float(dx), float(boxes[d, 3] - truth[t, 3])))
-    finally:
-        cap.release()
+            dx = (boxes[d, 0] + boxes[d, 2]) / 2 - (truth[t, 0] + truth[t, 2]) / 2
+            out.append((f, int(keep[t]["id"]), float(dx), float(boxes[d, 3] - truth[t, 3])))
     return out
 
 

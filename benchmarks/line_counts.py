@@ -30,16 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent import line_band  # noqa: E402
 from agent.events import CameraEvents  # noqa: E402
 from agent.model import OnnxModel  # noqa: E402
-from agent.results import detections_to_api  # noqa: E402
 from agent.synth_tracks import render_track_clip  # noqa: E402
 from agent.tracking import CameraTracks, TrackingSettings, predictions_xyxy  # noqa: E402
 from agent.zones import LineDef  # noqa: E402
+from benchmarks.clips import api_frames, read_truth  # noqa: E402
 
 
 # The clips' pillar (a full-height occluder) stands somewhere in x 0.30-0.76 of the width: the vertical lines
@@ -117,36 +116,26 @@ Observation = tuple[Any, ...]  # the arguments of one CameraEvents.observe call
 def track_clip(model: OnnxModel, truth_path: Path, settings: TrackingSettings) -> list[Observation]:
     """The clip through the demo model and the tracker: each frame's CameraEvents.observe arguments (the
     tracks do not depend on the lines, so one pass serves every band and inertia)."""
-    doc = json.loads(truth_path.read_text())
-    cap = cv2.VideoCapture(str(truth_path.parent / doc["video"]))
+    doc = read_truth(truth_path)
     tracks = CameraTracks(settings, ["cam"])
     out: list[Observation] = []
-    try:
-        for i in range(len(doc["frames"])):
-            ok, frame = cap.read()
-            if not ok:
-                break
-            h, w = frame.shape[:2]
-            det = model.detect(frame, confidence=0.4, overlap=0.3)
-            api = detections_to_api(det, model.class_names, image_wh=(w, h), time_s=0.0)
-            t = i / float(doc["fps"])
-            tracked = tracks.apply("cam", t, api, frame)  # the pixels: the appearance gate
-            preds = tracked.api["predictions"]
-            out.append(
-                (
-                    t,
-                    i,
-                    (w, h),
-                    tracked.ids,
-                    predictions_xyxy(preds),
-                    [p["class"] for p in preds],
-                    np.array([p["confidence"] for p in preds]),
-                    [e.tracker_id for e in tracked.ended],
-                    tracked.born,
-                )
+    for i, frame, api in api_frames(model, truth_path, doc):
+        t = i / float(doc["fps"])
+        tracked = tracks.apply("cam", t, api, frame)  # the pixels: the appearance gate
+        preds = tracked.api["predictions"]
+        out.append(
+            (
+                t,
+                i,
+                (frame.shape[1], frame.shape[0]),
+                tracked.ids,
+                predictions_xyxy(preds),
+                [p["class"] for p in preds],
+                np.array([p["confidence"] for p in preds]),
+                [e.tracker_id for e in tracked.ended],
+                tracked.born,
             )
-    finally:
-        cap.release()
+        )
     return out
 
 

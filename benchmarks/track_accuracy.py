@@ -37,28 +37,21 @@ from agent.tracking import Tracker, TrackingSettings  # noqa: E402
 
 def detect_clip(truth_path: Path) -> dict[str, Any]:
     """Every frame's detections (boxes, classes, scores, colours) of the demo model, as eval detects them."""
-    import cv2
-
     from agent.appearance import mean_bgr_n3, polygons_of
     from agent.model import OnnxModel
-    from agent.results import detections_to_api
     from agent.track_boxes import read_predictions
+    from benchmarks.clips import api_frames, read_truth
 
     model = OnnxModel(REPO / "models" / "demo-seg.onnx")
-    doc = json.loads(truth_path.read_text())
-    cap = cv2.VideoCapture(str(truth_path.parent / doc["video"]))
+    doc = read_truth(truth_path)
     frames = []
-    for _ in doc["frames"]:
-        ok, frame = cap.read()
-        if not ok:
-            raise ValueError(f"{truth_path}: the clip ends early")
-        h, w = frame.shape[:2]
-        det = model.detect(frame, confidence=0.4, overlap=0.3, max_detections=300)
-        preds = detections_to_api(det, model.class_names, image_wh=(w, h), time_s=0.0)["predictions"]
+    for _, frame, api in api_frames(model, truth_path, doc):
+        preds = api["predictions"]
         boxes, classes, scores = read_predictions(preds)
         colours = mean_bgr_n3(frame, polygons_of(preds), boxes) if preds else np.zeros((0, 3))
         frames.append({"boxes": boxes.tolist(), "classes": classes, "scores": scores.tolist(), "bgr": colours.tolist()})
-    cap.release()
+    if len(frames) < len(doc["frames"]):
+        raise ValueError(f"{truth_path}: the clip ends early")
     return {"fps": doc["fps"], "min_visibility": doc.get("min_visibility", 0.0), "truth": doc["frames"], "det": frames}
 
 

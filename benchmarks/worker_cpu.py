@@ -37,13 +37,11 @@ if str(REPO) not in sys.path:
 
 import agent.decoders as decoders  # noqa: E402
 from agent import synth  # noqa: E402
-from agent.decoders_split import decode_yolov8_split  # noqa: E402
 from agent.model import OnnxModel, limit_helper_threads  # noqa: E402
-from agent.placement import letterbox_placement  # noqa: E402
 from agent.preprocess import letterbox, letterbox_uint8  # noqa: E402
-from benchmarks.bench_stages import json_payload  # noqa: E402
+from benchmarks.bench_base import CONFIDENCE  # noqa: E402  (the agent's defaults: confidence 40, overlap 30)
+from benchmarks.bench_stages import decode_outputs, json_payload  # noqa: E402
 
-CONFIDENCE, OVERLAP = 0.4, 0.3  # the agent's defaults (confidence 40, overlap 30)
 STAGES = ("letterbox", "candidates+nms", "masks", "polygons", "json")
 
 _spent: dict[str, float] = {}
@@ -93,12 +91,8 @@ def _frame_stages(model: OnnxModel, frame: np.ndarray, uint8: bool) -> tuple[dic
     t2 = time.thread_time()
     _spent.clear()
     h, w = frame.shape[:2]
-    limits = {"input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE, "overlap": OVERLAP}
-    if model.split_head is not None:  # the decode cut out of the graph (seg-agent optimize / quantize)
-        placement = letterbox_placement(params, (h, w), model.input_hw)
-        det = decode_yolov8_split(outputs, head=model.split_head, placement=placement, fast_letterbox=True, **limits)
-    else:
-        det = decoders.decode_yolov8_seg(*outputs, params=params, **limits)
+    kw = {"params": params, "input_hw": model.input_hw, "frame_hw": (h, w), "confidence": CONFIDENCE}
+    det = decode_outputs(model, outputs, kw)  # the model's own decoder: the split one for a cut model
     t3 = time.thread_time()
     json_payload(det, model.class_names, (w, h))
     t4 = time.thread_time()

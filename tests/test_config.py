@@ -306,6 +306,20 @@ def test_local_frames_in_flight_bad_values(tmp_path: Path, value: object, reason
     assert info.value.path == "inference.local.frames_in_flight" and reason in info.value.reason
 
 
+def _check_local_key(tmp_path: Path, key: str, value: object, expected: object, reason: str | None) -> None:
+    """``inference.local.{key}`` set to ``value`` (left out for ``_DELETE``): parsed as ``expected``, or, with a
+    ``reason``, refused at that key with that reason."""
+    doc = _base(tmp_path)
+    if value is not _DELETE:
+        doc["inference"]["local"][key] = value
+    if reason is not None:
+        with pytest.raises(ConfigError) as info:
+            _parse(tmp_path, doc)
+        assert info.value.path == f"inference.local.{key}" and reason in info.value.reason
+        return
+    assert getattr(_parse(tmp_path, doc).inference.local, key) == expected
+
+
 @pytest.mark.parametrize(
     ("value", "expected", "error"),
     [
@@ -324,15 +338,7 @@ def test_local_frames_in_flight_bad_values(tmp_path: Path, value: object, reason
     ],
 )
 def test_local_spin(tmp_path: Path, value: object, expected: str | None, error: str | None) -> None:
-    doc = _base(tmp_path)
-    if value is not _DELETE:
-        doc["inference"]["local"]["spin"] = value
-    if error is not None:
-        with pytest.raises(ConfigError) as info:
-            _parse(tmp_path, doc)
-        assert info.value.path == "inference.local.spin" and error in info.value.reason
-        return
-    assert _parse(tmp_path, doc).inference.local.spin == expected
+    _check_local_key(tmp_path, "spin", value, expected, error)
 
 
 @pytest.mark.parametrize(
@@ -348,15 +354,7 @@ def test_local_spin(tmp_path: Path, value: object, expected: str | None, error: 
     ],
 )
 def test_local_spin_us(tmp_path: Path, value: object, expected: int | None, reason: str | None) -> None:
-    doc = _base(tmp_path)
-    if value is not _DELETE:
-        doc["inference"]["local"]["spin_us"] = value
-    if reason is not None:
-        with pytest.raises(ConfigError) as info:
-            _parse(tmp_path, doc)
-        assert info.value.path == "inference.local.spin_us" and reason in info.value.reason
-        return
-    assert _parse(tmp_path, doc).inference.local.spin_us == expected
+    _check_local_key(tmp_path, "spin_us", value, expected, reason)
 
 
 def test_local_spin_bare_yaml_words(tmp_path: Path) -> None:
